@@ -1,0 +1,46 @@
+"""hpckpt: TensorFlow-style object-based checkpointing for MPI jobs on parallel HDF5.
+
+Ranks form a Cartesian mesh, every tensor has a layout over it, each rank writes
+its slice of every tensor into one shared HDF5 file with collective MPI-IO, and
+rank 0 commits the object-graph index and the checkpoint state file.
+"""
+
+__version__ = "0.1.0"
+
+from .checkpoint import Checkpoint, CheckpointLoadStatus, DTensorCheckpoint
+from .errors import CheckpointError, CorruptCheckpointError, NotFoundError
+from .graph import Module, PythonState, Trackable
+from .layout import UNSHARDED, Layout
+from .manager import CheckpointManager
+from .mesh import Mesh, create_mesh
+from .options import CheckpointOptions
+from .reader import CheckpointReader, list_variables, load_checkpoint
+from .statefile import latest_checkpoint
+from .variable import Variable
+
+from . import optimizers  # noqa: E402  (imports the public classes above)
+
+__all__ = [
+    "UNSHARDED",
+    "Checkpoint",
+    "CheckpointError",
+    "CheckpointLoadStatus",
+    "CheckpointManager",
+    "CheckpointOptions",
+    "CheckpointReader",
+    "CorruptCheckpointError",
+    "DTensorCheckpoint",
+    "Layout",
+    "Mesh",
+    "Module",
+    "NotFoundError",
+    "PythonState",
+    "Trackable",
+    "Variable",
+    "__version__",
+    "create_mesh",
+    "latest_checkpoint",
+    "list_variables",
+    "load_checkpoint",
+    "optimizers",
+]

@@ -1,0 +1,236 @@
+"""Error-agreeing collectives.
+
+Every collective step of hpckpt runs through :func:`agree` so that a failure on
+any rank becomes the same exception on every rank instead of a hang. Messages
+between ranks are JSON over buffer-based MPI calls: nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import numpy as np
+from mpi4py import MPI
+
+from .errors import CheckpointError, CorruptCheckpointError, NotFoundError, RankFailure
+
+__all__ = [
+    "Deadline",
+    "agree",
+    "allgather_json",
+    "bcast_bytes",
+    "bcast_json",
+    "failure_record",
+    "gather_json",
+    "raise_failures",
+    "run_agreed",
+]
+
+T = TypeVar("T")
+
+_POLL_SECONDS = 2e-4
+
+
+class Deadline:
+    """An optional absolute deadline for waits on other ranks.
+
+    Args:
+        timeout: Seconds from now, or ``None`` for no limit.
+        what: The operation, named in the timeout error.
+    """
+
+    def __init__(self, timeout: float | None, what: str = "checkpoint operation") -> None:
+        if timeout is not None and not timeout > 0:
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        self.timeout = timeout
+        self.what = what
+        self._end = None if timeout is None else time.monotonic() + timeout
+
+    def wait(self, request: MPI.Request, comm: MPI.Comm) -> None:
+        """Complete ``request``, raising :class:`CheckpointError` when the deadline passes."""
+        if self._end is None:
+            request.Wait()
+            return
+        while not request.Test():
+            if time.monotonic() > self._end:
+                raise CheckpointError(
+                    f"{self.what}: timed out after {self.timeout} s waiting for other ranks "
+                    f"(this is rank {comm.Get_rank()} of {comm.Get_size()})"
+                )
+            time.sleep(_POLL_SECONDS)
+
+
+def _encode(obj: Any) -> np.ndarray:
+    return np.frombuffer(json.dumps(obj, separators=(",", ":")).encode(), dtype=np.uint8)
+
+
+def _decode(buf: np.ndarray) -> Any:
+    return json.loads(buf.tobytes().decode())
+
+
+def allgather_json(comm: MPI.Comm, obj: Any, deadline: Deadline | None = None) -> list[Any]:
+    """Gather a JSON-serializable object from every rank onto every rank.
+
+    Collective: call on all ranks.
+    """
+    deadline = deadline or Deadline(None)
+    data = _encode(obj)
+    counts = np.empty(comm.Get_size(), dtype=np.int64)
+    deadline.wait(comm.Iallgather(np.array([data.size], dtype=np.int64), counts), comm)
+    displs = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    out = np.empty(int(counts.sum()), dtype=np.uint8)
+    deadline.wait(comm.Iallgatherv(data, [out, counts.tolist(), displs.tolist(), MPI.BYTE]), comm)
+    return [_decode(out[d : d + c]) for d, c in zip(displs, counts, strict=True)]
+
+
+def gather_json(
+    comm: MPI.Comm, obj: Any, root: int = 0, deadline: Deadline | None = None
+) -> list[Any] | None:
+    """Gather a JSON-serializable object from every rank onto ``root`` (others get ``None``).
+
+    Collective: call on all ranks.
+    """
+    deadline = deadline or Deadline(None)
+    data = _encode(obj)
+    is_root = comm.Get_rank() == root
+    counts = np.empty(comm.Get_size(), dtype=np.int64) if is_root else None
+    deadline.wait(comm.Igather(np.array([data.size], dtype=np.int64), counts, root=root), comm)
+    if not is_root:
+        deadline.wait(comm.Igatherv(data, None, root=root), comm)
+        return None
+    assert counts is not None
+    displs = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    out = np.empty(int(counts.sum()), dtype=np.uint8)
+    deadline.wait(
+        comm.Igatherv(data, [out, counts.tolist(), displs.tolist(), MPI.BYTE], root=root), comm
+    )
+    return [_decode(out[d : d + c]) for d, c in zip(displs, counts, strict=True)]
+
+
+def bcast_json(comm: MPI.Comm, obj: Any, root: int = 0, deadline: Deadline | None = None) -> Any:
+    """Broadcast a JSON-serializable object from ``root``.
+
+    Collective: call on all ranks.
+    """
+    deadline = deadline or Deadline(None)
+    is_root = comm.Get_rank() == root
+    data = _encode(obj) if is_root else None
+    n = np.array([data.size if data is not None else 0], dtype=np.int64)
+    deadline.wait(comm.Ibcast(n, root=root), comm)
+    if not is_root:
+        data = np.empty(int(n[0]), dtype=np.uint8)
+    assert data is not None
+    deadline.wait(comm.Ibcast(data, root=root), comm)
+    return obj if is_root else _decode(data)
+
+
+def _failure_of(exc: BaseException | None) -> list[str] | None:
+    if exc is None:
+        return None
+    if isinstance(exc, CorruptCheckpointError):
+        kind = "corrupt"
+    elif isinstance(exc, NotFoundError):
+        kind = "notfound"
+    elif isinstance(exc, CheckpointError):
+        kind = "checkpoint"
+    elif isinstance(exc, (ValueError, TypeError)):
+        kind = "argument"
+    else:
+        kind = "other"
+    return [kind, type(exc).__name__, str(exc)]
+
+
+def failure_record(exc: BaseException | None) -> list[str] | None:
+    """A JSON-able record of a rank's exception (``None`` for success)."""
+    return _failure_of(exc)
+
+
+def raise_failures(
+    comm: MPI.Comm, what: str, records: list[Any], exc: BaseException | None = None
+) -> None:
+    """Raise the agreed exception for per-rank failure ``records`` (one per rank).
+
+    Returns if every record is ``None``. Otherwise raises, identically on every rank:
+
+    * :class:`CorruptCheckpointError` if any rank saw a damaged checkpoint;
+    * :class:`NotFoundError` if every failing rank saw a missing file;
+    * the original ``ValueError``/``TypeError`` if every rank failed with that same
+      error (a bad argument, checked identically everywhere);
+    * :class:`CheckpointError` naming each failing rank and its cause otherwise.
+    """
+    failed = [(r, f) for r, f in enumerate(records) if f is not None]
+    if not failed:
+        return
+    failures = tuple(RankFailure(r, f[1], f[2]) for r, f in failed)
+    kinds = {f[0] for _, f in failed}
+    if "corrupt" in kinds:
+        raise CorruptCheckpointError(f"{what} failed", failures) from exc
+    if kinds == {"notfound"}:
+        raise NotFoundError(failures[0].message) from exc
+    if (
+        kinds == {"argument"}
+        and len(failed) == comm.Get_size()
+        and len({(f[1], f[2]) for _, f in failed}) == 1
+        and isinstance(exc, (ValueError, TypeError))
+    ):
+        raise exc
+    raise CheckpointError(f"{what} failed", failures) from exc
+
+
+def agree(
+    comm: MPI.Comm,
+    what: str,
+    exc: BaseException | None = None,
+    deadline: Deadline | None = None,
+) -> None:
+    """Agree on success: raise the same exception on every rank if any rank failed.
+
+    Each rank passes the exception it caught (or ``None``); see
+    :func:`raise_failures` for what is raised.
+
+    Collective: call on all ranks.
+    """
+    raise_failures(comm, what, allgather_json(comm, _failure_of(exc), deadline), exc)
+
+
+def bcast_bytes(
+    comm: MPI.Comm, data: bytes | None, root: int = 0, deadline: Deadline | None = None
+) -> bytes:
+    """Broadcast a byte string from ``root``.
+
+    Collective: call on all ranks.
+    """
+    deadline = deadline or Deadline(None)
+    is_root = comm.Get_rank() == root
+    n = np.array([len(data) if is_root and data is not None else 0], dtype=np.int64)
+    deadline.wait(comm.Ibcast(n, root=root), comm)
+    buf = (
+        np.frombuffer(data, dtype=np.uint8).copy()
+        if is_root and data is not None
+        else np.empty(int(n[0]), dtype=np.uint8)
+    )
+    deadline.wait(comm.Ibcast(buf, root=root), comm)
+    return data if is_root and data is not None else buf.tobytes()
+
+
+def run_agreed(
+    comm: MPI.Comm, what: str, fn: Callable[[], T], deadline: Deadline | None = None
+) -> T:
+    """Run ``fn`` on every rank and agree on its success.
+
+    Returns ``fn()``'s result where every rank succeeded; otherwise raises on every
+    rank as :func:`agree` describes.
+
+    Collective: call on all ranks.
+    """
+    result: Any = None
+    exc: BaseException | None = None
+    try:
+        result = fn()
+    except Exception as e:  # noqa: BLE001 - every failure is agreed on, then re-raised
+        exc = e
+    agree(comm, what, exc, deadline)
+    return result

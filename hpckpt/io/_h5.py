@@ -1,0 +1,156 @@
+"""HDF5 structure of a data file: creation of the contiguous datasets and validation.
+
+Rank 0 alone creates the file's metadata (every dataset contiguous, allocated
+early, never filled) with the serial driver and reads back each dataset's byte
+offset; all ranks then move the raw bytes with MPI-IO (see ``_mpiio``). The file
+is a plain HDF5 file: h5py, ``h5ls`` and ``h5dump`` read it without hpckpt.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import h5py
+import numpy as np
+
+from ..errors import CorruptCheckpointError, NotFoundError
+from ..index import TensorEntry
+
+__all__ = ["DatasetSpec", "create_data_file", "validate_data_file"]
+
+FORMAT_ATTR = "hpckpt_format_version"
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A dataset to create: flat name, dtype and global shape."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int, ...]
+
+
+def _h5type(dtype: np.dtype) -> h5py.h5t.TypeID:
+    return h5py.h5t.py_create(dtype, logical=True)
+
+
+def create_data_file(
+    path: str, specs: Sequence[DatasetSpec], *, alignment: int = 4096, threshold: int = 65536
+) -> tuple[list[int | None], int]:
+    """Create ``path`` with one contiguous, early-allocated dataset per spec.
+
+    Datasets of at least ``threshold`` bytes start at a multiple of ``alignment``
+    (the file system's block or stripe size). Called by one rank.
+
+    Returns:
+        Each dataset's byte offset (``None`` for empty ones) and the file size.
+    """
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_layout(h5py.h5d.CONTIGUOUS)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+    dcpl.set_obj_track_times(False)
+    types: dict[str, h5py.h5t.TypeID] = {}
+    offsets: list[int | None] = []
+    with h5py.File(
+        path,
+        "w",
+        alignment_threshold=threshold,
+        alignment_interval=alignment,
+    ) as f:
+        f.attrs[FORMAT_ATTR] = np.int64(1)
+        fid = f.id
+        for spec in specs:
+            tid = types.get(spec.dtype.str)
+            if tid is None:
+                tid = types[spec.dtype.str] = _h5type(spec.dtype)
+            space = (
+                h5py.h5s.create_simple(spec.shape)
+                if spec.shape
+                else h5py.h5s.create(h5py.h5s.SCALAR)
+            )
+            dsid = h5py.h5d.create(fid, spec.name.encode(), tid, space, dcpl=dcpl)
+            offsets.append(dsid.get_offset())
+            dsid.close()
+    return offsets, os.path.getsize(path)
+
+
+def _dtype_matches(h5dtype: np.dtype, want: np.dtype) -> bool:
+    return h5dtype.newbyteorder("=") == want.newbyteorder("=") and h5dtype.str == want.str
+
+
+def validate_data_file(path: str, expected_size: int, tensors: Sequence[TensorEntry]) -> None:
+    """Check that ``path`` is the data file the index describes, and safe to read.
+
+    Refuses: a missing or resized file, anything but hard links to datasets at the
+    root (external or soft links, groups), datasets that are not contiguous, are
+    filtered, virtual or stored externally, and datasets whose shape, dtype or
+    offset disagree with the index. Called by one rank.
+
+    Raises:
+        NotFoundError: The data file is missing.
+        CorruptCheckpointError: Anything else is wrong.
+    """
+    try:
+        size = os.stat(path).st_size
+    except FileNotFoundError:
+        raise NotFoundError(f"data file {path!r} is missing") from None
+    if size != expected_size:
+        raise CorruptCheckpointError(
+            f"data file {path!r} has {size} bytes, the index says {expected_size} "
+            f"({'truncated' if size < expected_size else 'grown'})"
+        )
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise CorruptCheckpointError(f"data file {path!r} is not a readable HDF5 file: {e}") from None
+    with f:
+        bad: list[str] = []
+
+        def visit(name: bytes, info: h5py.h5l.LinkInfo) -> None:
+            if info.type != h5py.h5l.TYPE_HARD:
+                bad.append(name.decode(errors="replace"))
+
+        f.id.links.iterate(visit, info=True)
+        if bad:
+            raise CorruptCheckpointError(
+                f"data file {path!r} holds soft or external links {bad[:5]!r}"
+            )
+        for t in tensors:
+            where = f"data file {path!r} dataset {t.dataset!r} (tensor {t.key!r})"
+            try:
+                dsid = h5py.h5d.open(f.id, t.dataset.encode())
+            except (KeyError, OSError, ValueError, TypeError):
+                raise CorruptCheckpointError(f"{where} is missing") from None
+            try:
+                dcpl = dsid.get_create_plist()
+                if dcpl.get_layout() != h5py.h5d.CONTIGUOUS:
+                    raise CorruptCheckpointError(f"{where} is not contiguous (or is virtual)")
+                if dcpl.get_nfilters() != 0:
+                    raise CorruptCheckpointError(f"{where} has filters")
+                if dcpl.get_external_count() != 0:
+                    raise CorruptCheckpointError(f"{where} uses external storage")
+                if tuple(dsid.shape) != t.shape:
+                    raise CorruptCheckpointError(
+                        f"{where} has shape {tuple(dsid.shape)}, the index says {t.shape}"
+                    )
+                try:
+                    dt = dsid.dtype
+                except (TypeError, ValueError):
+                    raise CorruptCheckpointError(f"{where} has an unsupported HDF5 type") from None
+                if not _dtype_matches(np.dtype(dt), t.dtype):
+                    raise CorruptCheckpointError(
+                        f"{where} has dtype {dt}, the index says {t.dtype}"
+                    )
+                if t.nbytes and dsid.get_offset() != t.offset:
+                    raise CorruptCheckpointError(
+                        f"{where} is at offset {dsid.get_offset()}, the index says {t.offset}"
+                    )
+                if dsid.get_storage_size() != t.nbytes:
+                    raise CorruptCheckpointError(
+                        f"{where} stores {dsid.get_storage_size()} bytes, expected {t.nbytes}"
+                    )
+            finally:
+                dsid.close()

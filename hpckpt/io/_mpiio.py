@@ -1,0 +1,186 @@
+"""Collective raw IO of hyperslabs into contiguous datasets with ``MPI.File``.
+
+A *piece* is one C-contiguous numpy array that holds the hyperslab
+``[start, start + array.shape)`` of a global C-order array stored contiguously
+at byte ``offset`` of the file. Each rank packs its pieces into rounds of
+bounded size; every round is one ``Set_view`` + ``Write_all``/``Read_all`` whose
+file type is a struct of subarrays (one per piece, at the dataset offsets) and
+whose memory type is a struct of the arrays' addresses: no staging copy, one
+collective call for many datasets. All ranks make the same number of calls
+(ranks with nothing left pass an empty selection).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+from mpi4py import MPI
+
+__all__ = ["Piece", "collective_io", "split_piece"]
+
+MAX_PIECE_BYTES = 256 << 20
+MAX_ROUND_BYTES = 1 << 30
+MAX_ROUND_PIECES = 4096
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A hyperslab of a contiguous global array in the file, and its memory."""
+
+    offset: int
+    global_shape: tuple[int, ...]
+    start: tuple[int, ...]
+    array: np.ndarray
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.array.nbytes)
+
+
+def split_piece(piece: Piece, max_bytes: int = MAX_PIECE_BYTES) -> list[Piece]:
+    """Split a piece along its first axis into pieces of at most ``max_bytes`` (if it can)."""
+    a = piece.array
+    if a.nbytes <= max_bytes or a.ndim == 0 or a.shape[0] <= 1:
+        return [piece]
+    row = a.nbytes // a.shape[0]
+    step = max(1, max_bytes // max(row, 1))
+    out = []
+    for r in range(0, a.shape[0], step):
+        start = (piece.start[0] + r,) + piece.start[1:]
+        out.append(Piece(piece.offset, piece.global_shape, start, a[r : r + step]))
+    return out
+
+
+def _rounds(pieces: Sequence[Piece], max_bytes: int, max_pieces: int) -> list[list[Piece]]:
+    rounds: list[list[Piece]] = []
+    cur: list[Piece] = []
+    size = 0
+    for p in sorted(pieces, key=lambda p: (p.offset, p.start)):
+        if cur and (size + p.nbytes > max_bytes or len(cur) >= max_pieces):
+            rounds.append(cur)
+            cur, size = [], 0
+        cur.append(p)
+        size += p.nbytes
+    if cur:
+        rounds.append(cur)
+    return rounds
+
+
+class _TypeCache:
+    """Element types by item size, freed at the end of an IO."""
+
+    def __init__(self) -> None:
+        self._elem: dict[int, MPI.Datatype] = {}
+        self._owned: list[MPI.Datatype] = []
+
+    def elem(self, itemsize: int) -> MPI.Datatype:
+        t = self._elem.get(itemsize)
+        if t is None:
+            t = MPI.BYTE.Create_contiguous(itemsize).Commit()
+            self._elem[itemsize] = t
+            self._owned.append(t)
+        return t
+
+    def own(self, t: MPI.Datatype) -> MPI.Datatype:
+        self._owned.append(t)
+        return t
+
+    def free(self) -> None:
+        for t in self._owned:
+            t.Free()
+        self._owned.clear()
+        self._elem.clear()
+
+
+def _round_types(pieces: list[Piece], cache: _TypeCache) -> tuple[MPI.Datatype, MPI.Datatype]:
+    ftypes, mtypes, faddrs, maddrs = [], [], [], []
+    for p in pieces:
+        a = p.array
+        elem = cache.elem(a.dtype.itemsize)
+        count = a.size
+        if p.global_shape and all(n == g for n, g in zip(a.shape, p.global_shape, strict=True)):
+            ftype = cache.own(elem.Create_contiguous(count))
+        elif p.global_shape:
+            ftype = cache.own(
+                elem.Create_subarray(list(p.global_shape), list(a.shape), list(p.start))
+            )
+        else:
+            ftype = elem
+        ftypes.append(ftype)
+        faddrs.append(p.offset)
+        mtypes.append(cache.own(elem.Create_contiguous(count)))
+        maddrs.append(MPI.Get_address(a))
+    ft = cache.own(MPI.Datatype.Create_struct([1] * len(pieces), faddrs, ftypes).Commit())
+    mt = cache.own(MPI.Datatype.Create_struct([1] * len(pieces), maddrs, mtypes).Commit())
+    return ft, mt
+
+
+def _make_info(hints: dict[str, str] | None) -> MPI.Info:
+    if not hints:
+        return MPI.INFO_NULL
+    info = MPI.Info.Create()
+    for k, v in hints.items():
+        info.Set(str(k), str(v))
+    return info
+
+
+@contextmanager
+def open_file(
+    comm: MPI.Comm, path: str, mode: int, hints: dict[str, str] | None = None
+) -> Iterator[MPI.File]:
+    """Open ``path`` collectively with MPI-IO hints; close it collectively.
+
+    Collective: call on all ranks.
+    """
+    info = _make_info(hints)
+    try:
+        fh = MPI.File.Open(comm, path, mode, info)
+    finally:
+        if info != MPI.INFO_NULL:
+            info.Free()
+    try:
+        yield fh
+    finally:
+        fh.Close()
+
+
+def collective_io(
+    fh: MPI.File,
+    comm: MPI.Comm,
+    pieces: Sequence[Piece],
+    *,
+    write: bool,
+    collective: bool = True,
+    max_round_bytes: int = MAX_ROUND_BYTES,
+) -> int:
+    """Write (or read into) every rank's pieces; returns the number of rounds.
+
+    Every rank calls this with its own pieces (possibly none); all ranks make the
+    same number of collective calls.
+
+    Collective: call on all ranks.
+    """
+    split = [q for p in pieces if p.nbytes for q in split_piece(p)]
+    rounds = _rounds(split, max_round_bytes, MAX_ROUND_PIECES)
+    n = comm.allreduce(len(rounds), op=MPI.MAX)
+    empty = np.empty(0, dtype=np.uint8)
+    cache = _TypeCache()
+    try:
+        for i in range(n):
+            if i < len(rounds):
+                ft, mt = _round_types(rounds[i], cache)
+                fh.Set_view(0, MPI.BYTE, ft)
+                buf: list = [MPI.BOTTOM, 1, mt]
+            else:
+                fh.Set_view(0, MPI.BYTE, MPI.BYTE)
+                buf = [empty, 0, MPI.BYTE]
+            if write:
+                (fh.Write_all if collective else fh.Write)(buf)
+            else:
+                (fh.Read_all if collective else fh.Read)(buf)
+    finally:
+        cache.free()
+    return n

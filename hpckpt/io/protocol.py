@@ -1,0 +1,454 @@
+"""The commit protocol (write) and the validated read path of a checkpoint.
+
+Write (DESIGN.md "Commit protocol"):
+
+1. rank 0 creates ``P.data-<token>.h5`` with every dataset (contiguous, allocated,
+   in one deterministic order) and broadcasts their offsets;
+2. every rank writes its slices with collective MPI-IO (ranks with nothing to
+   write take part with an empty selection), checksums them, syncs, closes;
+3. rank 0 gathers each rank's outcome and checksums; if all succeeded it fsyncs
+   the data file, writes ``P.index.json`` atomically (tmp + fsync + rename +
+   directory fsync) and removes data files of ``P`` the index does not name;
+4. the outcome is broadcast and every rank returns or raises the same error.
+
+Read: rank 0 reads and validates the index and the data file's structure, and
+broadcasts the index; every rank reads the hyperslabs it asks for with
+collective MPI-IO and verifies the checksums of every saved slice its reads
+cover; the outcome is agreed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import time
+import zlib
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+from mpi4py import MPI
+
+from .. import _dist
+from .._dist import Deadline
+from ..errors import CheckpointError, CorruptCheckpointError, NotFoundError
+from ..index import (
+    DATA_FILE_RE,
+    CheckpointIndex,
+    SliceEntry,
+    TensorEntry,
+    dataset_name_for_key,
+    parse_index,
+)
+from ..options import CheckpointOptions
+from . import _fsutil, _h5
+from ._mpiio import Piece, collective_io, open_file
+
+__all__ = [
+    "ReadRequest",
+    "SaveTensor",
+    "checkpoint_exists",
+    "data_file_path",
+    "index_path",
+    "library_versions",
+    "load_index_bytes",
+    "normalize_prefix",
+    "own_data_files",
+    "read_index",
+    "read_tensor_serial",
+    "read_tensors",
+    "verify_tensor",
+    "write_checkpoint",
+]
+
+INDEX_SUFFIX = ".index.json"
+_TOKEN_RE = re.compile(r"[0-9a-f]{8,64}\.h5")
+
+
+@dataclass
+class SaveTensor:
+    """A tensor to save: its global description and this rank's pieces to write.
+
+    Attributes:
+        key: The checkpoint key.
+        dtype: The numpy dtype.
+        shape: The global shape.
+        layout: ``{"sharding_specs": [...], "mesh": {"dim_names": [...], "shape": [...]}}``.
+        pieces: ``(start, array)`` hyperslabs this rank writes (C-contiguous arrays).
+    """
+
+    key: str
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    layout: dict
+    pieces: list[tuple[tuple[int, ...], np.ndarray]]
+
+
+@dataclass(frozen=True)
+class ReadRequest:
+    """A hyperslab of a saved tensor to read into a new array."""
+
+    entry: TensorEntry
+    start: tuple[int, ...]
+    shape: tuple[int, ...]
+
+
+def normalize_prefix(path: str | os.PathLike) -> str:
+    """The checkpoint prefix ``P`` for a path given as ``P`` or ``P.index.json``."""
+    p = os.fspath(path)
+    if not isinstance(p, str) or not p:
+        raise ValueError(f"checkpoint path must be a non-empty string, got {path!r}")
+    if "\x00" in p:
+        raise ValueError(f"checkpoint path {p!r} contains NUL")
+    return p[: -len(INDEX_SUFFIX)] if p.endswith(INDEX_SUFFIX) else p
+
+
+def index_path(prefix: str) -> str:
+    """``P.index.json``."""
+    return prefix + INDEX_SUFFIX
+
+
+def data_file_path(prefix: str, name: str) -> str:
+    """The path of data file ``name`` beside checkpoint ``prefix``."""
+    return os.path.join(os.path.dirname(prefix), name)
+
+
+def checkpoint_exists(prefix: str) -> bool:
+    """Whether ``P.index.json`` exists (a committed checkpoint)."""
+    return os.path.isfile(index_path(prefix))
+
+
+def library_versions() -> dict[str, str]:
+    """Versions recorded in every index."""
+    import h5py
+    import mpi4py
+
+    from .. import __version__
+
+    return {
+        "hpckpt": __version__,
+        "h5py": h5py.__version__,
+        "hdf5": h5py.version.hdf5_version,
+        "mpi4py": mpi4py.__version__,
+        "numpy": np.__version__,
+        "mpi": MPI.Get_library_version().replace("\x00", "").splitlines()[0].strip(),
+    }
+
+
+def _crc(a: np.ndarray) -> int:
+    if not a.flags.c_contiguous:
+        a = np.ascontiguousarray(a)
+    return zlib.crc32(a.reshape(-1).view(np.uint8)) if a.size else 0
+
+
+def _checksums(pieces: list[tuple[int, tuple[int, ...], np.ndarray]]) -> list[list]:
+    return [[i, list(start), list(a.shape), _crc(a)] for i, start, a in pieces]
+
+
+def own_data_files(prefix: str) -> list[str]:
+    """Names of the data files of checkpoint ``prefix`` present in its directory."""
+    d = os.path.dirname(prefix) or "."
+    base = os.path.basename(prefix) + ".data-"
+    try:
+        names = os.listdir(d)
+    except FileNotFoundError:
+        return []
+    return [
+        n
+        for n in names
+        if n.startswith(base) and _TOKEN_RE.fullmatch(n[len(base) :]) and DATA_FILE_RE.match(n)
+    ]
+
+
+def _cleanup_leftovers(prefix: str, keep: str) -> None:
+    d = os.path.dirname(prefix) or "."
+    for name in own_data_files(prefix):
+        if name != keep:
+            _fsutil.remove_quietly(os.path.join(d, name))
+    tmp = os.path.basename(index_path(prefix)) + ".tmp-"
+    for name in os.listdir(d):
+        if name.startswith(tmp):
+            _fsutil.remove_quietly(os.path.join(d, name))
+
+
+def write_checkpoint(
+    comm: MPI.Comm,
+    prefix: str,
+    tensors: Sequence[SaveTensor],
+    *,
+    graph: dict | None,
+    options: CheckpointOptions,
+    deadline: Deadline,
+) -> int:
+    """Write and commit checkpoint ``prefix``; returns the data file's size in bytes.
+
+    ``tensors`` must list the same keys, dtypes and shapes in the same order on
+    every rank; each rank's pieces are its own.
+
+    Collective: call on all ranks.
+    """
+    what = f"write of checkpoint {prefix!r}"
+    rank = comm.Get_rank()
+    signature = zlib.crc32(
+        json.dumps([[t.key, t.dtype.str, list(t.shape)] for t in tensors]).encode()
+    )
+    sigs = _dist.allgather_json(comm, signature, deadline)
+    if len(set(sigs)) != 1:
+        odd = [r for r, s in enumerate(sigs) if s != sigs[0]]
+        raise CheckpointError(
+            f"{what}: ranks disagree on the tensors to save (ranks {odd} differ from rank 0)"
+        )
+
+    names = [dataset_name_for_key(t.key) for t in tensors]
+
+    def create() -> dict | None:
+        if rank != 0:
+            return None
+        os.makedirs(os.path.dirname(prefix) or ".", exist_ok=True)
+        token = secrets.token_hex(8)
+        path = data_file_path(prefix, f"{os.path.basename(prefix)}.data-{token}.h5")
+        specs = [_h5.DatasetSpec(n, t.dtype, t.shape) for n, t in zip(names, tensors, strict=True)]
+        offsets, size = _h5.create_data_file(
+            path, specs, alignment=options.alignment, threshold=options.alignment_threshold
+        )
+        return {"token": token, "offsets": offsets, "size": size}
+
+    plan = _dist.run_agreed(comm, what, create, deadline)
+    plan = _dist.bcast_json(comm, plan, 0, deadline)
+    data_name = f"{os.path.basename(prefix)}.data-{plan['token']}.h5"
+    data_path = data_file_path(prefix, data_name)
+    offsets: list[int | None] = plan["offsets"]
+
+    exc: BaseException | None = None
+    slices: list[list] = []
+    try:
+        own = [
+            (i, start, a)
+            for i, t in enumerate(tensors)
+            for start, a in t.pieces
+            if a.size
+        ]
+        pieces = []
+        for i, start, a in own:
+            off = offsets[i]
+            if off is None:
+                raise CheckpointError(f"{what}: tensor {tensors[i].key!r} has no storage")
+            pieces.append(Piece(off, tensors[i].shape, tuple(start), a))
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            crcs = pool.submit(_checksums, own)
+            with open_file(comm, data_path, MPI.MODE_WRONLY, options.mpi_info) as fh:
+                collective_io(fh, comm, pieces, write=True, collective=options.collective)
+                fh.Sync()
+            slices = crcs.result()
+    except Exception as e:  # noqa: BLE001 - agreed on below
+        exc = e
+
+    gathered = _dist.gather_json(
+        comm, {"error": _dist.failure_record(exc), "slices": slices}, 0, deadline
+    )
+    records: list | None = None
+    if rank == 0:
+        assert gathered is not None
+        records = [g["error"] for g in gathered]
+        if all(r is None for r in records):
+            try:
+                _commit(prefix, data_path, data_name, plan, names, tensors, gathered, graph, comm)
+            except Exception as e:  # noqa: BLE001 - agreed on below
+                exc = e
+                records[0] = _dist.failure_record(e)
+        if any(r is not None for r in records):
+            _fsutil.remove_quietly(data_path)
+    records = _dist.bcast_json(comm, records, 0, deadline)
+    _dist.raise_failures(comm, what, records, exc)
+    return int(plan["size"])
+
+
+def _commit(
+    prefix: str,
+    data_path: str,
+    data_name: str,
+    plan: dict,
+    names: list[str],
+    tensors: Sequence[SaveTensor],
+    gathered: list[dict],
+    graph: dict | None,
+    comm: MPI.Comm,
+) -> None:
+    per_tensor: list[list[SliceEntry]] = [[] for _ in tensors]
+    for g in gathered:
+        for i, start, shape, crc in g["slices"]:
+            per_tensor[i].append(SliceEntry(tuple(start), tuple(shape), crc))
+    entries = {}
+    for i, t in enumerate(tensors):
+        mesh = t.layout["mesh"]
+        entries[t.key] = TensorEntry(
+            key=t.key,
+            dataset=names[i],
+            dtype=t.dtype,
+            shape=tuple(t.shape),
+            offset=plan["offsets"][i],
+            sharding_specs=tuple(t.layout["sharding_specs"]),
+            mesh_dim_names=tuple(mesh["dim_names"]),
+            mesh_shape=tuple(mesh["shape"]),
+            slices=tuple(sorted(per_tensor[i], key=lambda s: s.start)),
+        )
+    index = CheckpointIndex(
+        data_file=data_name,
+        data_size=int(plan["size"]),
+        tensors=entries,
+        nprocs=comm.Get_size(),
+        created=time.time(),
+        graph=graph,
+        library=library_versions(),
+    )
+    _fsutil.fsync_path(data_path)
+    _fsutil.atomic_write(index_path(prefix), index.to_json().encode(), plan["token"])
+    _cleanup_leftovers(prefix, keep=data_name)
+
+
+def read_index(comm: MPI.Comm, prefix: str, deadline: Deadline) -> CheckpointIndex:
+    """Read, validate and broadcast the index of ``prefix`` (with its data file's structure).
+
+    Raises:
+        NotFoundError: No committed checkpoint at ``prefix``, or its data file is gone.
+        CorruptCheckpointError: The index or the data file is damaged or hostile.
+
+    Collective: call on all ranks.
+    """
+    what = f"read of checkpoint {prefix!r}"
+
+    def load() -> bytes | None:
+        if comm.Get_rank() != 0:
+            return None
+        return load_index_bytes(prefix)
+
+    text = _dist.run_agreed(comm, what, load, deadline)
+    text = _dist.bcast_bytes(comm, text, 0, deadline)
+    return parse_index(text, source=index_path(prefix))
+
+
+def load_index_bytes(prefix: str) -> bytes:
+    """Read ``P.index.json`` and validate it and the data file's structure (one process).
+
+    Raises:
+        NotFoundError: No committed checkpoint at ``prefix``, or its data file is gone.
+        CorruptCheckpointError: The index or the data file is damaged or hostile.
+    """
+    ip = index_path(prefix)
+    try:
+        with open(ip, "rb") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise NotFoundError(f"no checkpoint at {prefix!r}: {ip!r} does not exist") from None
+    except IsADirectoryError:
+        raise CorruptCheckpointError(f"{ip!r} is a directory") from None
+    index = parse_index(text, source=ip)
+    _h5.validate_data_file(
+        data_file_path(prefix, index.data_file), index.data_size, list(index.tensors.values())
+    )
+    return text
+
+
+def _contains(start, shape, s: SliceEntry) -> bool:
+    return all(
+        a <= b and b + m <= a + n for a, n, b, m in zip(start, shape, s.start, s.shape, strict=True)
+    )
+
+
+def _verify(req: ReadRequest, arr: np.ndarray) -> None:
+    e = req.entry
+    for s in e.slices:
+        if not _contains(req.start, req.shape, s):
+            continue
+        rel = tuple(slice(b - a, b - a + m) for a, b, m in zip(req.start, s.start, s.shape, strict=True))
+        if _crc(arr[rel]) != s.checksum:
+            strides = np.cumprod((list(e.shape[1:]) + [1])[::-1])[::-1] if e.shape else []
+            first = int(sum(int(st) * int(k) for st, k in zip(s.start, strides, strict=True)))
+            last = int(
+                sum((int(st) + max(int(m) - 1, 0)) * int(k)
+                    for st, m, k in zip(s.start, s.shape, strides, strict=True))
+            )
+            isz = e.dtype.itemsize
+            lo = (e.offset or 0) + first * isz
+            hi = (e.offset or 0) + (last + 1) * isz
+            raise CorruptCheckpointError(
+                f"checksum mismatch in tensor {e.key!r} (dataset {e.dataset!r}), slice start "
+                f"{list(s.start)} shape {list(s.shape)}, file bytes [{lo}, {hi})"
+            )
+
+
+def read_tensors(
+    comm: MPI.Comm,
+    prefix: str,
+    index: CheckpointIndex,
+    requests: Sequence[ReadRequest],
+    *,
+    options: CheckpointOptions,
+    deadline: Deadline,
+) -> list[np.ndarray]:
+    """Read each request's hyperslab into a new array; verify checksums; agree.
+
+    Collective: call on all ranks (each with its own requests, possibly none).
+    """
+    what = f"read of checkpoint {prefix!r}"
+    arrays = [np.empty(r.shape, dtype=r.entry.dtype) for r in requests]
+    exc: BaseException | None = None
+    try:
+        pieces = [
+            Piece(r.entry.offset, r.entry.shape, r.start, a)  # type: ignore[arg-type]
+            for r, a in zip(requests, arrays, strict=True)
+            if a.size
+        ]
+        path = data_file_path(prefix, index.data_file)
+        with open_file(comm, path, MPI.MODE_RDONLY, options.mpi_info) as fh:
+            collective_io(fh, comm, pieces, write=False, collective=options.collective)
+        if options.verify_checksums:
+            todo = [(r, a) for r, a in zip(requests, arrays, strict=True) if a.size]
+            if len(todo) > 1:
+                with ThreadPoolExecutor(max_workers=2) as pool:
+                    list(pool.map(lambda ra: _verify(*ra), todo))
+            else:
+                for r, a in todo:
+                    _verify(r, a)
+    except MPI.Exception as e:
+        exc = CorruptCheckpointError(f"MPI-IO error reading {prefix!r}: {e}")
+    except Exception as e:  # noqa: BLE001 - agreed on below
+        exc = e
+    _dist.agree(comm, what, exc, deadline)
+    return arrays
+
+
+def verify_tensor(entry: TensorEntry, array: np.ndarray) -> None:
+    """Check every saved slice of a whole (global) tensor against its checksum.
+
+    Raises:
+        CorruptCheckpointError: A slice's bytes do not match, naming the tensor and byte range.
+    """
+    _verify(ReadRequest(entry, (0,) * len(entry.shape), entry.shape), array)
+
+
+def read_tensor_serial(
+    prefix: str, index: CheckpointIndex, entry: TensorEntry, *, verify: bool = True
+) -> np.ndarray:
+    """Read one whole tensor on a single process (no MPI); verify its checksums.
+
+    Raises:
+        CorruptCheckpointError: Short read or checksum mismatch.
+    """
+    if entry.offset is None:
+        return np.empty(entry.shape, dtype=entry.dtype)
+    path = data_file_path(prefix, index.data_file)
+    out = np.empty(entry.shape, dtype=entry.dtype)
+    buf = out.reshape(-1).view(np.uint8)
+    with open(path, "rb", buffering=0) as f:
+        n = os.preadv(f.fileno(), [buf], entry.offset) if buf.size else 0
+    if n != buf.size:
+        raise CorruptCheckpointError(
+            f"short read of tensor {entry.key!r}: {n} of {buf.size} bytes at offset {entry.offset}"
+        )
+    if verify:
+        verify_tensor(entry, out)
+    return out

@@ -1,0 +1,231 @@
+"""CheckpointManager: numbered saves, retention, and the state file (``tf.train.CheckpointManager``)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from . import _dist, io
+from ._dist import Deadline
+from .checkpoint import Checkpoint
+from .io import _fsutil
+from .options import CheckpointOptions
+from .statefile import CheckpointState, read_state, relative_to, write_state
+from .variable import Variable
+
+__all__ = ["CheckpointManager", "delete_checkpoint_files"]
+
+
+def delete_checkpoint_files(prefix: str) -> None:
+    """Remove every file of checkpoint ``prefix``: the index first (uncommitting it), then data."""
+    _fsutil.remove_quietly(io.index_path(prefix))
+    d = os.path.dirname(prefix) or "."
+    for name in io.own_data_files(prefix):
+        _fsutil.remove_quietly(os.path.join(d, name))
+
+
+def _as_int(value: Any, what: str) -> int:
+    if isinstance(value, Variable):
+        value = value.local
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{what} must be an int or an int Variable, got {value!r:.60}") from None
+    return n
+
+
+class CheckpointManager:
+    """Manages numbered checkpoints in a directory: saving, retention, the state file.
+
+    Args:
+        checkpoint: The :class:`Checkpoint` to save and restore.
+        directory: Where checkpoints and the state file ``checkpoint`` live.
+        max_to_keep: How many recent checkpoints to keep; ``None`` keeps all.
+        keep_checkpoint_every_n_hours: Additionally keep one checkpoint per this
+            many hours, whatever ``max_to_keep`` says.
+        checkpoint_name: The prefix of checkpoint names (``ckpt`` -> ``ckpt-3``).
+        step_counter: An int Variable (or int) giving the training step, used by
+            ``checkpoint_interval``.
+        checkpoint_interval: Save only if at least this many steps passed since
+            the last save (needs ``step_counter``).
+        init_fn: Called by :meth:`restore_or_initialize` when there is nothing to restore.
+
+    Raises:
+        ValueError: A bad ``max_to_keep``, or ``checkpoint_interval`` without ``step_counter``.
+        TypeError: ``checkpoint`` is not a :class:`Checkpoint`.
+
+    Collective: construct on all ranks (it reads the state file on rank 0).
+    """
+
+    def __init__(
+        self,
+        checkpoint: Checkpoint,
+        directory: str | os.PathLike,
+        max_to_keep: int | None,
+        keep_checkpoint_every_n_hours: float | None = None,
+        checkpoint_name: str = "ckpt",
+        step_counter: Any = None,
+        checkpoint_interval: int | None = None,
+        init_fn: Callable[[], Any] | None = None,
+    ) -> None:
+        if not isinstance(checkpoint, Checkpoint):
+            raise TypeError(f"checkpoint must be an hpckpt.Checkpoint, got {type(checkpoint).__name__}")
+        if max_to_keep is not None and (
+            isinstance(max_to_keep, bool) or not isinstance(max_to_keep, int) or max_to_keep < 1
+        ):
+            raise ValueError(f"max_to_keep must be a positive int or None, got {max_to_keep!r}")
+        if checkpoint_interval is not None:
+            if step_counter is None:
+                raise ValueError("checkpoint_interval needs a step_counter")
+            if isinstance(checkpoint_interval, bool) or not isinstance(checkpoint_interval, int) or checkpoint_interval < 1:
+                raise ValueError(
+                    f"checkpoint_interval must be a positive int, got {checkpoint_interval!r}"
+                )
+        if keep_checkpoint_every_n_hours is not None and not keep_checkpoint_every_n_hours > 0:
+            raise ValueError(
+                f"keep_checkpoint_every_n_hours must be positive, got {keep_checkpoint_every_n_hours!r}"
+            )
+        if not isinstance(checkpoint_name, str) or not checkpoint_name or "/" in checkpoint_name:
+            raise ValueError(f"checkpoint_name must be a plain file name, got {checkpoint_name!r}")
+        self._checkpoint = checkpoint
+        self._directory = os.fspath(directory)
+        self._max_to_keep = max_to_keep
+        self._keep_hours = keep_checkpoint_every_n_hours
+        self._prefix = os.path.join(self._directory, checkpoint_name)
+        self._step_counter = step_counter
+        self._interval = checkpoint_interval
+        self._init_fn = init_fn
+        self._last_step: int | None = None
+        comm = checkpoint._hpckpt_comm
+
+        def load() -> dict | None:
+            if comm.Get_rank() != 0:
+                return None
+            state = read_state(self._directory)
+            if state is None:
+                return {"checkpoints": [], "lpt": time.time()}
+            kept = [
+                [p, t]
+                for p, t in state.checkpoints
+                if io.checkpoint_exists(os.path.join(self._directory, p))
+            ]
+            return {"checkpoints": kept, "lpt": state.last_preserved_timestamp}
+
+        doc = _dist.run_agreed(comm, f"reading the state file in {self._directory!r}", load)
+        doc = _dist.bcast_json(comm, doc)
+        self._kept: list[tuple[str, float]] = [
+            (os.path.join(self._directory, p), t) for p, t in doc["checkpoints"]
+        ]
+        self._last_preserved = float(doc["lpt"])
+
+    @property
+    def directory(self) -> str:
+        """The checkpoint directory."""
+        return self._directory
+
+    @property
+    def checkpoints(self) -> list[str]:
+        """Paths of the kept checkpoints, oldest first."""
+        return [p for p, _ in self._kept]
+
+    @property
+    def latest_checkpoint(self) -> str | None:
+        """The newest kept checkpoint, or ``None``."""
+        return self._kept[-1][0] if self._kept else None
+
+    @property
+    def checkpoint(self) -> Checkpoint:
+        """The managed checkpoint."""
+        return self._checkpoint
+
+    @property
+    def checkpoint_interval(self) -> int | None:
+        """The step interval between saves, if any."""
+        return self._interval
+
+    def save(
+        self,
+        checkpoint_number: Any = None,
+        check_interval: bool = True,
+        options: CheckpointOptions | None = None,
+    ) -> str | None:
+        """Save a numbered checkpoint, apply retention and update the state file.
+
+        Args:
+            checkpoint_number: The number in the name (int or int Variable); by
+                default the checkpoint's ``save_counter`` after it is incremented.
+            check_interval: Honour ``checkpoint_interval`` (skip if too few steps passed).
+            options: Checkpoint options.
+
+        Returns:
+            The new checkpoint's path, or ``None`` when the interval skipped it.
+
+        Collective: call on all ranks.
+        """
+        if self._interval is not None and check_interval:
+            step = _as_int(self._step_counter, "step_counter")
+            if self._last_step is not None and step < self._last_step + self._interval:
+                return None
+        options = options or CheckpointOptions()
+        sc = self._checkpoint.save_counter
+        old = int(sc.local)
+        sc.local[...] = old + 1
+        number = old + 1 if checkpoint_number is None else _as_int(checkpoint_number, "checkpoint_number")
+        path = f"{self._prefix}-{number}"
+        deadline = Deadline(options.timeout, f"manager save of {path!r}")
+        try:
+            self._checkpoint._write(path, options, deadline)
+        except BaseException:
+            sc.local[...] = old
+            raise
+        now = time.time()
+        kept = [(p, t) for p, t in self._kept if p != path] + [(path, now)]
+        removed: list[str] = []
+        last_preserved = self._last_preserved
+        if self._max_to_keep is not None:
+            while len(kept) > self._max_to_keep:
+                p, t = kept.pop(0)
+                if self._keep_hours is not None and t - last_preserved >= self._keep_hours * 3600:
+                    last_preserved = t
+                    continue
+                removed.append(p)
+        comm = self._checkpoint._hpckpt_comm
+
+        def commit_state() -> None:
+            if comm.Get_rank() != 0:
+                return
+            state = CheckpointState(
+                [(relative_to(self._directory, p), t) for p, t in kept],
+                relative_to(self._directory, path),
+                last_preserved,
+            )
+            write_state(self._directory, state)
+            for p in removed:
+                delete_checkpoint_files(p)
+
+        _dist.run_agreed(comm, f"retention and state file update for {path!r}", commit_state, deadline)
+        self._kept = kept
+        self._last_preserved = last_preserved
+        if self._step_counter is not None:
+            self._last_step = _as_int(self._step_counter, "step_counter")
+        return path
+
+    def restore_or_initialize(self) -> str | None:
+        """Restore the latest checkpoint, or call ``init_fn`` if there is none.
+
+        Returns:
+            The restored path, or ``None`` when it initialized.
+
+        Collective: call on all ranks.
+        """
+        latest = self.latest_checkpoint
+        if latest is not None:
+            self._checkpoint.restore(latest)
+            if self._step_counter is not None:
+                self._last_step = _as_int(self._step_counter, "step_counter")
+            return latest
+        if self._init_fn is not None:
+            self._init_fn()
+        return None

@@ -1,0 +1,120 @@
+"""Reading a checkpoint without the model and without an MPI launcher (``tf.train.load_checkpoint``)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import io
+from .errors import NotFoundError
+from .index import CheckpointIndex, TensorEntry, parse_index
+from .statefile import latest_checkpoint
+
+__all__ = ["CheckpointReader", "TensorInfo", "list_variables", "load_checkpoint", "resolve_checkpoint"]
+
+
+def resolve_checkpoint(dir_or_path: str | os.PathLike) -> str:
+    """A checkpoint prefix from a directory (its latest) or a checkpoint path.
+
+    Raises:
+        NotFoundError: Nothing to load there.
+    """
+    p = os.fspath(dir_or_path)
+    if os.path.isdir(p):
+        latest = latest_checkpoint(p)
+        if latest is None:
+            raise NotFoundError(f"no checkpoint in directory {p!r}")
+        return latest
+    return io.normalize_prefix(p)
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """What the index says of one tensor."""
+
+    key: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    sharding_specs: tuple[str, ...]
+    mesh_dim_names: tuple[str, ...]
+    mesh_shape: tuple[int, ...]
+    nbytes: int
+    dataset: str
+
+
+class CheckpointReader:
+    """Reads tensors of one checkpoint on a single process.
+
+    Args:
+        prefix: The checkpoint path.
+
+    Raises:
+        NotFoundError: No checkpoint there.
+        CorruptCheckpointError: The checkpoint is damaged or hostile.
+    """
+
+    def __init__(self, prefix: str) -> None:
+        self._prefix = prefix
+        self._index: CheckpointIndex = parse_index(io.load_index_bytes(prefix), source=prefix)
+
+    @property
+    def prefix(self) -> str:
+        """The checkpoint path."""
+        return self._prefix
+
+    @property
+    def index(self) -> CheckpointIndex:
+        """The validated index."""
+        return self._index
+
+    def _entry(self, key: str) -> TensorEntry:
+        try:
+            return self._index.tensors[key]
+        except KeyError:
+            raise KeyError(f"tensor {key!r} is not in checkpoint {self._prefix!r}") from None
+
+    def get_variable_to_shape_map(self) -> dict[str, list[int]]:
+        """``{key: global shape}`` of every tensor."""
+        return {k: list(t.shape) for k, t in self._index.tensors.items()}
+
+    def get_variable_to_dtype_map(self) -> dict[str, np.dtype]:
+        """``{key: numpy dtype}`` of every tensor."""
+        return {k: t.dtype for k, t in self._index.tensors.items()}
+
+    def has_tensor(self, key: str) -> bool:
+        """Whether the checkpoint holds ``key``."""
+        return key in self._index.tensors
+
+    def get_tensor(self, key: str) -> np.ndarray:
+        """The global array of ``key`` (checksums verified).
+
+        Raises:
+            KeyError: No such tensor.
+            CorruptCheckpointError: Its bytes fail their checksums.
+        """
+        e = self._entry(key)
+        return io.read_tensor_serial(self._prefix, self._index, e, verify=True)
+
+    def tensor_info(self, key: str) -> TensorInfo:
+        """Shape, dtype, layout and mesh at save of ``key``."""
+        e = self._entry(key)
+        return TensorInfo(
+            e.key, e.shape, e.dtype, e.sharding_specs, e.mesh_dim_names, e.mesh_shape, e.nbytes, e.dataset
+        )
+
+    def get_layout_map(self) -> dict[str, dict]:
+        """``{key: {"sharding_specs": [...], "mesh": {...}}}``: each tensor's layout at save."""
+        return {k: t.layout_dict() for k, t in self._index.tensors.items()}
+
+
+def load_checkpoint(dir_or_path: str | os.PathLike) -> CheckpointReader:
+    """A :class:`CheckpointReader` for a checkpoint path or a directory's latest checkpoint."""
+    return CheckpointReader(resolve_checkpoint(dir_or_path))
+
+
+def list_variables(dir_or_path: str | os.PathLike) -> list[tuple[str, list[int]]]:
+    """``[(key, shape), ...]`` of every tensor in a checkpoint, sorted by key."""
+    reader = load_checkpoint(dir_or_path)
+    return sorted(reader.get_variable_to_shape_map().items())

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The whole test suite: serial tests, then MPI tests on 2, 3 and 4 ranks.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+export OMPI_MCA_btl=self,vader OMPI_MCA_rmaps_base_oversubscribe=1
+export PYTHONDONTWRITEBYTECODE=1
+status=0
+total_pass=0; total_fail=0; total_skip=0
+
+run() {
+    local label=$1; shift
+    echo "=== $label"
+    local log; log=$(mktemp)
+    "$@" 2>&1 | tee "$log"
+    local rc=${PIPESTATUS[0]}
+    # Count from the final pytest summary line(s) of rank 0 (or of the serial run).
+    local line; line=$(grep -E "^(=+ )?[0-9]+ (passed|failed)" "$log" | head -n 1)
+    local p f s
+    p=$(grep -oE "[0-9]+ passed" <<<"$line" | grep -oE "[0-9]+" || echo 0)
+    f=$(grep -oE "[0-9]+ failed" <<<"$line" | grep -oE "[0-9]+" || echo 0)
+    s=$(grep -oE "[0-9]+ skipped" <<<"$line" | grep -oE "[0-9]+" || echo 0)
+    total_pass=$((total_pass + ${p:-0})); total_fail=$((total_fail + ${f:-0})); total_skip=$((total_skip + ${s:-0}))
+    rm -f "$log"
+    if [ "$rc" -ne 0 ]; then echo "!!! $label failed (exit $rc)"; status=1; fi
+}
+
+run "serial tests" "$PY" -m pytest -q -p no:cacheprovider --timeout=300 tests
+for n in 2 3 4; do
+    run "MPI tests on $n ranks" timeout 900 mpirun --oversubscribe -n "$n" \
+        "$PY" -m mpi4py -m pytest --with-mpi -q -p no:cacheprovider --timeout=240 -m mpi tests
+done
+echo
+echo "total: $total_pass passed, $total_fail failed, $total_skip skipped"
+exit $status
