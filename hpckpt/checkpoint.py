@@ -297,7 +297,11 @@ class Checkpoint(Module):
 
         graph = _dist.run_agreed(comm, f"restore of {prefix!r}", check_graph, deadline)
         ctx = _RestoreContext(comm, prefix, index, graph, options)
-        ctx.restore_subtree(0, self)
+        try:
+            ctx.restore_subtree(0, self)
+        except BaseException:
+            ctx.expect_partial = True  # the error says it all; no warning on top
+            raise
         return CheckpointLoadStatus(ctx, self)
 
     def sync(self) -> None:

@@ -316,6 +316,7 @@ class SaveNode:
     children: list[tuple[str, int]] = field(default_factory=list)
     slots: list[tuple[int, str, int]] = field(default_factory=list)
     key: str | None = None
+    is_slot: bool = False
 
 
 @dataclass
@@ -399,7 +400,7 @@ def build_save_graph(root: Any) -> SaveGraph:
                     path = (
                         f"{nodes[v].path}/{SLOT_MARKER}/{nodes[n].path}/{escape_name(slot_name)}"
                     )
-                    nodes.append(SaveNode(slot, path))
+                    nodes.append(SaveNode(slot, path, is_slot=True))
                     queue.append(s)
                 nodes[n].slots.append((v, slot_name, s))
         visit_all()
@@ -408,7 +409,7 @@ def build_save_graph(root: Any) -> SaveGraph:
     states: list[tuple[str, PythonState]] = []
     for node in nodes:
         if isinstance(node.obj, Variable):
-            node.key = _join(node.path, VARIABLE_SUFFIX)
+            node.key = node.path if node.is_slot else _join(node.path, VARIABLE_SUFFIX)
             variables.append((node.key, node.obj))
         elif isinstance(node.obj, PythonState):
             node.key = _join(node.path, PYSTATE_SUFFIX)

@@ -1,0 +1,287 @@
+"""Shared pieces of the ``hpckpt`` command line: exit codes, path resolution, formatting.
+
+Nothing here imports h5py: the command line reads checkpoints through
+:mod:`hpckpt.reader`, :mod:`hpckpt.io` and :mod:`hpckpt.statefile`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+import numpy as np
+
+from . import io
+from .errors import CorruptCheckpointError, NotFoundError
+from .graph import SavedGraph, parse_graph
+from .index import CheckpointIndex, SliceEntry, TensorEntry, parse_index
+from .io.protocol import INDEX_SUFFIX
+from .reader import resolve_checkpoint
+
+__all__ = [
+    "EXIT_DAMAGED",
+    "EXIT_DIFFERENT",
+    "EXIT_IO",
+    "EXIT_NOT_FOUND",
+    "EXIT_OK",
+    "CliError",
+    "Loaded",
+    "dump_json",
+    "fmt_bytes",
+    "fmt_layout",
+    "fmt_mesh",
+    "fmt_shape",
+    "fmt_time",
+    "iso_time",
+    "json_float",
+    "load",
+    "read_index_file",
+    "resolve",
+    "slice_byte_range",
+    "step_of",
+    "table",
+    "tensor_json",
+]
+
+EXIT_OK = 0
+"""Success (for ``verify``: every tensor is intact)."""
+EXIT_DAMAGED = 1
+"""A checkpoint (or the state file) is damaged: checksum mismatch, truncated or hostile file."""
+EXIT_NOT_FOUND = 2
+"""A path does not exist, holds no checkpoint, or the command line is wrong."""
+EXIT_DIFFERENT = 3
+"""``diff --exit-code`` only: the two checkpoints differ."""
+EXIT_IO = 4
+"""Any other error: permission denied, disk full when writing, unexpected failure."""
+
+_DATA_RE = re.compile(r"^(?P<prefix>.+)\.data-[0-9a-f]{8,64}\.h5$")
+_STEP_RE = re.compile(r"-(\d+)$")
+
+
+class CliError(Exception):
+    """An error the command line reports as one line on stderr.
+
+    Attributes:
+        exit_code: The process's exit code.
+        kind: A short machine-readable category (``not_found``, ``damaged``, ``usage``, ``io``).
+    """
+
+    def __init__(self, message: str, exit_code: int, kind: str) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.kind = kind
+
+
+def resolve(path: str) -> str:
+    """The checkpoint prefix for a command-line PATH.
+
+    PATH may be a checkpoint prefix (``runs/ckpt-3``), its index
+    (``runs/ckpt-3.index.json``), its data file (``runs/ckpt-3.data-<token>.h5``) or a
+    directory (its latest checkpoint, from the state file).
+
+    Raises:
+        NotFoundError: Nothing to load there.
+        CorruptCheckpointError: The directory's state file is damaged.
+        ValueError: PATH is empty or contains NUL.
+    """
+    if not path:
+        raise ValueError("the checkpoint path is empty")
+    if os.path.isdir(path):
+        try:
+            return resolve_checkpoint(path)
+        except NotFoundError:
+            committed = sorted(
+                n[: -len(INDEX_SUFFIX)]
+                for n in _listdir(path)
+                if n.endswith(INDEX_SUFFIX)
+            )
+            if committed:
+                shown = ", ".join(committed[:3]) + (", ..." if len(committed) > 3 else "")
+                raise NotFoundError(
+                    f"no state file naming a checkpoint in directory {path!r}; it holds "
+                    f"{len(committed)} committed checkpoint(s) ({shown}): pass one as "
+                    f"{os.path.join(path, committed[-1])!r}"
+                ) from None
+            raise
+    base = os.path.basename(path)
+    m = _DATA_RE.match(base)
+    if m and not io.checkpoint_exists(path):
+        return os.path.join(os.path.dirname(path), m.group("prefix"))
+    return io.normalize_prefix(path)
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
+
+
+@dataclass
+class Loaded:
+    """A checkpoint opened for the command line.
+
+    Attributes:
+        prefix: The checkpoint path.
+        index: The validated index (the data file's structure is validated too).
+        graph: The validated object graph, or ``None`` if the index has none.
+    """
+
+    prefix: str
+    index: CheckpointIndex
+    graph: SavedGraph | None
+
+    @property
+    def data_path(self) -> str:
+        """The path of the data file."""
+        return io.data_file_path(self.prefix, self.index.data_file)
+
+
+def load(path: str, *, graph: bool = True) -> Loaded:
+    """Resolve PATH, then read and validate its index, data file structure and graph.
+
+    Raises:
+        NotFoundError: No checkpoint there.
+        CorruptCheckpointError: The checkpoint is damaged or hostile.
+    """
+    prefix = resolve(path)
+    index = parse_index(io.load_index_bytes(prefix), source=io.index_path(prefix))
+    g = None
+    if graph and index.graph is not None:
+        try:
+            g = parse_graph(index.graph, set(index.tensors))
+        except CorruptCheckpointError as e:
+            raise CorruptCheckpointError(f"{io.index_path(prefix)}: {e}") from None
+    return Loaded(prefix, index, g)
+
+
+def read_index_file(prefix: str) -> tuple[CheckpointIndex, int]:
+    """Parse ``P.index.json`` alone (no HDF5 access); returns the index and its size in bytes.
+
+    Raises:
+        NotFoundError: The index does not exist.
+        CorruptCheckpointError: It is not a valid index.
+    """
+    ip = io.index_path(prefix)
+    try:
+        with open(ip, "rb") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise NotFoundError(f"{ip!r} does not exist") from None
+    except IsADirectoryError:
+        raise CorruptCheckpointError(f"{ip!r} is a directory") from None
+    return parse_index(text, source=ip), len(text)
+
+
+def step_of(prefix: str) -> int | None:
+    """The N of a checkpoint named ``name-N``, else ``None``."""
+    m = _STEP_RE.search(os.path.basename(prefix))
+    return int(m.group(1)) if m else None
+
+
+def slice_byte_range(entry: TensorEntry, s: SliceEntry) -> tuple[int, int]:
+    """The file bytes ``[lo, hi)`` spanned by a saved slice of a tensor (row-major storage)."""
+    if not entry.shape:
+        lo = entry.offset or 0
+        return lo, lo + entry.dtype.itemsize
+    strides = [math.prod(entry.shape[i + 1 :]) for i in range(len(entry.shape))]
+    first = sum(a * k for a, k in zip(s.start, strides, strict=True))
+    last = sum((a + max(m - 1, 0)) * k for a, m, k in zip(s.start, s.shape, strides, strict=True))
+    isz = entry.dtype.itemsize
+    base = entry.offset or 0
+    return base + first * isz, base + (last + 1) * isz
+
+
+def json_float(x: float) -> float | str:
+    """``x`` as a JSON number, or ``"nan"``/``"inf"``/``"-inf"`` (JSON has no non-finite numbers)."""
+    x = float(x)
+    if math.isfinite(x):
+        return x
+    return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+
+
+def dump_json(doc: Any, stream: TextIO | None = None) -> None:
+    """Write one JSON document (strict: no NaN) and a newline to ``stream`` (stdout)."""
+    out = stream or sys.stdout
+    out.write(json.dumps(doc, indent=2, allow_nan=False))
+    out.write("\n")
+
+
+def fmt_bytes(n: int) -> str:
+    """``1536`` -> ``"1.5 KiB"``."""
+    if n < 1024:
+        return f"{n} B"
+    x = float(n)
+    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB"):
+        x /= 1024.0
+        if x < 1024.0 or unit == "PiB":
+            break
+    return f"{x:.1f} {unit}"
+
+
+def fmt_time(t: float | None) -> str:
+    """Seconds since the epoch as local ``YYYY-MM-DD HH:MM:SS`` (``-`` if unknown)."""
+    if t is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+def iso_time(t: float | None) -> str | None:
+    """Seconds since the epoch as an ISO 8601 UTC string."""
+    if t is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def fmt_shape(shape: tuple[int, ...] | list[int]) -> str:
+    """``(3, 4)`` -> ``"[3, 4]"``; a scalar is ``"[]"``."""
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def fmt_mesh(names: tuple[str, ...] | list[str], shape: tuple[int, ...] | list[int]) -> str:
+    """``("x", "y"), (2, 2)`` -> ``"x=2,y=2"``."""
+    return ",".join(f"{n}={s}" for n, s in zip(names, shape, strict=True))
+
+
+def fmt_layout(specs: tuple[str, ...] | list[str]) -> str:
+    """``("x", "unsharded")`` -> ``"[x, unsharded]"``."""
+    return "[" + ", ".join(specs) + "]"
+
+
+def tensor_json(e: TensorEntry) -> dict[str, Any]:
+    """The JSON description of one tensor: shape, dtype, layout and mesh at save, bytes."""
+    return {
+        "key": e.key,
+        "dataset": e.dataset,
+        "dtype": np.dtype(e.dtype).name,
+        "dtype_str": e.dtype.str,
+        "shape": list(e.shape),
+        "sharding_specs": list(e.sharding_specs),
+        "mesh": {"dim_names": list(e.mesh_dim_names), "shape": list(e.mesh_shape)},
+        "nbytes": e.nbytes,
+        "offset": e.offset,
+        "slices": len(e.slices),
+    }
+
+
+def table(headers: list[str], rows: list[list[str]], right: set[int] | None = None) -> list[str]:
+    """Format rows as aligned text columns (columns in ``right`` are right-aligned)."""
+    right = right or set()
+    widths = [len(h) for h in headers]
+    for r in rows:
+        widths = [max(w, len(c)) for w, c in zip(widths, r, strict=True)]
+
+    def line(cells: list[str]) -> str:
+        parts = [
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ]
+        return "  ".join(parts).rstrip()
+
+    return [line(headers)] + [line(r) for r in rows]

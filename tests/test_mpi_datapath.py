@@ -1,0 +1,258 @@
+"""The collective data path under MPI: write, read, resharding, agreed errors."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import h5py
+import numpy as np
+import pytest
+from conftest import Agreed, all_ranks
+from mpi4py import MPI
+
+import hpckpt
+from hpckpt import UNSHARDED, Layout
+
+pytestmark = pytest.mark.mpi(min_size=2)
+
+
+def mesh2d():
+    size = MPI.COMM_WORLD.Get_size()
+    shape = (2, size // 2) if size % 2 == 0 else (size, 1)
+    return hpckpt.create_mesh([("x", shape[0]), ("y", shape[1])])
+
+
+def model_values():
+    rng = np.random.default_rng(42)
+    return {
+        "one_dim": rng.standard_normal((8, 6)).astype(np.float32),
+        "both_dims": rng.standard_normal((6, 10)),
+        "uneven": np.arange(7 * 5, dtype=np.int32).reshape(7, 5),
+        "tiny": np.array([1.5, 2.5, 3.5]),  # empty shards on 4 ranks
+        "replicated": rng.integers(0, 100, (5, 3)).astype(np.int64),
+        "scalar": np.float64(2.75),
+        "flags": np.array([True, False, True, True, False]),
+        "half": rng.standard_normal(9).astype(np.float16),
+        "cplx": (rng.standard_normal(4) + 1j * rng.standard_normal(4)).astype(np.complex64),
+        "u16": np.arange(11, dtype=np.uint16),
+        "empty": np.zeros((0, 4), dtype=np.float32),
+    }
+
+
+def layouts(mesh):
+    size = MPI.COMM_WORLD.Get_size()
+    flat = hpckpt.create_mesh([("r", size)])
+    return {
+        "one_dim": Layout(["x", UNSHARDED], mesh),
+        "both_dims": Layout(["y", "x"], mesh),
+        "uneven": Layout(["x", "y"], mesh),
+        "tiny": Layout(["r"], flat),
+        "replicated": Layout.replicated(mesh, 2),
+        "scalar": Layout([], mesh),
+        "flags": Layout(["y"], mesh),
+        "half": Layout(["r"], flat),
+        "cplx": Layout(["x"], mesh),
+        "u16": Layout(["r"], flat),
+        "empty": Layout(["x", "y"], mesh),
+    }
+
+
+def make_vars(values, lays):
+    return {k: hpckpt.Variable(v, lays[k], name=k) for k, v in values.items()}
+
+
+def test_write_read_roundtrip_and_plain_h5py(shared_dir):
+    comm = MPI.COMM_WORLD
+    mesh = mesh2d()
+    values = model_values()
+    vs = make_vars(values, layouts(mesh))
+    ckpt = hpckpt.Checkpoint(**vs)
+    prefix = os.path.join(shared_dir, "model")
+    assert ckpt.write(prefix) == prefix
+
+    # Plain serial h5py sees every tensor as its global array.
+    with Agreed():
+        if comm.rank == 0:
+            index = json.load(open(prefix + ".index.json"))
+            with h5py.File(os.path.join(shared_dir, index["data_file"]["name"]), "r") as f:
+                for k, want in values.items():
+                    key = f"{k}/.ATTRIBUTES/VARIABLE_VALUE"
+                    ds = f[index["tensors"][key]["dataset"]]
+                    assert ds.shape == np.shape(want), k
+                    assert ds.dtype == np.asarray(want).dtype, k
+                    assert np.array_equal(ds[()], want), k
+
+    for v in vs.values():
+        v.local[...] = 0
+    status = ckpt.read(prefix)
+    status.assert_consumed()
+    with Agreed():
+        for k, want in values.items():
+            assert np.array_equal(vs[k].numpy(), want), k
+            assert vs[k].dtype == np.asarray(want).dtype
+
+
+def test_replicated_tensors_are_written_once(shared_dir):
+    comm = MPI.COMM_WORLD
+    mesh = mesh2d()
+    values = model_values()
+    ckpt = hpckpt.Checkpoint(**make_vars(values, layouts(mesh)))
+    prefix = os.path.join(shared_dir, "once")
+    ckpt.write(prefix)
+    with Agreed():
+        if comm.rank == 0:
+            index = json.load(open(prefix + ".index.json"))
+            for key, t in index["tensors"].items():
+                cover = np.zeros(t["shape"], dtype=int)
+                for s in t["slices"]:
+                    cover[tuple(slice(a, a + n) for a, n in zip(s["start"], s["shape"]))] += 1
+                assert (cover == 1).all(), key  # every element exactly once
+
+
+def test_restore_with_other_layouts_on_same_ranks(shared_dir):
+    size = MPI.COMM_WORLD.Get_size()
+    values = model_values()
+    mesh = mesh2d()
+    prefix = hpckpt.Checkpoint(**make_vars(values, layouts(mesh))).write(
+        os.path.join(shared_dir, "src")
+    )
+    other = hpckpt.create_mesh([("a", 1), ("b", size)])
+    new_layouts = {
+        "one_dim": Layout([UNSHARDED, "b"], other),
+        "both_dims": Layout(["b", UNSHARDED], other),
+        "uneven": Layout(["a", "b"], other),
+        "tiny": Layout.replicated(other, 1),
+        "replicated": Layout(["b", "a"], other),
+        "scalar": Layout([], other),
+        "flags": Layout(["b"], other),
+        "half": Layout.replicated(other, 1),
+        "cplx": Layout(["b"], other),
+        "u16": Layout(["a"], other),
+        "empty": Layout(["b", UNSHARDED], other),
+    }
+    zeros = {k: np.zeros_like(np.asarray(v)) for k, v in values.items()}
+    vs = make_vars(zeros, new_layouts)
+    hpckpt.Checkpoint(**vs).read(prefix).assert_consumed()
+    with Agreed():
+        for k, want in values.items():
+            assert np.array_equal(vs[k].numpy(), want), k
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_restore_on_fewer_ranks(shared_dir, k):
+    comm = MPI.COMM_WORLD
+    if k >= comm.size:
+        pytest.skip(f"needs more than {k} ranks")
+    values = model_values()
+    prefix = hpckpt.Checkpoint(**make_vars(values, layouts(mesh2d()))).write(
+        os.path.join(shared_dir, "wide")
+    )
+    sub = comm.Split(0 if comm.rank < k else MPI.UNDEFINED, comm.rank)
+    ok = True
+    if sub != MPI.COMM_NULL:
+        mesh = hpckpt.create_mesh([("z", k)], comm=sub)
+        vs = {
+            name: hpckpt.Variable(
+                np.zeros_like(np.asarray(v)),
+                Layout(["z"] + [UNSHARDED] * (np.ndim(v) - 1), mesh)
+                if np.ndim(v)
+                else Layout([], mesh),
+            )
+            for name, v in values.items()
+        }
+        hpckpt.DTensorCheckpoint(mesh, **vs).read(prefix).assert_consumed()
+        ok = all(np.array_equal(vs[n].numpy(), values[n]) for n in values)
+        sub.Free()
+    assert all_ranks(ok)
+
+
+def test_shape_mismatch_raises_on_every_rank_and_changes_nothing(shared_dir):
+    mesh = mesh2d()
+    v = hpckpt.Variable(np.arange(12.0).reshape(4, 3), Layout(["x", UNSHARDED], mesh))
+    w = hpckpt.Variable(np.arange(5.0), Layout(["y"], mesh))
+    prefix = hpckpt.Checkpoint(v=v, w=w).write(os.path.join(shared_dir, "m"))
+    bad = hpckpt.Variable(np.full((3, 4), 9.0), Layout(["x", UNSHARDED], mesh))
+    w2 = hpckpt.Variable(np.full(5, 9.0), Layout(["y"], mesh))
+    raised = None
+    try:
+        hpckpt.Checkpoint(v=bad, w=w2).read(prefix)
+    except hpckpt.CheckpointError as e:
+        raised = str(e)
+    assert all_ranks(raised is not None and "shape mismatch" in raised and "(4, 3)" in raised)
+    # every rank got the same message, and nothing was assigned
+    assert len(set(MPI.COMM_WORLD.allgather(raised))) == 1
+    assert all_ranks((bad.local == 9.0).all() and (w2.local == 9.0).all())
+
+
+def test_dtype_mismatch_raises_checkpoint_error(shared_dir):
+    mesh = mesh2d()
+    v = hpckpt.Variable(np.arange(4.0), Layout(["x"], mesh))
+    prefix = hpckpt.Checkpoint(v=v).write(os.path.join(shared_dir, "d"))
+    w = hpckpt.Variable(np.arange(4, dtype=np.int32), Layout(["x"], mesh))
+    with pytest.raises(hpckpt.CheckpointError, match="dtype mismatch"):
+        hpckpt.Checkpoint(v=w).read(prefix)
+
+
+def test_missing_checkpoint_is_not_found_everywhere(shared_dir):
+    v = hpckpt.Variable(np.arange(4.0))
+    with pytest.raises(hpckpt.NotFoundError, match="nope"):
+        hpckpt.Checkpoint(v=v).read(os.path.join(shared_dir, "nope"))
+    assert isinstance(hpckpt.NotFoundError("x"), FileNotFoundError)
+
+
+class Flaky(hpckpt.PythonState):
+    def __init__(self, bad_rank):
+        self.bad_rank = bad_rank
+        self.value = "ok"
+
+    def serialize(self):
+        if MPI.COMM_WORLD.rank == self.bad_rank:
+            raise RuntimeError("disk of thoughts is full")
+        return self.value
+
+    def deserialize(self, s):
+        self.value = s
+
+
+def test_failure_on_one_rank_is_the_same_error_on_all(shared_dir):
+    comm = MPI.COMM_WORLD
+    bad = comm.size - 1
+    v = hpckpt.Variable(np.arange(6.0))
+    ckpt = hpckpt.Checkpoint(v=v, it=Flaky(bad))
+    msg = None
+    try:
+        ckpt.write(os.path.join(shared_dir, "f"))
+    except hpckpt.CheckpointError as e:
+        msg = str(e)
+        assert [f.rank for f in e.failures] == [bad]
+        assert e.failures[0].type == "RuntimeError"
+    assert all_ranks(msg is not None and f"rank {bad}: RuntimeError: disk of thoughts" in msg)
+    assert len(set(comm.allgather(msg))) == 1
+    assert all_ranks(not os.path.exists(os.path.join(shared_dir, "f.index.json")))
+
+
+def test_python_state_roundtrip(shared_dir):
+    st = Flaky(bad_rank=-1)
+    st.value = "position=17"
+    ckpt = hpckpt.Checkpoint(it=st)
+    p = ckpt.write(os.path.join(shared_dir, "ps"))
+    st.value = "changed"
+    ckpt.read(p).assert_consumed()
+    assert all_ranks(st.value == "position=17")
+
+
+def test_overwrite_keeps_one_data_file(shared_dir):
+    comm = MPI.COMM_WORLD
+    v = hpckpt.Variable(np.arange(10.0), Layout(["x"], hpckpt.create_mesh()))
+    ckpt = hpckpt.Checkpoint(v=v)
+    p = os.path.join(shared_dir, "ow")
+    ckpt.write(p)
+    v.assign(np.arange(10.0) * 2)
+    ckpt.write(p)
+    files = sorted(os.listdir(shared_dir)) if comm.rank == 0 else None
+    files = comm.bcast(files)
+    assert len([f for f in files if f.startswith("ow.data-")]) == 1
+    v.assign(np.zeros(10))
+    ckpt.read(p)
+    assert all_ranks(np.array_equal(v.numpy(), np.arange(10.0) * 2))

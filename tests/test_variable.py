@@ -1,0 +1,64 @@
+"""Variables on a 1-rank world: dtypes, scalars, assignment, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from mpi4py import MPI
+
+import hpckpt
+
+DTYPES = [
+    np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32,
+    np.uint64, np.float16, np.float32, np.float64, np.complex64, np.complex128,
+]
+
+
+@pytest.fixture
+def mesh():
+    return hpckpt.create_mesh([("x", 1)], comm=MPI.COMM_SELF)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_all_numeric_dtypes_and_bool(mesh, dtype):
+    g = (np.arange(12) % 3).astype(dtype).reshape(3, 4)
+    v = hpckpt.Variable(g, hpckpt.Layout(["x", hpckpt.UNSHARDED], mesh))
+    assert v.dtype == np.dtype(dtype) and v.shape == (3, 4)
+    assert np.array_equal(v.numpy(), g)
+
+
+def test_scalar_and_assign(mesh):
+    v = hpckpt.Variable(3.5, hpckpt.Layout([], mesh), name="s")
+    assert v.shape == () and v.local.shape == ()
+    v.assign(4.0)
+    assert float(v.numpy()) == 4.0
+    with pytest.raises(ValueError, match=r"shape \(2,\)"):
+        v.assign([1.0, 2.0])
+
+
+def test_from_local_checks_shape(mesh):
+    lay = hpckpt.Layout(["x"], mesh)
+    v = hpckpt.Variable.from_local(np.arange(5), lay, (5,))
+    assert np.array_equal(v.numpy(), np.arange(5))
+    with pytest.raises(ValueError, match=r"\(4,\)"):
+        hpckpt.Variable.from_local(np.arange(4), lay, (5,))
+    with pytest.raises(ValueError, match=r"\(3,\)"):
+        v.assign_local(np.arange(3))
+
+
+def test_rejects_non_numeric(mesh):
+    with pytest.raises(TypeError, match="not supported"):
+        hpckpt.Variable(np.array(["a", "b"]), hpckpt.Layout(["x"], mesh))
+    with pytest.raises(TypeError, match="not supported"):
+        hpckpt.Variable(np.array([object()]), hpckpt.Layout(["x"], mesh))
+
+
+def test_layout_rank_mismatch(mesh):
+    with pytest.raises(ValueError, match="rank 1"):
+        hpckpt.Variable(np.zeros((2, 2)), hpckpt.Layout(["x"], mesh))
+
+
+def test_local_is_writable_view(mesh):
+    v = hpckpt.Variable(np.zeros(4), hpckpt.Layout(["x"], mesh))
+    v.local[1] = 7
+    assert v.numpy()[1] == 7
