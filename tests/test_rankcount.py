@@ -1,0 +1,68 @@
+"""A checkpoint written by a 4-rank job restores in jobs of 1, 2 and 3 ranks with
+other layouts, and is readable without any MPI launcher."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import hpckpt
+
+HERE = os.path.dirname(__file__)
+ENV = dict(
+    os.environ,
+    OMPI_ALLOW_RUN_AS_ROOT="1",
+    OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+    OMPI_MCA_btl="self,vader",
+)
+
+
+def mpirun(n, *args):
+    cmd = ["mpirun", "--oversubscribe", "-n", str(n), sys.executable, "-m", "mpi4py",
+           os.path.join(HERE, "programs", "rankcount.py"), *args]
+    return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    d = str(tmp_path_factory.mktemp("rc"))
+    r = mpirun(4, "save", d)
+    assert r.returncode == 0, r.stderr
+    return d
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_restore_on_other_rank_counts(saved, n):
+    r = mpirun(n, "restore", saved)
+    assert r.returncode == 0, r.stderr
+    assert f"RESTORED-OK {n}" in r.stdout
+
+
+def test_reader_without_launcher(saved):
+    sys.path.insert(0, os.path.join(HERE, "programs"))
+    from rankcount import values
+
+    reader = hpckpt.load_checkpoint(saved)  # a directory resolves to its latest
+    assert reader.prefix.endswith("ckpt-1")
+    shapes = reader.get_variable_to_shape_map()
+    dtypes = reader.get_variable_to_dtype_map()
+    assert shapes["w/.ATTRIBUTES/VARIABLE_VALUE"] == [13, 7]
+    assert dtypes["b/.ATTRIBUTES/VARIABLE_VALUE"] == np.int16
+    assert dtypes["save_counter/.ATTRIBUTES/VARIABLE_VALUE"] == np.int64
+    for k, want in values().items():
+        key = f"{k}/.ATTRIBUTES/VARIABLE_VALUE"
+        assert reader.has_tensor(key)
+        assert np.array_equal(reader.get_tensor(key), want)
+    assert not reader.has_tensor("nope")
+    info = reader.tensor_info("w/.ATTRIBUTES/VARIABLE_VALUE")
+    assert info.sharding_specs == ("x", "y") and info.mesh_shape == (2, 2)
+    assert info.mesh_dim_names == ("x", "y")
+    assert hpckpt.list_variables(saved)[0][0] == "b/.ATTRIBUTES/VARIABLE_VALUE"
+    with pytest.raises(KeyError, match="nope"):
+        reader.get_tensor("nope")
+    with pytest.raises(hpckpt.NotFoundError):
+        hpckpt.load_checkpoint(os.path.join(saved, "missing"))
