@@ -7,6 +7,7 @@ rank 0 commits the object-graph index and the checkpoint state file.
 
 __version__ = "0.1.0"
 
+from . import optimizers
 from .checkpoint import Checkpoint, CheckpointLoadStatus, DTensorCheckpoint
 from .errors import CheckpointError, CorruptCheckpointError, NotFoundError
 from .graph import Module, PythonState, Trackable
@@ -17,8 +18,6 @@ from .options import CheckpointOptions
 from .reader import CheckpointReader, list_variables, load_checkpoint
 from .statefile import latest_checkpoint
 from .variable import Variable
-
-from . import optimizers  # noqa: E402  (imports the public classes above)
 
 __all__ = [
     "UNSHARDED",

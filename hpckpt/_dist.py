@@ -35,10 +35,13 @@ _POLL_SECONDS = 2e-4
 
 
 class Deadline:
-    """An optional absolute deadline for waits on other ranks.
+    """An optional bound on each wait for other ranks.
+
+    Every synchronization point (a collective step or an agreement) may wait at
+    most ``timeout`` seconds, counted from when this rank starts waiting there.
 
     Args:
-        timeout: Seconds from now, or ``None`` for no limit.
+        timeout: Seconds, or ``None`` for no limit.
         what: The operation, named in the timeout error.
     """
 
@@ -47,15 +50,19 @@ class Deadline:
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         self.timeout = timeout
         self.what = what
-        self._end = None if timeout is None else time.monotonic() + timeout
+
+    def window(self) -> float | None:
+        """The absolute end of a wait that starts now (``None``: unbounded)."""
+        return None if self.timeout is None else time.monotonic() + self.timeout
 
     def wait(self, request: MPI.Request, comm: MPI.Comm) -> None:
-        """Complete ``request``, raising :class:`CheckpointError` when the deadline passes."""
-        if self._end is None:
+        """Complete ``request``, raising :class:`CheckpointError` when the bound passes."""
+        end = self.window()
+        if end is None:
             request.Wait()
             return
         while not request.Test():
-            if time.monotonic() > self._end:
+            if time.monotonic() > end:
                 raise CheckpointError(
                     f"{self.what}: timed out after {self.timeout} s waiting for other ranks "
                     f"(this is rank {comm.Get_rank()} of {comm.Get_size()})"
@@ -166,6 +173,9 @@ def raise_failures(
         return
     failures = tuple(RankFailure(r, f[1], f[2]) for r, f in failed)
     kinds = {f[0] for _, f in failed}
+    if "timeout" in kinds:
+        late = [r for r, f in failed if f[0] == "timeout"]
+        raise CheckpointError(f"{what} timed out: rank(s) {late} did not arrive", failures) from exc
     if "corrupt" in kinds:
         raise CorruptCheckpointError(f"{what} failed", failures) from exc
     if kinds == {"notfound"}:
@@ -191,9 +201,71 @@ def agree(
     Each rank passes the exception it caught (or ``None``); see
     :func:`raise_failures` for what is raised.
 
+    With a timeout (``deadline.timeout``), the records travel point to point
+    through rank 0 so that a rank that never arrives is named: rank 0 waits for
+    each rank until the deadline, then tells every rank that did arrive which
+    ranks are missing; a rank that hears nothing from rank 0 names rank 0.
+
     Collective: call on all ranks.
     """
-    raise_failures(comm, what, allgather_json(comm, _failure_of(exc), deadline), exc)
+    rec = _failure_of(exc)
+    if deadline is None or deadline.timeout is None:
+        records = allgather_json(comm, rec, deadline)
+    else:
+        records = _p2p_agree(comm, rec, deadline)
+    raise_failures(comm, what, records, exc)
+
+
+_TAG_RECORD = 0x4843  # "HC"
+_TAG_RESULT = 0x4844
+
+
+def _recv_bytes(comm: MPI.Comm, source: int, tag: int, end: float) -> bytes | None:
+    status = MPI.Status()
+    while not comm.Iprobe(source=source, tag=tag, status=status):
+        if time.monotonic() > end:
+            return None
+        time.sleep(_POLL_SECONDS)
+    buf = np.empty(status.Get_count(MPI.BYTE), dtype=np.uint8)
+    comm.Recv(buf, source=source, tag=tag)
+    return buf.tobytes()
+
+
+def _p2p_agree(comm: MPI.Comm, rec: Any, deadline: Deadline) -> list[Any]:
+    rank, size = comm.Get_rank(), comm.Get_size()
+    end = deadline.window()
+    assert end is not None
+    if rank != 0:
+        req = comm.Isend(_encode(rec), dest=0, tag=_TAG_RECORD)
+        data = _recv_bytes(comm, 0, _TAG_RESULT, end)
+        if data is None:
+            req.Cancel()
+            return [
+                ["timeout", "Timeout", f"rank 0 did not answer within {deadline.timeout} s"]
+                if r == 0
+                else None
+                for r in range(size)
+            ]
+        req.Wait()
+        return json.loads(data.decode())
+    records: list[Any] = [rec] + [None] * (size - 1)
+    missing = []
+    for r in range(1, size):
+        data = _recv_bytes(comm, r, _TAG_RECORD, end)
+        if data is None:
+            missing.append(r)
+            records[r] = ["timeout", "Timeout", f"did not arrive within {deadline.timeout} s"]
+        else:
+            records[r] = json.loads(data.decode())
+    out = _encode(records)
+    reqs = [comm.Isend(out, dest=r, tag=_TAG_RESULT) for r in range(1, size) if r not in missing]
+    for q in reqs:
+        while not q.Test():
+            if time.monotonic() > end:
+                q.Cancel()
+                break
+            time.sleep(_POLL_SECONDS)
+    return records
 
 
 def bcast_bytes(
@@ -230,7 +302,7 @@ def run_agreed(
     exc: BaseException | None = None
     try:
         result = fn()
-    except Exception as e:  # noqa: BLE001 - every failure is agreed on, then re-raised
+    except Exception as e:
         exc = e
     agree(comm, what, exc, deadline)
     return result

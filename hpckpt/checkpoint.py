@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from mpi4py import MPI
 
-from . import _dist, io
+from . import _dist, _faults, io
 from ._dist import Deadline
 from .errors import CheckpointError
 from .graph import (
@@ -57,11 +57,14 @@ def _write_pieces(v: Variable) -> list[tuple[tuple[int, ...], np.ndarray]]:
     r0, r1 = block_range(a.shape[0], count, index)
     if r1 <= r0:
         return []
-    return [((start[0] + r0,) + start[1:], a[r0:r1])]
+    return [((start[0] + r0, *start[1:]), a[r0:r1])]
 
 
 def _replicated_layout(comm: MPI.Comm) -> dict:
-    return {"sharding_specs": ["unsharded"], "mesh": {"dim_names": ["x"], "shape": [comm.Get_size()]}}
+    return {
+        "sharding_specs": ["unsharded"],
+        "mesh": {"dim_names": ["x"], "shape": [comm.Get_size()]},
+    }
 
 
 class Checkpoint(Module):
@@ -155,7 +158,9 @@ class Checkpoint(Module):
             raise TypeError(f"options must be a CheckpointOptions, got {type(options).__name__}")
         return options
 
-    def write(self, file_prefix: str | os.PathLike, options: CheckpointOptions | None = None) -> str:
+    def write(
+        self, file_prefix: str | os.PathLike, options: CheckpointOptions | None = None
+    ) -> str:
         """Write a checkpoint at ``file_prefix`` (no numbering, no state file).
 
         Returns:
@@ -192,8 +197,10 @@ class Checkpoint(Module):
             sc.local[...] = n - 1
             raise
         directory = os.path.dirname(path) or "."
+        _faults.point("after_commit", self._hpckpt_comm.Get_rank())
 
         def update_state() -> None:
+            _faults.point("state", self._hpckpt_comm.Get_rank())
             if self._hpckpt_comm.Get_rank() != 0:
                 return
             state = read_state(directory) or CheckpointState()
@@ -201,11 +208,13 @@ class Checkpoint(Module):
             kept = [(p, t) for p, t in state.checkpoints if p != rel]
             import time
 
-            state.checkpoints = kept + [(rel, time.time())]
+            state.checkpoints = [*kept, (rel, time.time())]
             state.latest = rel
             write_state(directory, state)
 
-        _dist.run_agreed(self._hpckpt_comm, f"state file update for {path!r}", update_state, deadline)
+        _dist.run_agreed(
+            self._hpckpt_comm, f"state file update for {path!r}", update_state, deadline
+        )
         return path
 
     def _write(self, prefix: str, options: CheckpointOptions, deadline: Deadline) -> int:
@@ -213,6 +222,7 @@ class Checkpoint(Module):
         what = f"write of checkpoint {prefix!r}"
 
         def plan() -> tuple[Any, list[io.SaveTensor], list[str]]:
+            _faults.point("plan", comm.Get_rank())
             g = build_save_graph(self)
             tensors = []
             for key, v in g.variables:
@@ -313,7 +323,9 @@ class Checkpoint(Module):
 
 
 class DTensorCheckpoint(Checkpoint):
-    """A :class:`Checkpoint` over a mesh's communicator (``tf.experimental.dtensor.DTensorCheckpoint``).
+    """A :class:`Checkpoint` over a mesh's communicator.
+
+    The counterpart of ``tf.experimental.dtensor.DTensorCheckpoint``.
 
     Args:
         mesh: The mesh; its communicator is the one every method is collective over,
@@ -408,7 +420,13 @@ class _RestoreContext:
         self._read(reads, states)
 
     def _match_slot(
-        self, owner_node: int, owner: Any, var_node: int, slot_name: str, slot_node: int, queue: deque
+        self,
+        owner_node: int,
+        owner: Any,
+        var_node: int,
+        slot_name: str,
+        slot_node: int,
+        queue: deque,
     ) -> None:
         if not isinstance(owner, Trackable):
             return
@@ -422,7 +440,9 @@ class _RestoreContext:
         else:
             owner._defer_slot(var, slot_name, _PendingRestore(slot_node, self.restore_subtree))
 
-    def _read(self, reads: list[tuple[int, Variable]], states: list[tuple[int, PythonState]]) -> None:
+    def _read(
+        self, reads: list[tuple[int, Variable]], states: list[tuple[int, PythonState]]
+    ) -> None:
         if not reads and not states:
             return
         comm = self.comm
@@ -453,7 +473,9 @@ class _RestoreContext:
                     )
                 sl = v.layout.local_slices(v.shape)
                 requests.append(
-                    io.ReadRequest(e, tuple(s.start for s in sl), tuple(s.stop - s.start for s in sl))
+                    io.ReadRequest(
+                        e, tuple(s.start for s in sl), tuple(s.stop - s.start for s in sl)
+                    )
                 )
             for n, _ in states:
                 key = nodes[n].key
@@ -482,7 +504,9 @@ class _RestoreContext:
 
     def unmatched_keys(self) -> list[str]:
         return sorted(
-            n.key for i, n in enumerate(self.graph.nodes) if n.key is not None and n.key not in self.consumed
+            n.key
+            for i, n in enumerate(self.graph.nodes)
+            if n.key is not None and n.key not in self.consumed
         )
 
     def __del__(self) -> None:
@@ -498,7 +522,7 @@ class _RestoreContext:
                     "load status to silence this warning.",
                     stacklevel=1,
                 )
-        except Exception:  # noqa: BLE001 - at interpreter exit anything may be gone
+        except Exception:
             pass
 
 
@@ -511,11 +535,7 @@ class CheckpointLoadStatus:
 
     def _live_unmatched(self) -> list[str]:
         g = build_save_graph(self._root)
-        return [
-            node.path or "(root)"
-            for node in g.nodes
-            if not self._ctx.is_matched(node.obj)
-        ]
+        return [node.path or "(root)" for node in g.nodes if not self._ctx.is_matched(node.obj)]
 
     def assert_consumed(self) -> CheckpointLoadStatus:
         """Assert that every checkpointed value was restored and every live object matched.

@@ -21,6 +21,7 @@ so the arithmetic — and the result — does not depend on the mesh.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -43,7 +44,7 @@ def _worker(args: argparse.Namespace) -> int:
     from mpi4py import MPI
 
     import hpckpt
-    from hpckpt import UNSHARDED, Layout
+    from hpckpt import Layout
     from hpckpt.layout import block_range
 
     comm = MPI.COMM_WORLD
@@ -65,7 +66,9 @@ def _worker(args: argparse.Namespace) -> int:
     class MLP(hpckpt.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.layers = [Dense(a, b, 100 + i) for i, (a, b) in enumerate(zip(sizes, sizes[1:]))]
+            self.layers = [
+                Dense(a, b, 100 + i) for i, (a, b) in enumerate(itertools.pairwise(sizes))
+            ]
 
         @property
         def variables(self) -> list[hpckpt.Variable]:
@@ -114,15 +117,22 @@ def _worker(args: argparse.Namespace) -> int:
     report: dict[str, Any] = {"ranks": comm.size, "mesh": args.mesh, "saves": []}
     if args.ckpt_dir:
         manager = hpckpt.CheckpointManager(
-            ckpt, args.ckpt_dir, max_to_keep=args.keep, step_counter=step,
+            ckpt,
+            args.ckpt_dir,
+            max_to_keep=args.keep,
+            step_counter=step,
             checkpoint_interval=args.every,
         )
         t0 = time.perf_counter()
         restored = manager.restore_or_initialize()
         dt = time.perf_counter() - t0
         if restored:
-            report["restored"] = {"path": restored, "seconds": dt, "step": int(step.local),
-                                  "bytes": _data_bytes(restored)}
+            report["restored"] = {
+                "path": restored,
+                "seconds": dt,
+                "step": int(step.local),
+                "bytes": _data_bytes(restored),
+            }
 
     def grads(x: np.ndarray, y: np.ndarray) -> list[np.ndarray]:
         ws = [v.numpy() for v in net.variables]  # gather the sharded parameters
@@ -145,11 +155,13 @@ def _worker(args: argparse.Namespace) -> int:
         every = data_comm.allgather(local)  # per-rank lists of micro-batch gradients
         ordered = [g for part in every for g in part]  # micro-batch order, whatever the mesh
         total = [sum(mb[i] for mb in ordered) for i in range(len(ws))]
-        return [t[v.layout.local_slices(v.shape)] for t, v in zip(total, net.variables)]
+        return [
+            t[v.layout.local_slices(v.shape)] for t, v in zip(total, net.variables, strict=False)
+        ]
 
     while int(step.local) < args.steps:
         x, y = data.next()
-        opt.apply_gradients(zip(grads(x, y), net.variables))
+        opt.apply_gradients(zip(grads(x, y), net.variables, strict=False))
         step.local[...] += 1
         s = int(step.local)
         if args.kill_at and s == args.kill_at and comm.rank == 0:
@@ -160,8 +172,14 @@ def _worker(args: argparse.Namespace) -> int:
             path = manager.save()
             dt = time.perf_counter() - t0
             if path:
-                report["saves"].append({"path": path, "step": s, "seconds": dt,
-                                        "bytes": _data_bytes(path) if comm.rank == 0 else 0})
+                report["saves"].append(
+                    {
+                        "path": path,
+                        "step": s,
+                        "seconds": dt,
+                        "bytes": _data_bytes(path) if comm.rank == 0 else 0,
+                    }
+                )
     final = hpckpt.DTensorCheckpoint(mesh, net=net, optimizer=opt, step=step)
     final.write(args.final)
     if manager is not None:
@@ -183,16 +201,32 @@ def _data_bytes(prefix: str) -> int:
 
 
 def _mpirun(n: int, worker_args: list[str]) -> tuple[int, dict | None, str]:
-    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-               OMPI_MCA_btl=os.environ.get("OMPI_MCA_btl", "self,vader"),
-               OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
-    cmd = ["mpirun", "--oversubscribe", "-n", str(n), sys.executable, "-m", "mpi4py",
-           "-m", "hpckpt.demo", "worker", *worker_args]
+    env = dict(
+        os.environ,
+        OMPI_ALLOW_RUN_AS_ROOT="1",
+        OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+        OMPI_MCA_btl=os.environ.get("OMPI_MCA_btl", "self,vader"),
+        OPENBLAS_NUM_THREADS="1",
+        OMP_NUM_THREADS="1",
+    )
+    cmd = [
+        "mpirun",
+        "--oversubscribe",
+        "-n",
+        str(n),
+        sys.executable,
+        "-m",
+        "mpi4py",
+        "-m",
+        "hpckpt.demo",
+        "worker",
+        *worker_args,
+    ]
     p = subprocess.run(cmd, env=env, capture_output=True, text=True)
     report = None
     for line in p.stdout.splitlines():
         if line.startswith("DEMO-JSON "):
-            report = json.loads(line[len("DEMO-JSON "):])
+            report = json.loads(line[len("DEMO-JSON ") :])
     return p.returncode, report, p.stdout + p.stderr
 
 
@@ -201,9 +235,13 @@ def _compare(a: str, b: str) -> tuple[int, list[str]]:
 
     ra, rb = load_checkpoint(a), load_checkpoint(b)
     keys = sorted(ra.get_variable_to_shape_map())
-    diff = [k for k in keys if not rb.has_tensor(k)
-            or not np.array_equal(ra.get_tensor(k), rb.get_tensor(k))
-            or ra.get_tensor(k).dtype != rb.get_tensor(k).dtype]
+    diff = [
+        k
+        for k in keys
+        if not rb.has_tensor(k)
+        or not np.array_equal(ra.get_tensor(k), rb.get_tensor(k))
+        or ra.get_tensor(k).dtype != rb.get_tensor(k).dtype
+    ]
     return len(keys), diff
 
 
@@ -219,26 +257,53 @@ def _driver(args: argparse.Namespace) -> int:
         shutil.rmtree(os.path.join(base, "ckpts"))
     os.makedirs(base, exist_ok=True)
     ckpts = os.path.join(base, "ckpts")
-    common = ["--steps", str(args.steps), "--hidden", str(args.hidden), "--layers",
-              str(args.layers), "--batch", str(args.batch), "--every", str(args.every),
-              "--keep", str(args.keep)]
+    common = [
+        "--steps",
+        str(args.steps),
+        "--hidden",
+        str(args.hidden),
+        "--layers",
+        str(args.layers),
+        "--batch",
+        str(args.batch),
+        "--every",
+        str(args.every),
+        "--keep",
+        str(args.keep),
+    ]
     t_start = time.perf_counter()
-    print(f"hpckpt demo: MLP {args.inputs}-{'-'.join([str(args.hidden)] * args.layers)}-"
-          f"{args.outputs}, Adam, {args.steps} steps, checkpoint every {args.every}, "
-          f"files in {base}")
+    print(
+        f"hpckpt demo: MLP {args.inputs}-{'-'.join([str(args.hidden)] * args.layers)}-"
+        f"{args.outputs}, Adam, {args.steps} steps, checkpoint every {args.every}, "
+        f"files in {base}"
+    )
 
     print(f"[1/3] reference run, {args.ranks} ranks, mesh {args.mesh}, no interruption ...")
-    rc, ref, out = _mpirun(args.ranks, ["--mesh", args.mesh, "--final",
-                                        os.path.join(base, "reference"), *common])
+    rc, _ref, out = _mpirun(
+        args.ranks, ["--mesh", args.mesh, "--final", os.path.join(base, "reference"), *common]
+    )
     if rc != 0:
         print(out)
         return 1
 
-    print(f"[2/3] checkpointed run, {args.ranks} ranks, mesh {args.mesh}, killed at step "
-          f"{args.kill_at} ...")
-    rc, _, out = _mpirun(args.ranks, ["--mesh", args.mesh, "--final",
-                                      os.path.join(base, "never"), "--ckpt-dir", ckpts,
-                                      "--kill-at", str(args.kill_at), *common])
+    print(
+        f"[2/3] checkpointed run, {args.ranks} ranks, mesh {args.mesh}, killed at step "
+        f"{args.kill_at} ..."
+    )
+    rc, _, out = _mpirun(
+        args.ranks,
+        [
+            "--mesh",
+            args.mesh,
+            "--final",
+            os.path.join(base, "never"),
+            "--ckpt-dir",
+            ckpts,
+            "--kill-at",
+            str(args.kill_at),
+            *common,
+        ],
+    )
     if rc == 0:
         print(out)
         print("error: the interrupted run was not interrupted")
@@ -249,9 +314,18 @@ def _driver(args: argparse.Namespace) -> int:
     print(f"      the job died (mpirun exit {rc}); latest committed checkpoint: {latest}")
 
     print(f"[3/3] resumed run, {args.resume_ranks} ranks, mesh {args.resume_mesh} ...")
-    rc, res, out = _mpirun(args.resume_ranks, ["--mesh", args.resume_mesh, "--final",
-                                               os.path.join(base, "resumed"), "--ckpt-dir",
-                                               ckpts, *common])
+    rc, res, out = _mpirun(
+        args.resume_ranks,
+        [
+            "--mesh",
+            args.resume_mesh,
+            "--final",
+            os.path.join(base, "resumed"),
+            "--ckpt-dir",
+            ckpts,
+            *common,
+        ],
+    )
     if rc != 0 or res is None:
         print(out)
         return 1
@@ -262,25 +336,33 @@ def _driver(args: argparse.Namespace) -> int:
     written = sum(s["bytes"] for s in saves)
     print()
     print("report")
-    print(f"  steps            {res['steps']} (resumed at step {restored.get('step')} from "
-          f"{restored.get('path')})")
+    print(
+        f"  steps            {res['steps']} (resumed at step {restored.get('step')} from "
+        f"{restored.get('path')})"
+    )
     print(f"  checkpoints kept {', '.join(os.path.basename(p) for p in res.get('kept', []))}")
-    print(f"  bytes written    {written} in {len(saves)} saves by the resumed run "
-          f"({saves[0]['bytes'] if saves else 0} per checkpoint)")
+    print(
+        f"  bytes written    {written} in {len(saves)} saves by the resumed run "
+        f"({saves[0]['bytes'] if saves else 0} per checkpoint)"
+    )
     if saves:
         med = float(np.median([s["seconds"] for s in saves]))
         print(f"  save             median {med * 1e3:.1f} ms  {_fmt_bw(saves[0]['bytes'], med)}")
     if restored:
-        print(f"  restore          {restored['seconds'] * 1e3:.1f} ms  "
-              f"{_fmt_bw(restored['bytes'], restored['seconds'])}")
+        print(
+            f"  restore          {restored['seconds'] * 1e3:.1f} ms  "
+            f"{_fmt_bw(restored['bytes'], restored['seconds'])}"
+        )
     print(f"  files            {ckpts} (checkpoints), {base}/reference and {base}/resumed")
     print(f"  wall time        {total:.1f} s")
     if diff:
         print(f"RESULT: MISMATCH in {len(diff)} of {n} tensors: {diff[:5]}")
         return 1
-    print(f"RESULT: bit-identical: all {n} tensors (parameters, Adam slots, counters) of the "
-          f"resumed run on {args.resume_ranks} ranks equal the uninterrupted run on "
-          f"{args.ranks} ranks")
+    print(
+        f"RESULT: bit-identical: all {n} tensors (parameters, Adam slots, counters) of the "
+        f"resumed run on {args.resume_ranks} ranks equal the uninterrupted run on "
+        f"{args.ranks} ranks"
+    )
     return 0
 
 
@@ -311,7 +393,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.mesh is None:
-        args.mesh = f"2x{args.ranks // 2}" if args.ranks % 2 == 0 and args.ranks > 1 else f"{args.ranks}x1"
+        args.mesh = (
+            f"2x{args.ranks // 2}" if args.ranks % 2 == 0 and args.ranks > 1 else f"{args.ranks}x1"
+        )
     if args.resume_mesh is None:
         args.resume_mesh = f"{args.resume_ranks}x1"
     if args.mode == "worker":

@@ -195,7 +195,8 @@ def wrap(value: Any) -> Any:
             return value
         return type(value)._make(items) if hasattr(value, "_fields") else type(value)(items)
     if isinstance(value, _REJECTED) or (
-        isinstance(value, (abc.Mapping, abc.MutableSequence)) and not isinstance(value, (str, bytes))
+        isinstance(value, (abc.Mapping, abc.MutableSequence))
+        and not isinstance(value, (str, bytes))
     ):
         raise ValueError(
             f"cannot track a {type(value).__name__} ({value!r:.60}): checkpoints track "
@@ -397,9 +398,7 @@ def build_save_graph(root: Any) -> SaveGraph:
                 s = ids.get(id(slot))
                 if s is None:
                     s = ids[id(slot)] = len(nodes)
-                    path = (
-                        f"{nodes[v].path}/{SLOT_MARKER}/{nodes[n].path}/{escape_name(slot_name)}"
-                    )
+                    path = f"{nodes[v].path}/{SLOT_MARKER}/{nodes[n].path}/{escape_name(slot_name)}"
                     nodes.append(SaveNode(slot, path, is_slot=True))
                     queue.append(s)
                 nodes[n].slots.append((v, slot_name, s))

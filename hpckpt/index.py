@@ -168,7 +168,7 @@ def _req(d: dict, name: str, typ: type | tuple[type, ...], where: str) -> Any:
     if name not in d:
         raise CorruptCheckpointError(f"index: {where} lacks {name!r}")
     v = d[name]
-    if isinstance(v, bool) and typ is not bool or not isinstance(v, typ):
+    if (isinstance(v, bool) and typ is not bool) or not isinstance(v, typ):
         raise CorruptCheckpointError(f"index: {where}.{name} has the wrong type ({v!r:.80})")
     return v
 
@@ -229,9 +229,12 @@ def _parse_tensor(key: str, d: Any, data_size: int) -> TensorEntry:
     mesh = _req(layout, "mesh", dict, f"{where}.layout")
     names = _req(mesh, "dim_names", list, f"{where}.layout.mesh")
     mshape = _int_list(_req(mesh, "shape", list, f"{where}.layout.mesh"), f"{where} mesh", lo=1)
-    if len(names) != len(mshape) or not names or not all(
-        isinstance(n, str) and n and len(n) < 256 for n in names
-    ) or len(set(names)) != len(names):
+    if (
+        len(names) != len(mshape)
+        or not names
+        or not all(isinstance(n, str) and n and len(n) < 256 for n in names)
+        or len(set(names)) != len(names)
+    ):
         raise CorruptCheckpointError(f"index: {where} has a bad mesh {names!r} {mshape!r}")
     if len(specs) != len(shape):
         raise CorruptCheckpointError(f"index: {where} layout rank differs from its shape")

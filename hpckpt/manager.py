@@ -1,4 +1,7 @@
-"""CheckpointManager: numbered saves, retention, and the state file (``tf.train.CheckpointManager``)."""
+"""CheckpointManager: numbered saves, retention and the state file.
+
+The counterpart of ``tf.train.CheckpointManager``.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import _dist, io
+from . import _dist, _faults, io
 from ._dist import Deadline
 from .checkpoint import Checkpoint
 from .io import _fsutil
@@ -71,7 +74,9 @@ class CheckpointManager:
         init_fn: Callable[[], Any] | None = None,
     ) -> None:
         if not isinstance(checkpoint, Checkpoint):
-            raise TypeError(f"checkpoint must be an hpckpt.Checkpoint, got {type(checkpoint).__name__}")
+            raise TypeError(
+                f"checkpoint must be an hpckpt.Checkpoint, got {type(checkpoint).__name__}"
+            )
         if max_to_keep is not None and (
             isinstance(max_to_keep, bool) or not isinstance(max_to_keep, int) or max_to_keep < 1
         ):
@@ -79,13 +84,18 @@ class CheckpointManager:
         if checkpoint_interval is not None:
             if step_counter is None:
                 raise ValueError("checkpoint_interval needs a step_counter")
-            if isinstance(checkpoint_interval, bool) or not isinstance(checkpoint_interval, int) or checkpoint_interval < 1:
+            if (
+                isinstance(checkpoint_interval, bool)
+                or not isinstance(checkpoint_interval, int)
+                or checkpoint_interval < 1
+            ):
                 raise ValueError(
                     f"checkpoint_interval must be a positive int, got {checkpoint_interval!r}"
                 )
         if keep_checkpoint_every_n_hours is not None and not keep_checkpoint_every_n_hours > 0:
             raise ValueError(
-                f"keep_checkpoint_every_n_hours must be positive, got {keep_checkpoint_every_n_hours!r}"
+                "keep_checkpoint_every_n_hours must be positive, got "
+                f"{keep_checkpoint_every_n_hours!r}"
             )
         if not isinstance(checkpoint_name, str) or not checkpoint_name or "/" in checkpoint_name:
             raise ValueError(f"checkpoint_name must be a plain file name, got {checkpoint_name!r}")
@@ -172,7 +182,11 @@ class CheckpointManager:
         sc = self._checkpoint.save_counter
         old = int(sc.local)
         sc.local[...] = old + 1
-        number = old + 1 if checkpoint_number is None else _as_int(checkpoint_number, "checkpoint_number")
+        number = (
+            old + 1
+            if checkpoint_number is None
+            else _as_int(checkpoint_number, "checkpoint_number")
+        )
         path = f"{self._prefix}-{number}"
         deadline = Deadline(options.timeout, f"manager save of {path!r}")
         try:
@@ -192,8 +206,10 @@ class CheckpointManager:
                     continue
                 removed.append(p)
         comm = self._checkpoint._hpckpt_comm
+        _faults.point("after_commit", comm.Get_rank())
 
         def commit_state() -> None:
+            _faults.point("state", comm.Get_rank())
             if comm.Get_rank() != 0:
                 return
             state = CheckpointState(
@@ -205,7 +221,9 @@ class CheckpointManager:
             for p in removed:
                 delete_checkpoint_files(p)
 
-        _dist.run_agreed(comm, f"retention and state file update for {path!r}", commit_state, deadline)
+        _dist.run_agreed(
+            comm, f"retention and state file update for {path!r}", commit_state, deadline
+        )
         self._kept = kept
         self._last_preserved = last_preserved
         if self._step_counter is not None:

@@ -143,7 +143,9 @@ def create_mesh(
     try:
         pairs = [(name, size) for name, size in mesh_dims]
     except (TypeError, ValueError):
-        raise ValueError(f"mesh_dims must be a list of (name, size) pairs, got {mesh_dims!r}") from None
+        raise ValueError(
+            f"mesh_dims must be a list of (name, size) pairs, got {mesh_dims!r}"
+        ) from None
     return Mesh([p[0] for p in pairs], [p[1] for p in pairs], comm)
 
 

@@ -1,4 +1,7 @@
-"""Reading a checkpoint without the model and without an MPI launcher (``tf.train.load_checkpoint``)."""
+"""Reading a checkpoint without the model and without an MPI launcher.
+
+The counterpart of ``tf.train.load_checkpoint``.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +15,13 @@ from .errors import NotFoundError
 from .index import CheckpointIndex, TensorEntry, parse_index
 from .statefile import latest_checkpoint
 
-__all__ = ["CheckpointReader", "TensorInfo", "list_variables", "load_checkpoint", "resolve_checkpoint"]
+__all__ = [
+    "CheckpointReader",
+    "TensorInfo",
+    "list_variables",
+    "load_checkpoint",
+    "resolve_checkpoint",
+]
 
 
 def resolve_checkpoint(dir_or_path: str | os.PathLike) -> str:
@@ -101,7 +110,14 @@ class CheckpointReader:
         """Shape, dtype, layout and mesh at save of ``key``."""
         e = self._entry(key)
         return TensorInfo(
-            e.key, e.shape, e.dtype, e.sharding_specs, e.mesh_dim_names, e.mesh_shape, e.nbytes, e.dataset
+            e.key,
+            e.shape,
+            e.dtype,
+            e.sharding_specs,
+            e.mesh_dim_names,
+            e.mesh_shape,
+            e.nbytes,
+            e.dataset,
         )
 
     def get_layout_map(self) -> dict[str, dict]:

@@ -107,7 +107,9 @@ def read_state(directory: str) -> CheckpointState | None:
 def write_state(directory: str, state: CheckpointState) -> None:
     """Write ``directory/checkpoint`` atomically (tmp + fsync + rename + dir fsync)."""
     os.makedirs(directory, exist_ok=True)
-    atomic_write(os.path.join(directory, STATE_FILE), state.to_json().encode(), secrets.token_hex(4))
+    atomic_write(
+        os.path.join(directory, STATE_FILE), state.to_json().encode(), secrets.token_hex(4)
+    )
 
 
 def latest_checkpoint(checkpoint_dir: str | os.PathLike) -> str | None:

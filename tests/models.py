@@ -49,7 +49,7 @@ class MLP(hpckpt.Module):
         full = [gw1, gb1, gw2, gb2]
         return [
             (g[v.layout.local_slices(v.shape)].astype(v.dtype), v)
-            for g, v in zip(full, self.variables)
+            for g, v in zip(full, self.variables, strict=False)
         ]
 
 

@@ -43,7 +43,9 @@ def test_shard_slices_2d_tile_the_array():
 def test_replicated_dims_give_replicas():
     names, mshape = ("x", "y"), (2, 2)
     # tensor sharded over x only: positions differing in y are replicas
-    got = {c: replica_position(("x",), names, mshape, c) for c in itertools.product(range(2), range(2))}
+    got = {
+        c: replica_position(("x",), names, mshape, c) for c in itertools.product(range(2), range(2))
+    }
     assert got[(0, 0)] == (0, 2) and got[(0, 1)] == (1, 2)
     assert got[(1, 0)] == (0, 2) and got[(1, 1)] == (1, 2)
     assert replica_position(("x", "y"), names, mshape, (1, 1)) == (0, 1)

@@ -106,7 +106,9 @@ def test_replicated_tensors_are_written_once(shared_dir):
             for key, t in index["tensors"].items():
                 cover = np.zeros(t["shape"], dtype=int)
                 for s in t["slices"]:
-                    cover[tuple(slice(a, a + n) for a, n in zip(s["start"], s["shape"]))] += 1
+                    cover[
+                        tuple(slice(a, a + n) for a, n in zip(s["start"], s["shape"], strict=False))
+                    ] += 1
                 assert (cover == 1).all(), key  # every element exactly once
 
 

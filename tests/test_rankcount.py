@@ -22,8 +22,17 @@ ENV = dict(
 
 
 def mpirun(n, *args):
-    cmd = ["mpirun", "--oversubscribe", "-n", str(n), sys.executable, "-m", "mpi4py",
-           os.path.join(HERE, "programs", "rankcount.py"), *args]
+    cmd = [
+        "mpirun",
+        "--oversubscribe",
+        "-n",
+        str(n),
+        sys.executable,
+        "-m",
+        "mpi4py",
+        os.path.join(HERE, "programs", "rankcount.py"),
+        *args,
+    ]
     return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=120)
 
 

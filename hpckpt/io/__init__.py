@@ -16,8 +16,8 @@ from .protocol import (
     own_data_files,
     read_index,
     read_tensor_serial,
-    verify_tensor,
     read_tensors,
+    verify_tensor,
     write_checkpoint,
 )
 

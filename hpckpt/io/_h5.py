@@ -105,7 +105,9 @@ def validate_data_file(path: str, expected_size: int, tensors: Sequence[TensorEn
     try:
         f = h5py.File(path, "r")
     except OSError as e:
-        raise CorruptCheckpointError(f"data file {path!r} is not a readable HDF5 file: {e}") from None
+        raise CorruptCheckpointError(
+            f"data file {path!r} is not a readable HDF5 file: {e}"
+        ) from None
     with f:
         bad: list[str] = []
 

@@ -49,7 +49,7 @@ def split_piece(piece: Piece, max_bytes: int = MAX_PIECE_BYTES) -> list[Piece]:
     step = max(1, max_bytes // max(row, 1))
     out = []
     for r in range(0, a.shape[0], step):
-        start = (piece.start[0] + r,) + piece.start[1:]
+        start = (piece.start[0] + r, *piece.start[1:])
         out.append(Piece(piece.offset, piece.global_shape, start, a[r : r + step]))
     return out
 
@@ -163,24 +163,32 @@ def collective_io(
 
     Collective: call on all ranks.
     """
-    split = [q for p in pieces if p.nbytes for q in split_piece(p)]
-    rounds = _rounds(split, max_round_bytes, MAX_ROUND_PIECES)
+    error: Exception | None = None
+    try:
+        split = [q for p in pieces if p.nbytes for q in split_piece(p)]
+        rounds = _rounds(split, max_round_bytes, MAX_ROUND_PIECES)
+    except Exception as e:
+        error, rounds = e, []
     n = comm.allreduce(len(rounds), op=MPI.MAX)
     empty = np.empty(0, dtype=np.uint8)
     cache = _TypeCache()
     try:
         for i in range(n):
-            if i < len(rounds):
-                ft, mt = _round_types(rounds[i], cache)
-                fh.Set_view(0, MPI.BYTE, ft)
-                buf: list = [MPI.BOTTOM, 1, mt]
-            else:
-                fh.Set_view(0, MPI.BYTE, MPI.BYTE)
-                buf = [empty, 0, MPI.BYTE]
+            buf: list = [empty, 0, MPI.BYTE]
+            ft: MPI.Datatype = MPI.BYTE
+            if error is None and i < len(rounds):
+                try:
+                    ft, mt = _round_types(rounds[i], cache)
+                    buf = [MPI.BOTTOM, 1, mt]
+                except Exception as e:
+                    error, ft, buf = e, MPI.BYTE, [empty, 0, MPI.BYTE]
+            fh.Set_view(0, MPI.BYTE, ft)
             if write:
                 (fh.Write_all if collective else fh.Write)(buf)
             else:
                 (fh.Read_all if collective else fh.Read)(buf)
     finally:
         cache.free()
+    if error is not None:
+        raise error
     return n

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 from mpi4py import MPI
 
-from .. import _dist
+from .. import _dist, _faults
 from .._dist import Deadline
 from ..errors import CheckpointError, CorruptCheckpointError, NotFoundError
 from ..index import (
@@ -205,6 +205,7 @@ def write_checkpoint(
     names = [dataset_name_for_key(t.key) for t in tensors]
 
     def create() -> dict | None:
+        _faults.point("create", rank)
         if rank != 0:
             return None
         os.makedirs(os.path.dirname(prefix) or ".", exist_ok=True)
@@ -222,29 +223,38 @@ def write_checkpoint(
     data_path = data_file_path(prefix, data_name)
     offsets: list[int | None] = plan["offsets"]
 
+    # Every rank makes every collective call below even after a local failure
+    # (with nothing to write), so that a failure is agreed on, never a hang.
     exc: BaseException | None = None
     slices: list[list] = []
+    own: list[tuple[int, tuple[int, ...], np.ndarray]] = []
+    pieces: list[Piece] = []
     try:
+        _faults.point("before_data", rank)
         own = [
-            (i, start, a)
-            for i, t in enumerate(tensors)
-            for start, a in t.pieces
-            if a.size
+            (i, tuple(start), a) for i, t in enumerate(tensors) for start, a in t.pieces if a.size
         ]
-        pieces = []
         for i, start, a in own:
             off = offsets[i]
             if off is None:
                 raise CheckpointError(f"{what}: tensor {tensors[i].key!r} has no storage")
-            pieces.append(Piece(off, tensors[i].shape, tuple(start), a))
+            pieces.append(Piece(off, tensors[i].shape, start, a))
+    except Exception as e:
+        exc, own, pieces = e, [], []
+    try:
         with ThreadPoolExecutor(max_workers=1) as pool:
             crcs = pool.submit(_checksums, own)
             with open_file(comm, data_path, MPI.MODE_WRONLY, options.mpi_info) as fh:
-                collective_io(fh, comm, pieces, write=True, collective=options.collective)
+                try:
+                    collective_io(fh, comm, pieces, write=True, collective=options.collective)
+                    _faults.point("mid_data", rank)
+                except Exception as e:
+                    exc = exc or e
                 fh.Sync()
             slices = crcs.result()
-    except Exception as e:  # noqa: BLE001 - agreed on below
-        exc = e
+        _faults.point("after_data", rank)
+    except Exception as e:
+        exc = exc or e
 
     gathered = _dist.gather_json(
         comm, {"error": _dist.failure_record(exc), "slices": slices}, 0, deadline
@@ -255,8 +265,9 @@ def write_checkpoint(
         records = [g["error"] for g in gathered]
         if all(r is None for r in records):
             try:
+                _faults.point("before_commit", rank)
                 _commit(prefix, data_path, data_name, plan, names, tensors, gathered, graph, comm)
-            except Exception as e:  # noqa: BLE001 - agreed on below
+            except Exception as e:
                 exc = e
                 records[0] = _dist.failure_record(e)
         if any(r is not None for r in records):
@@ -321,6 +332,7 @@ def read_index(comm: MPI.Comm, prefix: str, deadline: Deadline) -> CheckpointInd
     what = f"read of checkpoint {prefix!r}"
 
     def load() -> bytes | None:
+        _faults.point("read_index", comm.Get_rank())
         if comm.Get_rank() != 0:
             return None
         return load_index_bytes(prefix)
@@ -363,13 +375,17 @@ def _verify(req: ReadRequest, arr: np.ndarray) -> None:
     for s in e.slices:
         if not _contains(req.start, req.shape, s):
             continue
-        rel = tuple(slice(b - a, b - a + m) for a, b, m in zip(req.start, s.start, s.shape, strict=True))
+        rel = tuple(
+            slice(b - a, b - a + m) for a, b, m in zip(req.start, s.start, s.shape, strict=True)
+        )
         if _crc(arr[rel]) != s.checksum:
-            strides = np.cumprod((list(e.shape[1:]) + [1])[::-1])[::-1] if e.shape else []
+            strides = np.cumprod(([*list(e.shape[1:]), 1])[::-1])[::-1] if e.shape else []
             first = int(sum(int(st) * int(k) for st, k in zip(s.start, strides, strict=True)))
             last = int(
-                sum((int(st) + max(int(m) - 1, 0)) * int(k)
-                    for st, m, k in zip(s.start, s.shape, strides, strict=True))
+                sum(
+                    (int(st) + max(int(m) - 1, 0)) * int(k)
+                    for st, m, k in zip(s.start, s.shape, strides, strict=True)
+                )
             )
             isz = e.dtype.itemsize
             lo = (e.offset or 0) + first * isz
@@ -394,18 +410,29 @@ def read_tensors(
     Collective: call on all ranks (each with its own requests, possibly none).
     """
     what = f"read of checkpoint {prefix!r}"
-    arrays = [np.empty(r.shape, dtype=r.entry.dtype) for r in requests]
     exc: BaseException | None = None
+    arrays: list[np.ndarray] = []
+    pieces: list[Piece] = []
     try:
+        _faults.point("read_data", comm.Get_rank())
+        arrays = [np.empty(r.shape, dtype=r.entry.dtype) for r in requests]
         pieces = [
             Piece(r.entry.offset, r.entry.shape, r.start, a)  # type: ignore[arg-type]
             for r, a in zip(requests, arrays, strict=True)
             if a.size
         ]
+    except Exception as e:
+        exc, pieces = e, []
+    try:
         path = data_file_path(prefix, index.data_file)
         with open_file(comm, path, MPI.MODE_RDONLY, options.mpi_info) as fh:
             collective_io(fh, comm, pieces, write=False, collective=options.collective)
-        if options.verify_checksums:
+    except MPI.Exception as e:
+        exc = exc or CorruptCheckpointError(f"MPI-IO error reading {prefix!r}: {e}")
+    except Exception as e:
+        exc = exc or e
+    if exc is None and options.verify_checksums:
+        try:
             todo = [(r, a) for r, a in zip(requests, arrays, strict=True) if a.size]
             if len(todo) > 1:
                 with ThreadPoolExecutor(max_workers=2) as pool:
@@ -413,10 +440,8 @@ def read_tensors(
             else:
                 for r, a in todo:
                     _verify(r, a)
-    except MPI.Exception as e:
-        exc = CorruptCheckpointError(f"MPI-IO error reading {prefix!r}: {e}")
-    except Exception as e:  # noqa: BLE001 - agreed on below
-        exc = e
+        except Exception as e:
+            exc = e
     _dist.agree(comm, what, exc, deadline)
     return arrays
 
