@@ -216,8 +216,17 @@ def agree(
     raise_failures(comm, what, records, exc)
 
 
-_TAG_RECORD = 0x4843  # "HC"
-_TAG_RESULT = 0x4844
+_TAG_BASE = 0x4000
+_seq: dict[int, int] = {}  # per communicator handle: agreements so far
+
+
+def _tags(comm: MPI.Comm) -> tuple[int, int]:
+    """Fresh tags per agreement, so a late rank's stale message is never mistaken."""
+    key = comm.py2f()
+    n = _seq.get(key, 0)
+    _seq[key] = n + 1
+    t = _TAG_BASE + 2 * (n % 8000)
+    return t, t + 1
 
 
 def _recv_bytes(comm: MPI.Comm, source: int, tag: int, end: float) -> bytes | None:
@@ -235,13 +244,19 @@ def _p2p_agree(comm: MPI.Comm, rec: Any, deadline: Deadline) -> list[Any]:
     rank, size = comm.Get_rank(), comm.Get_size()
     end = deadline.window()
     assert end is not None
+    tag_record, tag_result = _tags(comm)
     if rank != 0:
-        req = comm.Isend(_encode(rec), dest=0, tag=_TAG_RECORD)
-        data = _recv_bytes(comm, 0, _TAG_RESULT, end)
+        req = comm.Isend(_encode(rec), dest=0, tag=tag_record)
+        # rank 0 may itself wait a full timeout for a late rank before it answers
+        data = _recv_bytes(comm, 0, tag_result, end + float(deadline.timeout or 0))
         if data is None:
             req.Cancel()
             return [
-                ["timeout", "Timeout", f"rank 0 did not answer within {deadline.timeout} s"]
+                [
+                    "timeout",
+                    "Timeout",
+                    f"rank 0 did not answer within {2 * (deadline.timeout or 0)} s",
+                ]
                 if r == 0
                 else None
                 for r in range(size)
@@ -251,14 +266,14 @@ def _p2p_agree(comm: MPI.Comm, rec: Any, deadline: Deadline) -> list[Any]:
     records: list[Any] = [rec] + [None] * (size - 1)
     missing = []
     for r in range(1, size):
-        data = _recv_bytes(comm, r, _TAG_RECORD, end)
+        data = _recv_bytes(comm, r, tag_record, end)
         if data is None:
             missing.append(r)
             records[r] = ["timeout", "Timeout", f"did not arrive within {deadline.timeout} s"]
         else:
             records[r] = json.loads(data.decode())
     out = _encode(records)
-    reqs = [comm.Isend(out, dest=r, tag=_TAG_RESULT) for r in range(1, size) if r not in missing]
+    reqs = [comm.Isend(out, dest=r, tag=tag_result) for r in range(1, size) if r not in missing]
     for q in reqs:
         while not q.Test():
             if time.monotonic() > end:

@@ -9,8 +9,10 @@ Set ``HPCKPT_FAULT="phase:rank:action[:arg]"`` (several separated by ``,``) or c
 * ``hang`` — sleep ``arg`` seconds (default 3600), then continue.
 
 Phases of a save: ``plan``, ``create``, ``before_data``, ``mid_data``,
-``after_data``, ``before_commit``, ``after_commit`` (index committed, state file
-not yet updated), ``state``. Of a restore: ``read_index``, ``read_data``.
+``after_data``, ``before_commit`` (rank 0, before the index is written),
+``after_commit`` (rank 0: index committed, state file not yet updated), ``state``
+(rank 0: state file written, old checkpoints not yet deleted). Of a restore:
+``read_index``, ``read_data``.
 ``rank`` may be ``*`` for every rank.
 """
 

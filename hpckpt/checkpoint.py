@@ -197,12 +197,11 @@ class Checkpoint(Module):
             sc.local[...] = n - 1
             raise
         directory = os.path.dirname(path) or "."
-        _faults.point("after_commit", self._hpckpt_comm.Get_rank())
 
         def update_state() -> None:
-            _faults.point("state", self._hpckpt_comm.Get_rank())
             if self._hpckpt_comm.Get_rank() != 0:
                 return
+            _faults.point("after_commit", 0)
             state = read_state(directory) or CheckpointState()
             rel = relative_to(directory, path)
             kept = [(p, t) for p, t in state.checkpoints if p != rel]
@@ -211,6 +210,7 @@ class Checkpoint(Module):
             state.checkpoints = [*kept, (rel, time.time())]
             state.latest = rel
             write_state(directory, state)
+            _faults.point("state", 0)
 
         _dist.run_agreed(
             self._hpckpt_comm, f"state file update for {path!r}", update_state, deadline

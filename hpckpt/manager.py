@@ -5,7 +5,9 @@ The counterpart of ``tf.train.CheckpointManager``.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -13,12 +15,13 @@ from typing import Any
 from . import _dist, _faults, io
 from ._dist import Deadline
 from .checkpoint import Checkpoint
+from ._lock import DirectoryLock
 from .io import _fsutil
 from .options import CheckpointOptions
 from .statefile import CheckpointState, read_state, relative_to, write_state
 from .variable import Variable
 
-__all__ = ["CheckpointManager", "delete_checkpoint_files"]
+__all__ = ["CheckpointManager", "delete_checkpoint_files", "remove_orphans"]
 
 
 def delete_checkpoint_files(prefix: str) -> None:
@@ -27,6 +30,47 @@ def delete_checkpoint_files(prefix: str) -> None:
     d = os.path.dirname(prefix) or "."
     for name in io.own_data_files(prefix):
         _fsutil.remove_quietly(os.path.join(d, name))
+
+
+def remove_orphans(directory: str, checkpoint_name: str) -> list[str]:
+    """Remove leftovers of crashed saves of ``{checkpoint_name}-N`` checkpoints.
+
+    Data files whose checkpoint has no index, or that its index does not name,
+    and temporary index/state files. Called by the writer (under its lock).
+    """
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return removed
+    pattern = re.compile(rf"^({re.escape(checkpoint_name)}-\d+)\.data-[0-9a-f]{{8,64}}\.h5$")
+    tmp = re.compile(
+        rf"^({re.escape(checkpoint_name)}-\d+\.index\.json|checkpoint)\.tmp-[0-9a-f]+$"
+    )
+    referenced: dict[str, str | None] = {}
+    for name in names:
+        m = pattern.match(name)
+        if m:
+            prefix = os.path.join(directory, m.group(1))
+            if prefix not in referenced:
+                referenced[prefix] = _named_data_file(prefix)
+            if referenced[prefix] != name:
+                _fsutil.remove_quietly(os.path.join(directory, name))
+                removed.append(name)
+        elif tmp.match(name):
+            _fsutil.remove_quietly(os.path.join(directory, name))
+            removed.append(name)
+    return removed
+
+
+def _named_data_file(prefix: str) -> str | None:
+    try:
+        with open(io.index_path(prefix), "rb") as f:
+            doc = json.loads(f.read())
+        name = doc["data_file"]["name"]
+        return name if isinstance(name, str) else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _as_int(value: Any, what: str) -> int:
@@ -104,6 +148,7 @@ class CheckpointManager:
         self._max_to_keep = max_to_keep
         self._keep_hours = keep_checkpoint_every_n_hours
         self._prefix = os.path.join(self._directory, checkpoint_name)
+        self._name = checkpoint_name
         self._step_counter = step_counter
         self._interval = checkpoint_interval
         self._init_fn = init_fn
@@ -181,7 +226,6 @@ class CheckpointManager:
         options = options or CheckpointOptions()
         sc = self._checkpoint.save_counter
         old = int(sc.local)
-        sc.local[...] = old + 1
         number = (
             old + 1
             if checkpoint_number is None
@@ -189,11 +233,27 @@ class CheckpointManager:
         )
         path = f"{self._prefix}-{number}"
         deadline = Deadline(options.timeout, f"manager save of {path!r}")
+        comm = self._checkpoint._hpckpt_comm
+        lock = DirectoryLock(self._directory)
+
+        def acquire() -> None:
+            if comm.Get_rank() == 0:
+                lock.acquire()
+
+        _dist.run_agreed(comm, f"locking {self._directory!r} for a save", acquire, deadline)
         try:
-            self._checkpoint._write(path, options, deadline)
-        except BaseException:
-            sc.local[...] = old
-            raise
+            sc.local[...] = old + 1
+            try:
+                self._checkpoint._write(path, options, deadline)
+            except BaseException:
+                sc.local[...] = old
+                raise
+            return self._retain(path, deadline)
+        finally:
+            if comm.Get_rank() == 0:
+                lock.release()
+
+    def _retain(self, path: str, deadline: Deadline) -> str:
         now = time.time()
         kept = [(p, t) for p, t in self._kept if p != path] + [(path, now)]
         removed: list[str] = []
@@ -206,20 +266,21 @@ class CheckpointManager:
                     continue
                 removed.append(p)
         comm = self._checkpoint._hpckpt_comm
-        _faults.point("after_commit", comm.Get_rank())
 
         def commit_state() -> None:
-            _faults.point("state", comm.Get_rank())
             if comm.Get_rank() != 0:
                 return
+            _faults.point("after_commit", 0)
             state = CheckpointState(
                 [(relative_to(self._directory, p), t) for p, t in kept],
                 relative_to(self._directory, path),
                 last_preserved,
             )
             write_state(self._directory, state)
+            _faults.point("state", 0)
             for p in removed:
                 delete_checkpoint_files(p)
+            remove_orphans(self._directory, self._name)
 
         _dist.run_agreed(
             comm, f"retention and state file update for {path!r}", commit_state, deadline
