@@ -33,6 +33,7 @@ __all__ = [
     "CliError",
     "Loaded",
     "dump_json",
+    "emit",
     "fmt_bytes",
     "fmt_layout",
     "fmt_mesh",
@@ -41,6 +42,7 @@ __all__ = [
     "iso_time",
     "json_float",
     "load",
+    "printable",
     "read_index_file",
     "resolve",
     "slice_byte_range",
@@ -148,10 +150,17 @@ def load(path: str, *, graph: bool = True) -> Loaded:
 
     Raises:
         NotFoundError: No checkpoint there.
-        CorruptCheckpointError: The checkpoint is damaged or hostile.
+        CorruptCheckpointError: The checkpoint is damaged or hostile (a committed
+            index whose data file is missing counts as damaged).
     """
     prefix = resolve(path)
-    index = parse_index(io.load_index_bytes(prefix), source=io.index_path(prefix))
+    try:
+        text = io.load_index_bytes(prefix)
+    except NotFoundError as e:
+        if io.checkpoint_exists(prefix):  # committed, but its data file is gone
+            raise CorruptCheckpointError(str(e)) from None
+        raise
+    index = parse_index(text, source=io.index_path(prefix))
     g = None
     if graph and index.graph is not None:
         try:
@@ -173,7 +182,7 @@ def read_index_file(prefix: str) -> tuple[CheckpointIndex, int]:
         with open(ip, "rb") as f:
             text = f.read()
     except FileNotFoundError:
-        raise NotFoundError(f"{ip!r} does not exist") from None
+        raise NotFoundError(f"no checkpoint at {prefix!r}: {ip!r} does not exist") from None
     except IsADirectoryError:
         raise CorruptCheckpointError(f"{ip!r} is a directory") from None
     return parse_index(text, source=ip), len(text)
@@ -199,7 +208,7 @@ def slice_byte_range(entry: TensorEntry, s: SliceEntry) -> tuple[int, int]:
 
 
 def json_float(x: float) -> float | str:
-    """``x`` as a JSON number, or ``"nan"``/``"inf"``/``"-inf"`` (JSON has no non-finite numbers)."""
+    """``x`` as a JSON number, or ``"nan"``/``"inf"``/``"-inf"`` (JSON has no NaN or Inf)."""
     x = float(x)
     if math.isfinite(x):
         return x
@@ -285,3 +294,17 @@ def table(headers: list[str], rows: list[list[str]], right: set[int] | None = No
         return "  ".join(parts).rstrip()
 
     return [line(headers)] + [line(r) for r in rows]
+
+
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F, *range(0x80, 0xA0)]}
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters escaped (``\\x1b`` ...): names read from a
+    checkpoint cannot move the cursor or recolour the terminal."""
+    return text.translate(_CONTROL)
+
+
+def emit(lines: list[str]) -> None:
+    """Print the lines of a human-readable report, control characters escaped."""
+    sys.stdout.write("".join(printable(line) + "\n" for line in lines))

@@ -68,7 +68,7 @@ class Progress:
         """The bar's text, e.g. ``verify [#######-------]  50%  64.0/128.0 MiB  12.3 MiB/s``."""
         now = time.monotonic() if now is None else now
         frac = min(self.done / self.total, 1.0) if self.total else 1.0
-        filled = int(round(frac * self.width))
+        filled = round(frac * self.width)
         bar = "#" * filled + "-" * (self.width - filled)
         mib = 1 << 20
         elapsed = max(now - self._start, 1e-9)

@@ -14,8 +14,8 @@ from typing import Any
 
 from . import _dist, _faults, io
 from ._dist import Deadline
-from .checkpoint import Checkpoint
 from ._lock import DirectoryLock
+from .checkpoint import Checkpoint
 from .io import _fsutil
 from .options import CheckpointOptions
 from .statefile import CheckpointState, read_state, relative_to, write_state

@@ -6,7 +6,10 @@ phase of a save and a restore; crashes (SIGKILL) and hangs are in test_crash.py.
 
 from __future__ import annotations
 
+import json
 import os
+import socket
+import time
 
 import numpy as np
 import pytest
@@ -177,21 +180,17 @@ def test_manager_refuses_a_directory_locked_by_another_job(shared_dir):
     first = mgr.save()
     if comm.rank == 0:
         with open(os.path.join(shared_dir, ".hpckpt.lock"), "w") as f:
-            f.write(
-                '{"host": "other-node-17", "pid": 4242, "job_id": "998877", "time": %f}'
-                % __import__("time").time()
-            )
+            holder = {"host": "other-node-17", "pid": 4242, "job_id": "998877", "time": time.time()}
+            f.write(json.dumps(holder))
     comm.Barrier()
     with pytest.raises(hpckpt.CheckpointError, match="job id 998877, host other-node-17"):
         mgr.save()
     assert hpckpt.latest_checkpoint(shared_dir) == first
     # a stale lock (dead process on this host) is taken over
     if comm.rank == 0:
-        import socket
-
         with open(os.path.join(shared_dir, ".hpckpt.lock"), "w") as f:
             f.write(
-                '{"host": "%s", "pid": 999999999, "job_id": null, "time": 0}' % socket.gethostname()
+                f'{{"host": "{socket.gethostname()}", "pid": 999999999, "job_id": null, "time": 0}}'
             )
     comm.Barrier()
     assert mgr.save().endswith("ckpt-2")

@@ -1,0 +1,283 @@
+"""``hpckpt ls DIR``: the checkpoints of a directory, its state file and leftovers."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from typing import Any
+
+from . import io
+from ._cli_common import (
+    EXIT_DAMAGED,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    CliError,
+    dump_json,
+    emit,
+    fmt_bytes,
+    fmt_time,
+    iso_time,
+    read_index_file,
+    step_of,
+    table,
+)
+from .errors import CorruptCheckpointError, NotFoundError
+from .io.protocol import INDEX_SUFFIX
+from .statefile import STATE_FILE, CheckpointState, read_state
+
+__all__ = ["add_parser", "list_directory", "run"]
+
+_DATA_RE = re.compile(r"^(?P<prefix>.+)\.data-[0-9a-f]{8,64}\.h5$")
+_TMP_RE = re.compile(r"^(?P<target>.+)\.tmp-[0-9a-f]+$")
+
+
+def add_parser(
+    sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]
+) -> None:
+    """Register ``ls``."""
+    p = sub.add_parser(
+        "ls",
+        parents=parents,
+        help="list the checkpoints of a directory",
+        description=(
+            "List the checkpoints named by DIR's state file (DIR/checkpoint) and any other "
+            "committed checkpoint in DIR: name, step, size (index + data file), save time, "
+            "number of tensors, which is latest; and uncommitted leftovers."
+        ),
+    )
+    p.add_argument("directory", metavar="DIR", help="a checkpoint directory")
+    p.set_defaults(run=run)
+
+
+def _checkpoint_info(directory: str, rel: str) -> dict[str, Any]:
+    prefix = os.path.join(directory, rel)
+    info: dict[str, Any] = {
+        "name": rel,
+        "path": prefix,
+        "step": step_of(rel),
+        "in_state_file": False,
+        "state_time": None,
+        "latest": False,
+        "committed": False,
+        "status": "ok",
+        "error": None,
+        "saved": None,
+        "saved_iso": None,
+        "tensors": None,
+        "index_bytes": None,
+        "data_file": None,
+        "data_bytes": None,
+        "size": None,
+    }
+    try:
+        index, isize = read_index_file(prefix)
+    except NotFoundError:
+        info["status"] = "missing"
+        info["error"] = f"no index {os.path.basename(io.index_path(prefix))!r}"
+        return info
+    except (CorruptCheckpointError, OSError) as e:
+        info["committed"] = True
+        info["status"] = "damaged"
+        info["error"] = str(e) if isinstance(e, CorruptCheckpointError) else f"unreadable: {e}"
+        try:
+            info["index_bytes"] = os.path.getsize(io.index_path(prefix))
+        except OSError:
+            pass
+        return info
+    info.update(
+        committed=True,
+        saved=index.created,
+        saved_iso=iso_time(index.created),
+        tensors=len(index.tensors),
+        index_bytes=isize,
+        data_file=index.data_file,
+    )
+    try:
+        dsize = os.path.getsize(io.data_file_path(prefix, index.data_file))
+    except FileNotFoundError:
+        info["status"] = "damaged"
+        info["error"] = f"data file {index.data_file!r} is missing"
+        info["size"] = isize
+        return info
+    info["data_bytes"] = dsize
+    info["size"] = isize + dsize
+    if dsize != index.data_size:
+        info["status"] = "damaged"
+        how = "truncated" if dsize < index.data_size else "grown"
+        info["error"] = (
+            f"data file {index.data_file!r} has {dsize} bytes, the index says "
+            f"{index.data_size} ({how})"
+        )
+    return info
+
+
+def _leftovers(directory: str, names: list[str], ckpts: dict[str, dict[str, Any]]) -> list[dict]:
+    out = []
+    for n in sorted(names):
+        full = os.path.join(directory, n)
+        m = _DATA_RE.match(n)
+        t = _TMP_RE.match(n)
+        if m:
+            owner = ckpts.get(m.group("prefix"))
+            if owner is not None and owner["committed"] and owner["data_file"] in (None, n):
+                continue  # the committed data file (or owned by a damaged index)
+            if owner is not None and owner["committed"]:
+                reason = f"stale data file of {m.group('prefix')} (not named by its index)"
+            else:
+                reason = f"no index: an interrupted save of {m.group('prefix')}"
+        elif t and (t.group("target").endswith(INDEX_SUFFIX) or t.group("target") == STATE_FILE):
+            reason = f"temporary file of an interrupted commit of {t.group('target')}"
+        else:
+            continue
+        try:
+            size = os.path.getsize(full)
+        except OSError:
+            continue
+        out.append({"file": n, "size": size, "reason": reason})
+    return out
+
+
+def _latest(directory: str, state: CheckpointState | None) -> str | None:
+    """The relative path ``latest_checkpoint`` returns (the state's latest, or walking back)."""
+    if state is None:
+        return None
+    candidates = [p for p, _ in state.checkpoints]
+    if state.latest is not None:
+        candidates = [p for p in candidates if p != state.latest] + [state.latest]
+    for rel in reversed(candidates):
+        if io.checkpoint_exists(os.path.join(directory, rel)):
+            return rel
+    return None
+
+
+def list_directory(directory: str) -> dict[str, Any]:
+    """The report of ``ls`` as a JSON-able dict.
+
+    Raises:
+        CliError: ``directory`` does not exist or is not a directory.
+    """
+    if not os.path.exists(directory):
+        raise CliError(f"directory {directory!r} does not exist", EXIT_NOT_FOUND, "not_found")
+    if not os.path.isdir(directory):
+        raise CliError(f"{directory!r} is not a directory", EXIT_NOT_FOUND, "not_found")
+    names = os.listdir(directory)
+    state_path = os.path.join(directory, STATE_FILE)
+    state_error = None
+    state: CheckpointState | None = None
+    try:
+        state = read_state(directory)
+    except CorruptCheckpointError as e:
+        state_error = str(e)
+    ckpts: dict[str, dict[str, Any]] = {}
+    if state is not None:
+        for rel, t in state.checkpoints:
+            info = ckpts.get(rel) or _checkpoint_info(directory, rel)
+            info["in_state_file"] = True
+            info["state_time"] = t
+            ckpts[rel] = info
+        if state.latest is not None and state.latest not in ckpts:
+            info = _checkpoint_info(directory, state.latest)
+            info["in_state_file"] = True
+            ckpts[state.latest] = info
+    for n in names:
+        if n.endswith(INDEX_SUFFIX) and not n.startswith("."):
+            rel = n[: -len(INDEX_SUFFIX)]
+            if rel not in ckpts:
+                ckpts[rel] = _checkpoint_info(directory, rel)
+    latest = _latest(directory, state)
+    if latest is not None and latest in ckpts:
+        ckpts[latest]["latest"] = True
+
+    def order(c: dict[str, Any]) -> tuple:
+        t = c["saved"] if c["saved"] is not None else c["state_time"]
+        return (t is None, t or 0.0, c["step"] if c["step"] is not None else -1, c["name"])
+
+    rows = sorted(ckpts.values(), key=order)
+    return {
+        "directory": directory,
+        "state_file": {
+            "path": state_path,
+            "present": state is not None or state_error is not None,
+            "latest": state.latest if state is not None else None,
+            "error": state_error,
+        },
+        "latest": latest,
+        "checkpoints": rows,
+        "leftovers": _leftovers(directory, names, ckpts),
+        "total_bytes": sum(c["size"] or 0 for c in rows),
+    }
+
+
+def _note(c: dict[str, Any]) -> str:
+    notes = []
+    if c["latest"]:
+        notes.append("latest")
+    if not c["in_state_file"] and c["committed"]:
+        notes.append("not in state file")
+    if c["status"] == "missing":
+        notes.append(f"MISSING ({c['error']})")
+    elif c["status"] == "damaged":
+        notes.append(f"DAMAGED: {c['error']}")
+    return "; ".join(notes)
+
+
+def render(report: dict[str, Any]) -> list[str]:
+    """The human-readable ``ls`` output."""
+    sf = report["state_file"]
+    if sf["error"]:
+        head = f"state file DAMAGED: {sf['error']}"
+    elif not sf["present"]:
+        head = "no state file"
+    else:
+        head = f"state file: {STATE_FILE}, latest: {sf['latest'] or '-'}"
+    lines = [f"{report['directory']}  ({head})"]
+    ck = report["checkpoints"]
+    if sf["present"] and not sf["error"] and sf["latest"] and report["latest"] != sf["latest"]:
+        lines.append(
+            f"warning: the state file's latest {sf['latest']!r} is not committed; "
+            f"readers use {report['latest'] or 'nothing'}"
+        )
+    if ck:
+        rows = [
+            [
+                c["name"],
+                "-" if c["step"] is None else str(c["step"]),
+                "-" if c["size"] is None else str(c["size"]),
+                fmt_time(c["saved"] if c["saved"] is not None else c["state_time"]),
+                "-" if c["tensors"] is None else str(c["tensors"]),
+                _note(c),
+            ]
+            for c in ck
+        ]
+        lines.append("")
+        lines += table(["NAME", "STEP", "BYTES", "SAVED", "TENSORS", "NOTE"], rows, {1, 2, 4})
+    lines.append("")
+    committed = sum(1 for c in ck if c["committed"])
+    lines.append(
+        f"{committed} committed checkpoint(s), {report['total_bytes']} bytes "
+        f"({fmt_bytes(report['total_bytes'])})"
+    )
+    if report["leftovers"]:
+        lines.append("uncommitted leftovers (ignored by readers, removed by the next save):")
+        for lo in report["leftovers"]:
+            lines.append(f"  {lo['file']}  {lo['size']} bytes  {lo['reason']}")
+    return lines
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``ls``: exit 0, or 1 when the state file or a committed checkpoint is damaged.
+
+    A checkpoint the state file names but whose index is gone (a crash during
+    retention) is reported as missing without failing.
+    """
+    report = list_directory(args.directory)
+    damaged = bool(report["state_file"]["error"]) or any(
+        c["status"] == "damaged" for c in report["checkpoints"]
+    )
+    report["ok"] = not damaged
+    if args.json:
+        dump_json(report)
+    else:
+        emit(render(report))
+    return EXIT_DAMAGED if damaged else EXIT_OK

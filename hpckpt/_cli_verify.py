@@ -1,0 +1,250 @@
+"""``hpckpt verify PATH``: read every tensor and check every saved slice's crc32."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+from typing import Any
+
+from . import io
+from ._cli_common import (
+    EXIT_DAMAGED,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    CliError,
+    dump_json,
+    emit,
+    fmt_bytes,
+    read_index_file,
+    resolve,
+    slice_byte_range,
+)
+from ._cli_ls import list_directory
+from ._cli_progress import Progress
+from .errors import CorruptCheckpointError, NotFoundError
+from .graph import parse_graph
+from .index import CheckpointIndex, TensorEntry
+
+__all__ = ["add_parser", "run", "verify_checkpoint"]
+
+
+def add_parser(
+    sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]
+) -> None:
+    """Register ``verify``."""
+    p = sub.add_parser(
+        "verify",
+        parents=parents,
+        help="read every tensor and check its checksums",
+        description=(
+            "Validate the index, the data file's structure and the object graph, then read "
+            "every tensor and check the crc32 of every saved slice. Exit 0 when everything "
+            "is intact, 1 on any damage (naming the tensor and file byte range), 2 when "
+            "there is no checkpoint at PATH."
+        ),
+    )
+    p.add_argument("path", metavar="PATH", help="checkpoint prefix, .index.json or directory")
+    p.add_argument(
+        "--all",
+        action="store_true",
+        help="PATH is a directory: verify every checkpoint in it, not only the latest",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="list every tensor checked")
+    p.set_defaults(run=run)
+
+
+def _distinct_elements(e: TensorEntry) -> int:
+    return sum(math.prod(s.shape) for s in {(s.start, s.shape): s for s in e.slices}.values())
+
+
+def _check_tensor(
+    prefix: str, index: CheckpointIndex, e: TensorEntry, errors: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Read one tensor and check each slice; append each problem to ``errors``."""
+    doc: dict[str, Any] = {
+        "key": e.key,
+        "dataset": e.dataset,
+        "nbytes": e.nbytes,
+        "slices": len(e.slices),
+        "bad_slices": 0,
+        "status": "ok",
+    }
+    try:
+        arr = io.read_tensor_serial(prefix, index, e, verify=False)
+    except (CorruptCheckpointError, OSError) as exc:
+        lo = e.offset or 0
+        errors.append(
+            {
+                "tensor": e.key,
+                "dataset": e.dataset,
+                "slice_start": None,
+                "slice_shape": None,
+                "byte_range": [lo, lo + e.nbytes],
+                "message": (
+                    str(exc)
+                    if isinstance(exc, CorruptCheckpointError)
+                    else f"cannot read tensor {e.key!r}: {exc}"
+                ),
+            }
+        )
+        doc["status"] = "bad"
+        return doc
+    for s in e.slices:
+        try:
+            io.verify_tensor(dataclasses.replace(e, slices=(s,)), arr)
+        except CorruptCheckpointError:
+            lo, hi = slice_byte_range(e, s)
+            errors.append(
+                {
+                    "tensor": e.key,
+                    "dataset": e.dataset,
+                    "slice_start": list(s.start),
+                    "slice_shape": list(s.shape),
+                    "byte_range": [lo, hi],
+                    "message": (
+                        f"checksum mismatch in tensor {e.key!r} (dataset {e.dataset!r}), slice "
+                        f"start {list(s.start)} shape {list(s.shape)}, file bytes [{lo}, {hi})"
+                    ),
+                }
+            )
+            doc["bad_slices"] += 1
+            doc["status"] = "bad"
+    if doc["status"] == "ok" and e.nbytes and _distinct_elements(e) < math.prod(e.shape):
+        doc["status"] = "unchecked" if not e.slices else "partly checked"
+    return doc
+
+
+def verify_checkpoint(
+    prefix: str, *, progress: bool | None = None
+) -> dict[str, Any]:
+    """The report of ``verify`` for one checkpoint prefix.
+
+    Damage is reported in the result (``ok`` false, ``errors``), not raised.
+
+    Raises:
+        NotFoundError: There is no index at ``prefix``.
+    """
+    report: dict[str, Any] = {
+        "checkpoint": prefix,
+        "ok": False,
+        "tensors_total": None,
+        "tensors_checked": 0,
+        "tensors_bad": 0,
+        "bytes_read": 0,
+        "slices_checked": 0,
+        "errors": [],
+        "warnings": [],
+        "tensors": [],
+    }
+    errors: list[dict[str, Any]] = report["errors"]
+
+    def fail(message: str) -> None:
+        errors.append(
+            {
+                "tensor": None,
+                "dataset": None,
+                "slice_start": None,
+                "slice_shape": None,
+                "byte_range": None,
+                "message": message,
+            }
+        )
+
+    try:
+        index, _ = read_index_file(prefix)
+    except CorruptCheckpointError as e:
+        fail(str(e))
+        return report
+    report["tensors_total"] = len(index.tensors)
+    data_present = True
+    try:
+        io.load_index_bytes(prefix)  # the data file's HDF5 structure against the index
+    except NotFoundError as e:
+        data_present = False
+        fail(str(e))
+    except CorruptCheckpointError as e:
+        fail(str(e))
+    if index.graph is None:
+        report["warnings"].append("the index has no object graph")
+    else:
+        try:
+            parse_graph(index.graph, set(index.tensors))
+        except CorruptCheckpointError as e:
+            fail(f"{io.index_path(prefix)}: {e}")
+    if data_present:
+        total = sum(t.nbytes for t in index.tensors.values())
+        with Progress(total, "verify", enabled=progress) as bar:
+            for e in index.tensors.values():
+                doc = _check_tensor(prefix, index, e, errors)
+                report["tensors"].append(doc)
+                report["tensors_checked"] += 1
+                report["slices_checked"] += len(e.slices)
+                report["bytes_read"] += e.nbytes
+                if doc["status"] == "bad":
+                    report["tensors_bad"] += 1
+                elif doc["status"] != "ok":
+                    report["warnings"].append(
+                        f"tensor {e.key!r} is {doc['status']}: its saved slices do not cover it"
+                    )
+                bar.update(e.nbytes)
+    report["ok"] = not errors
+    return report
+
+
+def _render_one(r: dict[str, Any], verbose: bool) -> list[str]:
+    lines = []
+    if verbose:
+        lines.append(f"verifying {r['checkpoint']}")
+        for t in r["tensors"]:
+            lines.append(f"  {t['status'].upper():4}  {t['key']}  ({t['nbytes']} bytes)")
+    for e in r["errors"]:
+        lines.append(f"BAD: {e['message']}")
+    for w in r["warnings"]:
+        lines.append(f"warning: {w}")
+    n = r["tensors_total"]
+    if r["ok"]:
+        lines.append(
+            f"OK: {r['checkpoint']}: {r['tensors_checked']} tensors, {r['slices_checked']} "
+            f"slices, {r['bytes_read']} bytes ({fmt_bytes(r['bytes_read'])}) verified (crc32)"
+        )
+    else:
+        if n is None:
+            what = "unreadable index"
+        elif not r["tensors_checked"] and n:
+            what = f"no tensor could be read, {len(r['errors'])} problem(s)"
+        else:
+            what = f"{r['tensors_bad']} of {n} tensors bad, {len(r['errors'])} problem(s)"
+        lines.append(f"DAMAGED: {r['checkpoint']}: {what}")
+    return lines
+
+
+def _prefixes_of_directory(directory: str) -> list[str]:
+    listing = list_directory(directory)
+    out = [c["path"] for c in listing["checkpoints"] if c["committed"]]
+    if not out:
+        raise NotFoundError(f"no committed checkpoint in directory {directory!r}")
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``verify``: exit 0 if intact, 1 on damage."""
+    if args.all:
+        if not os.path.isdir(args.path):
+            raise CliError(
+                f"--all needs a directory, {args.path!r} is not one", EXIT_NOT_FOUND, "usage"
+            )
+        prefixes = _prefixes_of_directory(args.path)
+    else:
+        prefixes = [resolve(args.path)]
+    reports = [verify_checkpoint(p, progress=args.progress) for p in prefixes]
+    ok = all(r["ok"] for r in reports)
+    if args.json:
+        dump_json(reports[0] if not args.all else {"ok": ok, "checkpoints": reports})
+    else:
+        lines: list[str] = []
+        for r in reports:
+            lines += _render_one(r, args.verbose)
+        emit(lines)
+    return EXIT_OK if ok else EXIT_DAMAGED
