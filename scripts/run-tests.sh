@@ -16,11 +16,11 @@ run() {
     "$@" 2>&1 | tee "$log"
     local rc=${PIPESTATUS[0]}
     # Count from the final pytest summary line(s) of rank 0 (or of the serial run).
-    local line; line=$(grep -E "^(=+ )?[0-9]+ (passed|failed)" "$log" | head -n 1)
+    local line; line=$(grep -a -E "^(=+ )?[0-9]+ (passed|failed)" "$log" | head -n 1)
     local p f s
-    p=$(grep -oE "[0-9]+ passed" <<<"$line" | grep -oE "[0-9]+" || echo 0)
-    f=$(grep -oE "[0-9]+ failed" <<<"$line" | grep -oE "[0-9]+" || echo 0)
-    s=$(grep -oE "[0-9]+ skipped" <<<"$line" | grep -oE "[0-9]+" || echo 0)
+    p=$(grep -a -oE "[0-9]+ passed" <<<"$line" | grep -oE "[0-9]+" || echo 0)
+    f=$(grep -a -oE "[0-9]+ failed" <<<"$line" | grep -oE "[0-9]+" || echo 0)
+    s=$(grep -a -oE "[0-9]+ skipped" <<<"$line" | grep -oE "[0-9]+" || echo 0)
     total_pass=$((total_pass + ${p:-0})); total_fail=$((total_fail + ${f:-0})); total_skip=$((total_skip + ${s:-0}))
     rm -f "$log"
     if [ "$rc" -ne 0 ]; then echo "!!! $label failed (exit $rc)"; status=1; fi

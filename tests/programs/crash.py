@@ -1,0 +1,109 @@
+"""Crash-consistency workloads run under mpirun by tests/test_crash.py.
+
+usage:
+  crash.py save DIR PHASE RANK ACTION   save #1, then die at PHASE of save #2
+  crash.py check DIR                    restore the latest, compare, save again, check files
+  crash.py hang DIR                     the last rank hangs; the others must agree on a timeout
+  crash.py writer DIR N                 N quick saves (for a concurrent reader)
+"""
+
+import os
+import sys
+
+import numpy as np
+from mpi4py import MPI
+
+import hpckpt
+from hpckpt import Layout, _faults
+
+comm = MPI.COMM_WORLD
+
+
+def values(k):
+    return {
+        "w": (np.arange(11 * 6, dtype=np.float64).reshape(11, 6) + 1) * k,
+        "b": (np.arange(7, dtype=np.int32) + 3) * k,
+    }
+
+
+def model():
+    mesh = hpckpt.create_mesh([("x", comm.size)])
+    vs = {
+        "w": hpckpt.Variable(np.zeros((11, 6)), Layout(["x", "unsharded"], mesh)),
+        "b": hpckpt.Variable(np.zeros(7, np.int32), Layout(["x"], mesh)),
+    }
+    return vs, hpckpt.Checkpoint(**vs)
+
+
+def assign(vs, k):
+    for name, v in values(k).items():
+        vs[name].assign(v)
+
+
+def say(*args):
+    print(*args, flush=True)
+
+
+def main():
+    mode, d = sys.argv[1], sys.argv[2]
+    vs, ckpt = model()
+    if mode == "save":
+        phase, rank, action = sys.argv[3], int(sys.argv[4]), sys.argv[5]
+        mgr = hpckpt.CheckpointManager(ckpt, d, max_to_keep=2)
+        assign(vs, 1)
+        mgr.save()
+        if comm.rank == rank:
+            _faults.inject(phase, rank, action)
+        assign(vs, 2)
+        mgr.save()
+        say(f"SURVIVED rank={comm.rank}")
+    elif mode == "check":
+        mgr = hpckpt.CheckpointManager(ckpt, d, max_to_keep=2)
+        latest = mgr.restore_or_initialize()
+        k = int(ckpt.save_counter.local)
+        ok = latest is not None and all(
+            np.array_equal(vs[n].numpy(), want) for n, want in values(k).items()
+        )
+        ok = comm.allreduce(ok, op=MPI.LAND)
+        if comm.rank == 0:
+            say(f"RESTORED-{'OK' if ok else 'WRONG'} counter={k} latest={os.path.basename(latest)}")
+        assign(vs, k + 1)
+        new = mgr.save()
+        comm.Barrier()
+        if comm.rank == 0:
+            names = sorted(os.listdir(d))
+            committed = {n[: -len(".index.json")] for n in names if n.endswith(".index.json")}
+            data = [n for n in names if ".data-" in n]
+            clean = (
+                all(sum(n.startswith(c + ".data-") for n in data) == 1 for c in committed)
+                and len(data) == len(committed)
+                and not any(".tmp-" in n for n in names)
+                and ".hpckpt.lock" not in names
+                and hpckpt.latest_checkpoint(d) == new
+            )
+            say(f"CLEAN-{'OK' if clean else 'DIRTY'} {names}")
+    elif mode == "hang":
+        late = comm.size - 1
+        if comm.rank == late:
+            _faults.inject("plan", late, "hang", "60")
+        try:
+            ckpt.write(os.path.join(d, "h"), options=hpckpt.CheckpointOptions(timeout=2))
+        except hpckpt.CheckpointError as e:
+            say(f"AGREED rank={comm.rank} {e}")
+        if comm.rank == 0:
+            comm.Abort(3)
+        else:
+            import time
+
+            time.sleep(60)
+    elif mode == "writer":
+        mgr = hpckpt.CheckpointManager(ckpt, d, max_to_keep=None)
+        for k in range(1, int(sys.argv[3]) + 1):
+            assign(vs, k)
+            mgr.save()
+        if comm.rank == 0:
+            say("WRITER-DONE")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""Crash consistency with real process death (SIGKILL) at every phase of a save,
+hangs bounded by the timeout, and a reader running while a writer commits.
+
+Each case runs real mpirun jobs with an outer time limit: the job that dies must
+end (no hang), the next job must restore the previous checkpoint bit-identically,
+and its next save must succeed and leave a clean directory.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import hpckpt
+
+PROGRAM = os.path.join(os.path.dirname(__file__), "programs", "crash.py")
+ENV = dict(
+    os.environ,
+    OMPI_ALLOW_RUN_AS_ROOT="1",
+    OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+    OMPI_MCA_btl="self,vader",
+)
+
+
+def mpirun(n, *args, timeout=90):
+    cmd = [
+        "mpirun",
+        "--oversubscribe",
+        "-n",
+        str(n),
+        sys.executable,
+        "-m",
+        "mpi4py",
+        PROGRAM,
+        *args,
+    ]
+    return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=timeout)
+
+
+ROOT_PHASES = {"before_commit", "after_commit", "state"}
+# (phase, ranks): every phase on an odd rank count, a few on 2 and 4 as well
+CASES = [
+    (p, 3)
+    for p in [
+        "plan",
+        "create",
+        "before_data",
+        "mid_data",
+        "after_data",
+        "before_commit",
+        "after_commit",
+        "state",
+    ]
+]
+CASES += [("mid_data", 2), ("after_commit", 2), ("after_data", 4), ("state", 4)]
+
+
+@pytest.mark.parametrize("phase,n", CASES)
+def test_sigkill_at_phase(tmp_path, phase, n):
+    rank = 0 if phase in ROOT_PHASES else n - 1
+    d = str(tmp_path)
+    r = mpirun(n, "save", d, phase, str(rank), "kill")
+    assert r.returncode != 0 and "SURVIVED" not in r.stdout, r.stdout + r.stderr
+    # what the state file says after the crash
+    expect = "ckpt-2" if phase == "state" else "ckpt-1"
+    assert os.path.basename(hpckpt.latest_checkpoint(d)) == expect
+    r = mpirun(n, "check", d)
+    assert r.returncode == 0, r.stdout + r.stderr
+    counter = 2 if phase == "state" else 1
+    assert f"RESTORED-OK counter={counter} latest={expect}" in r.stdout, r.stdout + r.stderr
+    assert "CLEAN-OK" in r.stdout, r.stdout
+
+
+def test_os_exit_mid_data_on_rank_zero(tmp_path):
+    d = str(tmp_path)
+    r = mpirun(3, "save", d, "mid_data", "0", "exit")
+    assert r.returncode != 0 and "SURVIVED" not in r.stdout
+    r = mpirun(2, "check", d)  # resume on another rank count too
+    assert "RESTORED-OK counter=1 latest=ckpt-1" in r.stdout, r.stdout + r.stderr
+    assert "CLEAN-OK" in r.stdout, r.stdout
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_hang_is_bounded_by_timeout_and_named(tmp_path, n):
+    t0 = time.monotonic()
+    r = mpirun(n, "hang", str(tmp_path), timeout=60)
+    elapsed = time.monotonic() - t0
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("AGREED")]
+    assert len(lines) == n - 1, r.stdout + r.stderr
+    assert all(f"rank(s) [{n - 1}] did not arrive" in ln for ln in lines), lines
+    assert elapsed < 45
+
+
+def test_reader_never_sees_a_half_written_checkpoint(tmp_path):
+    d = str(tmp_path)
+    writer = subprocess.Popen(
+        [
+            "mpirun",
+            "--oversubscribe",
+            "-n",
+            "2",
+            sys.executable,
+            "-m",
+            "mpi4py",
+            PROGRAM,
+            "writer",
+            d,
+            "25",
+        ],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    seen, errors = set(), []
+    try:
+        while writer.poll() is None:
+            latest = hpckpt.latest_checkpoint(d)
+            if latest is None:
+                continue
+            try:
+                reader = hpckpt.load_checkpoint(latest)
+                k = int(os.path.basename(latest).split("-")[1])
+                w = reader.get_tensor("w/.ATTRIBUTES/VARIABLE_VALUE")
+                if not np.array_equal(w, (np.arange(66.0).reshape(11, 6) + 1) * k):
+                    errors.append(f"wrong values in {latest}")
+                seen.add(k)
+            except Exception as e:  # noqa: BLE001 - any error is a failure here
+                errors.append(f"{latest}: {type(e).__name__}: {e}")
+        out = writer.communicate(timeout=60)[0]
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+    assert "WRITER-DONE" in out, out
+    assert not errors, errors[:5]
+    assert len(seen) >= 2
