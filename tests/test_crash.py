@@ -130,7 +130,7 @@ def test_reader_never_sees_a_half_written_checkpoint(tmp_path):
                 if not np.array_equal(w, (np.arange(66.0).reshape(11, 6) + 1) * k):
                     errors.append(f"wrong values in {latest}")
                 seen.add(k)
-            except Exception as e:  # noqa: BLE001 - any error is a failure here
+            except Exception as e:
                 errors.append(f"{latest}: {type(e).__name__}: {e}")
         out = writer.communicate(timeout=60)[0]
     finally:
