@@ -10,15 +10,18 @@ do not exist yet (restore-on-create).
 from __future__ import annotations
 
 import os
+import time
 import warnings
 import weakref
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from mpi4py import MPI
 
 from . import _dist, _faults, io
+from ._async import AsyncWriter, async_supported
 from ._dist import Deadline
 from .errors import CheckpointError
 from .graph import (
@@ -90,6 +93,7 @@ class Checkpoint(Module):
         object.__setattr__(self, "_hpckpt_mesh", mesh)
         object.__setattr__(self, "_hpckpt_save_counter", None)
         object.__setattr__(self, "_hpckpt_root", None)
+        object.__setattr__(self, "_hpckpt_async", None)
         if root is not None:
             root = wrap(root)
             if not is_trackable(root):
@@ -186,38 +190,80 @@ class Checkpoint(Module):
         """
         options = self._options(options)
         base = io.normalize_prefix(file_prefix)
+        self.sync()
         sc = self.save_counter
         n = int(sc.local) + 1
         path = f"{base}-{n}"
         deadline = Deadline(options.timeout, f"save of {path!r}")
-        sc.local[...] = n
-        try:
-            self._write(path, options, deadline)
-        except BaseException:
-            sc.local[...] = n - 1
-            raise
         directory = os.path.dirname(path) or "."
 
-        def update_state() -> None:
-            if self._hpckpt_comm.Get_rank() != 0:
-                return
-            _faults.point("after_commit", 0)
-            state = read_state(directory) or CheckpointState()
-            rel = relative_to(directory, path)
-            kept = [(p, t) for p, t in state.checkpoints if p != rel]
-            import time
+        def update_state(comm: MPI.Comm) -> None:
+            def rank0() -> None:
+                if comm.Get_rank() != 0:
+                    return
+                _faults.point("after_commit", 0)
+                state = read_state(directory) or CheckpointState()
+                rel = relative_to(directory, path)
+                kept = [(p, t) for p, t in state.checkpoints if p != rel]
+                state.checkpoints = [*kept, (rel, time.time())]
+                state.latest = rel
+                write_state(directory, state)
+                _faults.point("state", 0)
 
-            state.checkpoints = [*kept, (rel, time.time())]
-            state.latest = rel
-            write_state(directory, state)
-            _faults.point("state", 0)
+            _dist.run_agreed(comm, f"state file update for {path!r}", rank0, deadline)
 
-        _dist.run_agreed(
-            self._hpckpt_comm, f"state file update for {path!r}", update_state, deadline
-        )
+        def rollback() -> None:
+            sc.local[...] = n - 1
+
+        sc.local[...] = n
+        try:
+            self._write(path, options, deadline, after=update_state, on_error=rollback)
+        except BaseException:
+            rollback()
+            raise
         return path
 
-    def _write(self, prefix: str, options: CheckpointOptions, deadline: Deadline) -> int:
+    def _async_writer(self) -> AsyncWriter:
+        w = self._hpckpt_async
+        if w is None:
+            w = AsyncWriter(self._hpckpt_comm)
+            object.__setattr__(self, "_hpckpt_async", w)
+        return w
+
+    def _write(
+        self,
+        prefix: str,
+        options: CheckpointOptions,
+        deadline: Deadline,
+        *,
+        after: Callable[[MPI.Comm], None] | None = None,
+        on_error: Callable[[], None] | None = None,
+        finally_: Callable[[], None] | None = None,
+    ) -> None:
+        """Plan on this thread, then write (in the background when asked).
+
+        ``after(comm)`` runs once the checkpoint is committed (state file,
+        retention); ``on_error`` when the write fails in the background; and
+        ``finally_`` at the end in every case. Collective.
+        """
+        self.sync()
+        submitted = False
+        try:
+            submitted = self._write_planned(prefix, options, deadline, after, on_error, finally_)
+        finally:
+            if not submitted and finally_ is not None:
+                finally_()
+
+    def _write_planned(
+        self,
+        prefix: str,
+        options: CheckpointOptions,
+        deadline: Deadline,
+        after: Callable[[MPI.Comm], None] | None,
+        on_error: Callable[[], None] | None,
+        finally_: Callable[[], None] | None,
+    ) -> bool:
+        """Plan and write; returns True when the write went to the background."""
         comm = self._hpckpt_comm
         what = f"write of checkpoint {prefix!r}"
 
@@ -254,9 +300,34 @@ class Checkpoint(Module):
                 io.SaveTensor(key, np.dtype(np.uint8), data.shape, _replicated_layout(comm), pieces)
             )
         tensors.sort(key=lambda t: t.key)
-        return io.write_checkpoint(
-            comm, prefix, tensors, graph=g.to_json(), options=options, deadline=deadline
-        )
+        graph = g.to_json()
+
+        if options.enable_async:
+            # Snapshot into host memory when every rank can, within the budget.
+            need = sum(a.nbytes for t in tensors for _, a in t.pieces)
+            budget = options.async_memory_budget
+            fits = async_supported() and (budget is None or need <= budget)
+            if comm.allreduce(fits, op=MPI.LAND):
+                for t in tensors:
+                    t.pieces = [(start, a.copy()) for start, a in t.pieces]
+
+                def job(c: MPI.Comm) -> None:
+                    try:
+                        io.write_checkpoint(
+                            c, prefix, tensors, graph=graph, options=options, deadline=deadline
+                        )
+                        if after is not None:
+                            after(c)
+                    finally:
+                        if finally_ is not None:
+                            finally_()
+
+                self._async_writer().submit(job, on_error)
+                return True
+        io.write_checkpoint(comm, prefix, tensors, graph=graph, options=options, deadline=deadline)
+        if after is not None:
+            after(comm)
+        return False
 
     # -- restoring --
 
@@ -296,6 +367,7 @@ class Checkpoint(Module):
     ) -> CheckpointLoadStatus:
         options = self._options(options)
         prefix = io.normalize_prefix(save_path)
+        self.sync()
         deadline = Deadline(options.timeout, f"restore of {prefix!r}")
         comm = self._hpckpt_comm
         index = io.read_index(comm, prefix, deadline)
@@ -315,7 +387,16 @@ class Checkpoint(Module):
         return CheckpointLoadStatus(ctx, self)
 
     def sync(self) -> None:
-        """Wait for an asynchronous save to finish (a no-op: saves are synchronous)."""
+        """Wait for a running asynchronous save; raise its error if it failed.
+
+        The error is the same :class:`CheckpointError` on every rank. A no-op when
+        no asynchronous save is running.
+
+        Collective: call on all ranks.
+        """
+        w = self._hpckpt_async
+        if w is not None:
+            w.wait()
 
     def __repr__(self) -> str:
         names = [n for n, _ in self._checkpoint_children()]

@@ -240,20 +240,37 @@ class CheckpointManager:
             if comm.Get_rank() == 0:
                 lock.acquire()
 
+        self._checkpoint.sync()  # the previous (asynchronous) save is complete first
         _dist.run_agreed(comm, f"locking {self._directory!r} for a save", acquire, deadline)
-        try:
-            sc.local[...] = old + 1
-            try:
-                self._checkpoint._write(path, options, deadline)
-            except BaseException:
-                sc.local[...] = old
-                raise
-            return self._retain(path, deadline)
-        finally:
+
+        def release() -> None:
             if comm.Get_rank() == 0:
                 lock.release()
 
-    def _retain(self, path: str, deadline: Deadline) -> str:
+        last_step = self._last_step
+
+        def rollback() -> None:
+            sc.local[...] = old
+            self._last_step = last_step
+
+        sc.local[...] = old + 1
+        if self._step_counter is not None:
+            self._last_step = _as_int(self._step_counter, "step_counter")
+        try:
+            self._checkpoint._write(
+                path,
+                options,
+                deadline,
+                after=lambda c: self._retain(path, deadline, c),
+                on_error=rollback,
+                finally_=release,
+            )
+        except BaseException:
+            rollback()
+            raise
+        return path
+
+    def _retain(self, path: str, deadline: Deadline, comm: Any) -> None:
         now = time.time()
         kept = [(p, t) for p, t in self._kept if p != path] + [(path, now)]
         removed: list[str] = []
@@ -265,7 +282,6 @@ class CheckpointManager:
                     last_preserved = t
                     continue
                 removed.append(p)
-        comm = self._checkpoint._hpckpt_comm
 
         def commit_state() -> None:
             if comm.Get_rank() != 0:
@@ -287,9 +303,6 @@ class CheckpointManager:
         )
         self._kept = kept
         self._last_preserved = last_preserved
-        if self._step_counter is not None:
-            self._last_step = _as_int(self._step_counter, "step_counter")
-        return path
 
     def restore_or_initialize(self) -> str | None:
         """Restore the latest checkpoint, or call ``init_fn`` if there is none.

@@ -12,8 +12,10 @@ class CheckpointOptions:
     """Options for save, write, restore and read.
 
     Attributes:
-        enable_async: Snapshot the state and write it in the background
-            (reserved; saves are synchronous in this version).
+        enable_async: Snapshot the state into host memory and write it in the
+            background: ``save``/``write`` return as soon as the snapshot is
+            taken; the next checkpoint call (or ``Checkpoint.sync()``) waits for
+            it and raises its error, the same on every rank.
         collective: Use collective MPI-IO (``Write_all``/``Read_all``); ``False``
             uses independent IO at the same offsets.
         mpi_info: MPI-IO hints passed to ``MPI.File.Open`` (e.g.
@@ -25,6 +27,8 @@ class CheckpointOptions:
         alignment: Datasets of at least ``alignment_threshold`` bytes start at a
             multiple of this many bytes (match the file system block or stripe).
         alignment_threshold: See ``alignment``.
+        async_memory_budget: Most bytes one rank may copy for an asynchronous
+            snapshot; a save that needs more runs synchronously. ``None``: no limit.
     """
 
     enable_async: bool = False
@@ -34,6 +38,7 @@ class CheckpointOptions:
     timeout: float | None = None
     alignment: int = field(default=1 << 20, kw_only=True)
     alignment_threshold: int = field(default=1 << 20, kw_only=True)
+    async_memory_budget: int | None = field(default=None, kw_only=True)
 
     def __post_init__(self) -> None:
         if self.timeout is not None and (
@@ -44,6 +49,15 @@ class CheckpointOptions:
             raise ValueError(f"timeout must be a positive number of seconds, got {self.timeout!r}")
         if self.mpi_info is not None and not isinstance(self.mpi_info, dict):
             raise TypeError(f"mpi_info must be a dict of hints, got {type(self.mpi_info).__name__}")
+        if self.async_memory_budget is not None and (
+            isinstance(self.async_memory_budget, bool)
+            or not isinstance(self.async_memory_budget, int)
+            or self.async_memory_budget < 0
+        ):
+            raise ValueError(
+                f"async_memory_budget must be a non-negative int or None, got "
+                f"{self.async_memory_budget!r}"
+            )
         for name in ("alignment", "alignment_threshold"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
