@@ -194,81 +194,143 @@ def _parse_dtype(s: Any, where: str) -> np.dtype:
     return dt
 
 
-def _parse_tensor(key: str, d: Any, data_size: int) -> TensorEntry:
-    where = f"tensor {key!r}"
-    if not isinstance(d, dict):
-        raise CorruptCheckpointError(f"index: {where} is not an object")
-    dataset = check_name(_req(d, "dataset", str, where), f"{where} dataset")
-    if "/" in dataset or dataset in (".", ".."):
-        raise CorruptCheckpointError(f"index: {where} dataset {dataset!r} is not a flat name")
-    dtype = _parse_dtype(_req(d, "dtype", str, where), where)
-    shape = _int_list(_req(d, "shape", list, where), f"{where}.shape")
-    nbytes = math.prod(shape) * dtype.itemsize
-    if nbytes > data_size:
-        raise CorruptCheckpointError(
-            f"index: {where} of shape {shape} needs {nbytes} bytes, more than the "
-            f"data file's {data_size}"
-        )
-    if _req(d, "nbytes", int, where) != nbytes:
-        raise CorruptCheckpointError(f"index: {where}.nbytes disagrees with its shape and dtype")
-    offset = d.get("offset")
-    if nbytes == 0:
-        if offset is not None and (not isinstance(offset, int) or isinstance(offset, bool)):
-            raise CorruptCheckpointError(f"index: {where}.offset has the wrong type")
-        offset = None
-    else:
-        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-            raise CorruptCheckpointError(f"index: {where}.offset {offset!r} is not a valid offset")
-        if offset + nbytes > data_size:
-            raise CorruptCheckpointError(
-                f"index: {where} bytes [{offset}, {offset + nbytes}) lie outside the data "
-                f"file of {data_size} bytes"
-            )
-    layout = _req(d, "layout", dict, where)
-    specs = _req(layout, "sharding_specs", list, f"{where}.layout")
-    mesh = _req(layout, "mesh", dict, f"{where}.layout")
-    names = _req(mesh, "dim_names", list, f"{where}.layout.mesh")
-    mshape = _int_list(_req(mesh, "shape", list, f"{where}.layout.mesh"), f"{where} mesh", lo=1)
-    if (
-        len(names) != len(mshape)
-        or not names
-        or not all(isinstance(n, str) and n and len(n) < 256 for n in names)
-        or len(set(names)) != len(names)
-    ):
-        raise CorruptCheckpointError(f"index: {where} has a bad mesh {names!r} {mshape!r}")
-    if len(specs) != len(shape):
-        raise CorruptCheckpointError(f"index: {where} layout rank differs from its shape")
-    try:
-        specs_t = validate_specs(specs, names)
-    except ValueError as e:
-        raise CorruptCheckpointError(f"index: {where}: {e}") from None
-    slices = []
-    raw_slices = _req(d, "slices", list, where)
-    for i, s in enumerate(raw_slices):
-        sw = f"{where}.slices[{i}]"
-        if not isinstance(s, dict):
-            raise CorruptCheckpointError(f"index: {sw} is not an object")
-        start = _int_list(_req(s, "start", list, sw), f"{sw}.start")
-        sshape = _int_list(_req(s, "shape", list, sw), f"{sw}.shape")
-        crc = _req(s, "crc32", int, sw)
-        if len(start) != len(shape) or len(sshape) != len(shape):
-            raise CorruptCheckpointError(f"index: {sw} rank differs from the tensor's")
-        if any(a + b > n for a, b, n in zip(start, sshape, shape, strict=True)):
-            raise CorruptCheckpointError(f"index: {sw} lies outside the tensor's shape {shape}")
-        if not 0 <= crc < 1 << 32:
-            raise CorruptCheckpointError(f"index: {sw} has a bad checksum {crc!r}")
-        slices.append(SliceEntry(start, sshape, crc))
-    return TensorEntry(
-        key=key,
-        dataset=dataset,
-        dtype=dtype,
-        shape=shape,
-        offset=offset,
-        sharding_specs=specs_t,
-        mesh_dim_names=tuple(names),
-        mesh_shape=mshape,
-        slices=tuple(slices),
+def _ints(v: Any, lo: int = 0) -> bool:
+    """Whether ``v`` is a short list of ints in ``[lo, 2**62)`` (fast path)."""
+    return (
+        type(v) is list
+        and len(v) <= MAX_NDIM
+        and all(type(x) is int and lo <= x < 1 << 62 for x in v)
     )
+
+
+class _Parser:
+    """Parses tensor entries, memoizing what many tensors share (dtypes, layouts)."""
+
+    def __init__(self, data_size: int) -> None:
+        self.data_size = data_size
+        self.dtypes: dict[str, np.dtype] = {}
+        self.layouts: dict[tuple, tuple] = {}
+
+    def dtype(self, s: Any, key: str) -> np.dtype:
+        dt = self.dtypes.get(s) if isinstance(s, str) else None
+        if dt is None:
+            dt = self.dtypes[s] = _parse_dtype(s, f"tensor {key!r}")
+        return dt
+
+    def layout(self, layout: Any, ndim: int, key: str) -> tuple:
+        where = f"tensor {key!r}"
+        if type(layout) is not dict:
+            raise CorruptCheckpointError(f"index: {where} has no layout object")
+        specs, mesh = layout.get("sharding_specs"), layout.get("mesh")
+        if type(specs) is not list or type(mesh) is not dict:
+            raise CorruptCheckpointError(f"index: {where} has a malformed layout")
+        names, mshape = mesh.get("dim_names"), mesh.get("shape")
+        if (
+            type(names) is not list
+            or not _ints(mshape, lo=1)
+            or not all(type(n) is str for n in names)
+            or not all(type(x) is str for x in specs)
+        ):
+            raise CorruptCheckpointError(f"index: {where} has a malformed layout")
+        memo = (tuple(specs), tuple(names), tuple(mshape))
+        done = self.layouts.get(memo)
+        if done is None:
+            if (
+                len(names) != len(mshape)
+                or not names
+                or not all(n and len(n) < 256 for n in names)
+                or len(set(names)) != len(names)
+            ):
+                raise CorruptCheckpointError(f"index: {where} has a bad mesh {names!r} {mshape!r}")
+            try:
+                validate_specs(specs, names)
+            except ValueError as e:
+                raise CorruptCheckpointError(f"index: {where}: {e}") from None
+            done = self.layouts[memo] = memo
+        if len(done[0]) != ndim:
+            raise CorruptCheckpointError(f"index: {where} layout rank differs from its shape")
+        return done
+
+    def tensor(self, key: str, d: Any) -> TensorEntry:
+        data_size = self.data_size
+        if type(d) is not dict:
+            raise CorruptCheckpointError(f"index: tensor {key!r} is not an object")
+        dataset = d.get("dataset")
+        if type(dataset) is not str:
+            raise CorruptCheckpointError(f"index: tensor {key!r} has no dataset name")
+        check_name(dataset, f"tensor {key!r} dataset")
+        if "/" in dataset or dataset in (".", ".."):
+            raise CorruptCheckpointError(
+                f"index: tensor {key!r} dataset {dataset!r} is not a flat name"
+            )
+        dtype = self.dtype(d.get("dtype"), key)
+        shape = d.get("shape")
+        if not _ints(shape):
+            raise CorruptCheckpointError(f"index: tensor {key!r} has a bad shape {shape!r:.80}")
+        shape = tuple(shape)
+        nbytes = math.prod(shape) * dtype.itemsize
+        if nbytes > data_size:
+            raise CorruptCheckpointError(
+                f"index: tensor {key!r} of shape {shape} needs {nbytes} bytes, more than the "
+                f"data file's {data_size}"
+            )
+        if d.get("nbytes") != nbytes or type(d.get("nbytes")) is not int:
+            raise CorruptCheckpointError(
+                f"index: tensor {key!r}.nbytes disagrees with its shape and dtype"
+            )
+        offset = d.get("offset")
+        if nbytes == 0:
+            if offset is not None and type(offset) is not int:
+                raise CorruptCheckpointError(f"index: tensor {key!r}.offset has the wrong type")
+            offset = None
+        else:
+            if type(offset) is not int or offset < 0:
+                raise CorruptCheckpointError(
+                    f"index: tensor {key!r}.offset {offset!r} is not a valid offset"
+                )
+            if offset + nbytes > data_size:
+                raise CorruptCheckpointError(
+                    f"index: tensor {key!r} bytes [{offset}, {offset + nbytes}) lie outside "
+                    f"the data file of {data_size} bytes"
+                )
+        specs, names, mshape = self.layout(d.get("layout"), len(shape), key)
+        raw = d.get("slices")
+        if type(raw) is not list:
+            raise CorruptCheckpointError(f"index: tensor {key!r} has no slice list")
+        slices = []
+        ndim = len(shape)
+        for i, sl in enumerate(raw):
+            start = sl.get("start") if type(sl) is dict else None
+            sshape = sl.get("shape") if type(sl) is dict else None
+            crc = sl.get("crc32") if type(sl) is dict else None
+            if not (_ints(start) and _ints(sshape) and type(crc) is int):
+                raise CorruptCheckpointError(
+                    f"index: tensor {key!r}.slices[{i}] is malformed or holds a bad value"
+                )
+            if len(start) != ndim or len(sshape) != ndim:
+                raise CorruptCheckpointError(
+                    f"index: tensor {key!r}.slices[{i}] rank differs from the tensor's"
+                )
+            if any(a + b > n for a, b, n in zip(start, sshape, shape, strict=True)):
+                raise CorruptCheckpointError(
+                    f"index: tensor {key!r}.slices[{i}] lies outside the tensor's shape {shape}"
+                )
+            if not 0 <= crc < 1 << 32:
+                raise CorruptCheckpointError(
+                    f"index: tensor {key!r}.slices[{i}] has a bad checksum {crc!r}"
+                )
+            slices.append(SliceEntry(tuple(start), tuple(sshape), crc))
+        return TensorEntry(
+            key=key,
+            dataset=dataset,
+            dtype=dtype,
+            shape=shape,
+            offset=offset,
+            sharding_specs=specs,
+            mesh_dim_names=names,
+            mesh_shape=mshape,
+            slices=tuple(slices),
+        )
 
 
 def parse_index(text: str | bytes, *, source: str = "index") -> CheckpointIndex:
@@ -314,9 +376,10 @@ def parse_index(text: str | bytes, *, source: str = "index") -> CheckpointIndex:
     raw = _req(doc, "tensors", dict, "index")
     tensors: dict[str, TensorEntry] = {}
     datasets: set[str] = set()
+    parser = _Parser(size)
     for key, entry in raw.items():
         check_name(key, "tensor key")
-        t = _parse_tensor(key, entry, size)
+        t = parser.tensor(key, entry)
         if t.dataset in datasets:
             raise CorruptCheckpointError(f"{source}: dataset {t.dataset!r} is used twice")
         datasets.add(t.dataset)

@@ -12,7 +12,7 @@ import numpy as np
 
 from . import io
 from .errors import NotFoundError
-from .index import CheckpointIndex, TensorEntry, parse_index
+from .index import CheckpointIndex, TensorEntry
 from .statefile import latest_checkpoint
 
 __all__ = [
@@ -66,7 +66,7 @@ class CheckpointReader:
 
     def __init__(self, prefix: str) -> None:
         self._prefix = prefix
-        self._index: CheckpointIndex = parse_index(io.load_index_bytes(prefix), source=prefix)
+        self._index: CheckpointIndex = io.load_index(prefix)[1]
 
     @property
     def prefix(self) -> str:

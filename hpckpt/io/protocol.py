@@ -54,6 +54,7 @@ __all__ = [
     "data_file_path",
     "index_path",
     "library_versions",
+    "load_index",
     "load_index_bytes",
     "normalize_prefix",
     "own_data_files",
@@ -331,19 +332,36 @@ def read_index(comm: MPI.Comm, prefix: str, deadline: Deadline) -> CheckpointInd
     """
     what = f"read of checkpoint {prefix!r}"
 
+    parsed: list[CheckpointIndex] = []
+
     def load() -> bytes | None:
         _faults.point("read_index", comm.Get_rank())
         if comm.Get_rank() != 0:
             return None
-        return load_index_bytes(prefix)
+        text, index = load_index(prefix)
+        parsed.append(index)
+        return text
 
     text = _dist.run_agreed(comm, what, load, deadline)
     text = _dist.bcast_bytes(comm, text, 0, deadline)
-    return parse_index(text, source=index_path(prefix))
+    return parsed[0] if parsed else parse_index(text, source=index_path(prefix))
 
 
 def load_index_bytes(prefix: str) -> bytes:
     """Read ``P.index.json`` and validate it and the data file's structure (one process).
+
+    Raises:
+        NotFoundError: No committed checkpoint at ``prefix``, or its data file is gone.
+        CorruptCheckpointError: The index or the data file is damaged or hostile.
+    """
+    return load_index(prefix)[0]
+
+
+def load_index(prefix: str) -> tuple[bytes, CheckpointIndex]:
+    """Read and validate ``P.index.json`` and the data file's structure (one process).
+
+    Returns:
+        The index text and the parsed index.
 
     Raises:
         NotFoundError: No committed checkpoint at ``prefix``, or its data file is gone.
@@ -361,7 +379,7 @@ def load_index_bytes(prefix: str) -> bytes:
     _h5.validate_data_file(
         data_file_path(prefix, index.data_file), index.data_size, list(index.tensors.values())
     )
-    return text
+    return text, index
 
 
 def _contains(start, shape, s: SliceEntry) -> bool:
@@ -394,6 +412,27 @@ def _verify(req: ReadRequest, arr: np.ndarray) -> None:
                 f"checksum mismatch in tensor {e.key!r} (dataset {e.dataset!r}), slice start "
                 f"{list(s.start)} shape {list(s.shape)}, file bytes [{lo}, {hi})"
             )
+
+
+def _verify_chunk(todo: list[tuple[ReadRequest, np.ndarray]]) -> None:
+    for r, a in todo:
+        _verify(r, a)
+
+
+def _verify_all(todo: list[tuple[ReadRequest, np.ndarray]], threads: int = 2) -> None:
+    """Verify checksums; big reads are split over threads (zlib releases the GIL)."""
+    total = sum(a.nbytes for _, a in todo)
+    if total < (8 << 20) or len(todo) < 2:
+        _verify_chunk(todo)
+        return
+    chunks: list[list[tuple[ReadRequest, np.ndarray]]] = [[] for _ in range(threads)]
+    sizes = [0] * threads
+    for item in sorted(todo, key=lambda ra: -ra[1].nbytes):
+        i = sizes.index(min(sizes))
+        chunks[i].append(item)
+        sizes[i] += item[1].nbytes
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        list(pool.map(_verify_chunk, chunks))
 
 
 def read_tensors(
@@ -434,12 +473,7 @@ def read_tensors(
     if exc is None and options.verify_checksums:
         try:
             todo = [(r, a) for r, a in zip(requests, arrays, strict=True) if a.size]
-            if len(todo) > 1:
-                with ThreadPoolExecutor(max_workers=2) as pool:
-                    list(pool.map(lambda ra: _verify(*ra), todo))
-            else:
-                for r, a in todo:
-                    _verify(r, a)
+            _verify_all(todo)
         except Exception as e:
             exc = e
     _dist.agree(comm, what, exc, deadline)
