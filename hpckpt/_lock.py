@@ -4,8 +4,9 @@
 time). It is created with ``O_EXCL`` while a :class:`~hpckpt.CheckpointManager`
 saves, so a second job writing into the same directory is refused with a clear
 error instead of corrupting the state file. A lock is taken over only when it is
-provably stale: its process is gone (same host), it belongs to this same Slurm
-job (a requeued job), or it is older than ``stale_after`` seconds.
+provably stale: its process is gone (same host; a live holder on this host gets
+``wait_same_host`` seconds to finish), it belongs to this same Slurm job (a
+requeued job), or it is older than ``stale_after`` seconds.
 """
 
 from __future__ import annotations
@@ -28,13 +29,18 @@ def _job_id() -> str | None:
 
 
 def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host and is not a zombie."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return True
 
 
 @dataclass
@@ -43,6 +49,7 @@ class DirectoryLock:
 
     directory: str
     stale_after: float = 6 * 3600.0
+    wait_same_host: float = 15.0
 
     @property
     def path(self) -> str:
@@ -76,7 +83,7 @@ class DirectoryLock:
             try:
                 fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             except FileExistsError:
-                holder = self._read()
+                holder = self._wait_for_local_holder(self._read())
                 if holder is not None and not self._is_stale(holder):
                     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("time", 0)))
                     raise CheckpointError(
@@ -94,6 +101,21 @@ class DirectoryLock:
                 json.dump(self._mine(), f)
             return
         raise CheckpointError(f"could not take the writer lock {self.path!r}")
+
+    def _wait_for_local_holder(self, holder: dict | None) -> dict | None:
+        """A live holder on this host (e.g. a job being torn down) gets a short grace period."""
+        end = time.monotonic() + self.wait_same_host
+        while (
+            holder is not None
+            and holder.get("host") == socket.gethostname()
+            and isinstance(holder.get("pid"), int)
+            and holder["pid"] != os.getpid()
+            and _alive(holder["pid"])
+            and time.monotonic() < end
+        ):
+            time.sleep(0.05)
+            holder = self._read()
+        return holder
 
     def _read(self) -> dict | None:
         try:
