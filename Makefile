@@ -17,7 +17,7 @@ export PRTE_MCA_rmaps_default_mapping_policy := :oversubscribe
 MPIRUN := mpirun --oversubscribe
 PYTEST_MPI := -m mpi4py -m pytest --with-mpi -q -p no:cacheprovider --timeout=240
 
-.PHONY: setup demo test test-serial test-mpi lint bench clean
+.PHONY: setup demo test lint bench clean
 
 $(STAMP): setup.cfg pyproject.toml scripts/setup.sh
 	bash scripts/setup.sh
@@ -32,7 +32,7 @@ test: $(STAMP)
 	bash scripts/run-tests.sh
 
 lint: $(STAMP)
-	$(PY) -m ruff check hpckpt tests benchmarks
+	$(PY) -m ruff check hpckpt tests benchmarks slurm docs/examples
 
 bench: $(STAMP)
 	$(PY) -m benchmarks bandwidth

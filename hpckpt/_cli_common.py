@@ -99,9 +99,7 @@ def resolve(path: str) -> str:
             return resolve_checkpoint(path)
         except NotFoundError:
             committed = sorted(
-                n[: -len(INDEX_SUFFIX)]
-                for n in _listdir(path)
-                if n.endswith(INDEX_SUFFIX)
+                n[: -len(INDEX_SUFFIX)] for n in _listdir(path) if n.endswith(INDEX_SUFFIX)
             )
             if committed:
                 shown = ", ".join(committed[:3]) + (", ..." if len(committed) > 3 else "")

@@ -28,9 +28,7 @@ __all__ = ["add_parser", "compare_arrays", "diff_checkpoints", "run"]
 _CHUNK = 1 << 20  # elements compared at a time (bounds the temporaries)
 
 
-def add_parser(
-    sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]
-) -> None:
+def add_parser(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
     """Register ``diff``."""
     p = sub.add_parser(
         "diff",
@@ -147,9 +145,7 @@ def diff_checkpoints(
     changed: list[dict[str, Any]] = []
     identical: list[dict[str, Any]] = []
     common = sorted(set(ta) & set(tb))
-    comparable = [
-        k for k in common if ta[k].dtype == tb[k].dtype and ta[k].shape == tb[k].shape
-    ]
+    comparable = [k for k in common if ta[k].dtype == tb[k].dtype and ta[k].shape == tb[k].shape]
     total = sum(2 * ta[k].nbytes for k in comparable)
     with Progress(total, "diff", enabled=progress) as bar:
         for k in common:

@@ -28,9 +28,7 @@ from ._cli_progress import Progress
 __all__ = ["add_parser", "export_checkpoint", "run"]
 
 
-def add_parser(
-    sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]
-) -> None:
+def add_parser(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
     """Register ``export``."""
     p = sub.add_parser(
         "export",
@@ -105,8 +103,12 @@ def export_checkpoint(
                 with zf.open(e.key + ".npy", mode="w", force_zip64=True) as f:
                     np.lib.format.write_array(f, np.ascontiguousarray(arr), allow_pickle=False)
                 written.append(
-                    {"key": e.key, "dtype": arr.dtype.name, "shape": list(arr.shape),
-                     "nbytes": e.nbytes}
+                    {
+                        "key": e.key,
+                        "dtype": arr.dtype.name,
+                        "shape": list(arr.shape),
+                        "nbytes": e.nbytes,
+                    }
                 )
                 bar.update(e.nbytes)
         os.replace(tmp, out)
@@ -135,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
         emit(
             [
                 f"exported {len(report['tensors'])} tensors ({report['tensor_bytes']} bytes, "
-            f"{fmt_bytes(report['tensor_bytes'])}) from {report['checkpoint']} to "
+                f"{fmt_bytes(report['tensor_bytes'])}) from {report['checkpoint']} to "
                 f"{report['output']} ({report['file_bytes']} bytes)"
             ]
         )

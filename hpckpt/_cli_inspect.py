@@ -28,9 +28,7 @@ from .graph import SavedGraph
 __all__ = ["add_parser", "inspect_checkpoint", "run"]
 
 
-def add_parser(
-    sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]
-) -> None:
+def add_parser(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
     """Register ``inspect``."""
     p = sub.add_parser(
         "inspect",

@@ -32,9 +32,7 @@ _DATA_RE = re.compile(r"^(?P<prefix>.+)\.data-[0-9a-f]{8,64}\.h5$")
 _TMP_RE = re.compile(r"^(?P<target>.+)\.tmp-[0-9a-f]+$")
 
 
-def add_parser(
-    sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]
-) -> None:
+def add_parser(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
     """Register ``ls``."""
     p = sub.add_parser(
         "ls",

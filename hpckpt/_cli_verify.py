@@ -30,9 +30,7 @@ from .index import CheckpointIndex, TensorEntry
 __all__ = ["add_parser", "run", "verify_checkpoint"]
 
 
-def add_parser(
-    sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]
-) -> None:
+def add_parser(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
     """Register ``verify``."""
     p = sub.add_parser(
         "verify",
@@ -116,9 +114,7 @@ def _check_tensor(
     return doc
 
 
-def verify_checkpoint(
-    prefix: str, *, progress: bool | None = None
-) -> dict[str, Any]:
+def verify_checkpoint(prefix: str, *, progress: bool | None = None) -> dict[str, Any]:
     """The report of ``verify`` for one checkpoint prefix.
 
     Damage is reported in the result (``ok`` false, ``errors``), not raised.

@@ -217,6 +217,7 @@ def agree(
 
 
 _TAG_BASE = 0x4000
+_late_sends: list[tuple[MPI.Request, np.ndarray]] = []  # verdicts for late ranks
 _seq: dict[int, int] = {}  # per communicator handle: agreements so far
 
 
@@ -273,6 +274,9 @@ def _p2p_agree(comm: MPI.Comm, rec: Any, deadline: Deadline) -> list[Any]:
         else:
             records[r] = json.loads(data.decode())
     out = _encode(records)
+    for r in missing:
+        # A late rank finds the verdict when it arrives, so it raises the same error.
+        _late_sends.append((comm.Isend(out, dest=r, tag=tag_result), out))
     reqs = [comm.Isend(out, dest=r, tag=tag_result) for r in range(1, size) if r not in missing]
     for q in reqs:
         while not q.Test():

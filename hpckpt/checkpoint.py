@@ -292,7 +292,19 @@ class Checkpoint(Module):
             return g, tensors, strings
 
         g, tensors, strings = _dist.run_agreed(comm, what, plan, deadline)
-        strings = _dist.bcast_json(comm, strings, 0, deadline)
+        # Python state is saved from rank 0; every rank must have the same objects.
+        keys = [k for k, _ in g.python_states]
+        root = _dist.bcast_json(comm, [keys, strings], 0, deadline)
+
+        def same_states() -> None:
+            if root[0] != keys:
+                raise CheckpointError(
+                    f"{what}: this rank's PythonState objects {keys[:5]} differ from rank 0's "
+                    f"{root[0][:5]}"
+                )
+
+        _dist.run_agreed(comm, what, same_states, deadline)
+        strings = root[1]
         for (key, _), text in zip(g.python_states, strings, strict=True):
             data = np.frombuffer(text.encode(), dtype=np.uint8)
             pieces = [((0,), data)] if comm.Get_rank() == 0 else []
@@ -615,8 +627,16 @@ class CheckpointLoadStatus:
         self._root = root
 
     def _live_unmatched(self) -> list[str]:
+        """Paths of live objects holding values (variables, Python state) not matched.
+
+        As in TF, containers and modules without values of their own are not counted.
+        """
         g = build_save_graph(self._root)
-        return [node.path or "(root)" for node in g.nodes if not self._ctx.is_matched(node.obj)]
+        return [
+            node.path
+            for node in g.nodes
+            if node.key is not None and not self._ctx.is_matched(node.obj)
+        ]
 
     def assert_consumed(self) -> CheckpointLoadStatus:
         """Assert that every checkpointed value was restored and every live object matched.
@@ -625,14 +645,10 @@ class CheckpointLoadStatus:
             AssertionError: Something is unmatched, in either direction.
         """
         missing = self._ctx.unmatched_keys()
-        unmatched_nodes = [
-            i for i in range(len(self._ctx.graph.nodes)) if self._ctx.live(i) is None
-        ]
-        if missing or unmatched_nodes:
+        if missing:
             raise AssertionError(
-                f"unresolved objects in checkpoint {self._ctx.prefix!r}: "
-                f"{len(unmatched_nodes)} saved object(s) unmatched; values not restored: "
-                f"{missing[:10]}"
+                f"unresolved values in checkpoint {self._ctx.prefix!r}: {len(missing)} not "
+                f"restored: {missing[:10]}"
             )
         live = self._live_unmatched()
         if live:

@@ -180,15 +180,29 @@ _REJECTED = (abc.Set, collections.deque)
 def wrap(value: Any) -> Any:
     """Wrap lists and dicts for tracking; rebuild tuples with wrapped contents.
 
+    Plain ``list`` becomes :class:`TrackedList`; ``dict`` and ``OrderedDict`` become
+    :class:`TrackedDict` (insertion-ordered). Subclasses of list or dict are left as
+    they are when they hold no trackables, and rejected when they do.
+
     Raises:
         ValueError: ``value`` is a set or another container that cannot be tracked.
     """
     if isinstance(value, (Trackable, Variable)):
         return value
-    if isinstance(value, list):
+    if type(value) is list:
         return TrackedList(value)
-    if isinstance(value, dict):
+    if type(value) in (dict, collections.OrderedDict):
         return TrackedDict(value)
+    if isinstance(value, (list, dict)):
+        # Subclasses (defaultdict, Counter, ...) keep their behaviour untouched; they
+        # may not hold trackables, which their mutations could not track.
+        items = value.values() if isinstance(value, dict) else value
+        if any(is_trackable(v) for v in items):
+            raise ValueError(
+                f"cannot track a {type(value).__name__}: use a plain list or dict for "
+                "Variables and trackables"
+            )
+        return value
     if isinstance(value, tuple):
         items = [wrap(v) for v in value]
         if all(a is b for a, b in zip(items, value, strict=True)):

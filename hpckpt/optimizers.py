@@ -12,7 +12,7 @@ import numpy as np
 
 from .graph import Module
 from .layout import Layout
-from .mesh import default_mesh
+from .mesh import Mesh, default_mesh
 from .variable import Variable
 
 __all__ = ["SGD", "Adam", "Optimizer"]
@@ -21,19 +21,24 @@ __all__ = ["SGD", "Adam", "Optimizer"]
 class Optimizer(Module):
     """Base of the reference optimizers: an ``iterations`` counter and slot variables.
 
+    ``iterations`` is replicated on ``mesh`` (default: the 1-D mesh over
+    ``MPI.COMM_WORLD``); pass the mesh of a :class:`~hpckpt.DTensorCheckpoint`
+    that lives on a sub-communicator.
+
     Collective: ``apply_gradients`` may create slots (and restore pending values
     for them), so call it on all ranks with the variables in the same order.
     """
 
     _slot_names: tuple[str, ...] = ()
 
-    def __init__(self, learning_rate: float) -> None:
+    def __init__(self, learning_rate: float, *, mesh: Mesh | None = None) -> None:
         super().__init__()
         if not learning_rate > 0:
             raise ValueError(f"learning_rate must be positive, got {learning_rate!r}")
         self.learning_rate = float(learning_rate)
+        mesh = default_mesh() if mesh is None else mesh
         self.iterations = Variable(
-            np.int64(0), layout=Layout.replicated(default_mesh(), 0), name="iterations"
+            np.int64(0), layout=Layout.replicated(mesh, 0), name="iterations"
         )
 
     def add_slot(self, var: Variable, slot_name: str) -> Variable:
@@ -85,11 +90,13 @@ class Optimizer(Module):
 class SGD(Optimizer):
     """Gradient descent with optional momentum (slot ``momentum``)."""
 
-    def __init__(self, learning_rate: float = 0.01, momentum: float = 0.0) -> None:
+    def __init__(
+        self, learning_rate: float = 0.01, momentum: float = 0.0, *, mesh: Mesh | None = None
+    ) -> None:
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"momentum must be in [0, 1], got {momentum!r}")
         self._slot_names = ("momentum",) if momentum else ()
-        super().__init__(learning_rate)
+        super().__init__(learning_rate, mesh=mesh)
         self.momentum = float(momentum)
 
     def _update(self, grad: np.ndarray, var: Variable, step: int) -> None:
@@ -114,11 +121,13 @@ class Adam(Optimizer):
         beta_1: float = 0.9,
         beta_2: float = 0.999,
         epsilon: float = 1e-7,
+        *,
+        mesh: Mesh | None = None,
     ) -> None:
         for name, b in (("beta_1", beta_1), ("beta_2", beta_2)):
             if not 0.0 <= b < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {b!r}")
-        super().__init__(learning_rate)
+        super().__init__(learning_rate, mesh=mesh)
         self.beta_1 = float(beta_1)
         self.beta_2 = float(beta_2)
         self.epsilon = float(epsilon)

@@ -29,7 +29,7 @@ run() {
 run "serial tests" "$PY" -m pytest -q -p no:cacheprovider --color=no --timeout=300 tests
 for n in 2 3 4; do
     run "MPI tests on $n ranks" timeout 900 mpirun --oversubscribe -n "$n" \
-        "$PY" -m mpi4py -m pytest --with-mpi -q -p no:cacheprovider --color=no --timeout=240 -m mpi tests
+        "$PY" -m mpi4py -m pytest --with-mpi -q -p no:cacheprovider --color=no --timeout=240 --timeout-method=thread -m mpi tests
 done
 echo
 echo "total: $total_pass passed, $total_fail failed, $total_skip skipped"

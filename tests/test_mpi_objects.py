@@ -420,3 +420,53 @@ def test_training_interrupted_and_resumed_is_bit_identical(shared_dir):
     assert all_ranks(
         all(a.dtype == b.dtype and np.array_equal(a, b) for a, b in zip(ref, got, strict=False))
     )
+
+
+def test_only_value_holding_objects_count_in_assertions(shared_dir):
+    net = MLP(mesh1d())
+    p = hpckpt.Checkpoint(net=net).write(os.path.join(shared_dir, "e"))
+    net2 = MLP(mesh1d(), seed=3)
+    net2.empty = hpckpt.Module()  # no values: not counted, as in TF
+    net2.sizes = [1, 2, 3]
+    hpckpt.Checkpoint(net=net2).read(p).assert_consumed()
+
+
+def test_list_and_dict_subclasses_keep_their_behaviour():
+    import collections
+
+    m = hpckpt.Module()
+    m.counts = collections.defaultdict(list)
+    m.counts["a"].append(1)
+    assert m.counts["a"] == [1] and isinstance(m.counts, collections.defaultdict)
+    m.ordered = collections.OrderedDict(b=V(1.0), a=V(2.0))
+    assert list(m.ordered) == ["b", "a"]
+    with pytest.raises(ValueError, match="defaultdict"):
+        m.bad = collections.defaultdict(list, {"v": V(1.0)})
+
+
+def test_python_state_objects_must_match_across_ranks(shared_dir):
+    comm = MPI.COMM_WORLD
+    ck = hpckpt.Checkpoint(v=V(1.0))
+    if comm.rank == comm.size - 1:
+        ck.extra = DataIter()
+    with pytest.raises(hpckpt.CheckpointError):
+        ck.write(os.path.join(shared_dir, "ps"))
+
+
+def test_optimizer_on_a_sub_mesh(shared_dir):
+    comm = MPI.COMM_WORLD
+    sub = comm.Split(0 if comm.rank < 2 else MPI.UNDEFINED, comm.rank)
+    ok = True
+    if sub != MPI.COMM_NULL:
+        mesh = hpckpt.create_mesh([("x", 2)], comm=sub)
+        v = hpckpt.Variable(np.arange(4.0), Layout(["x"], mesh))
+        opt = hpckpt.optimizers.Adam(0.1, mesh=mesh)
+        opt.apply_gradients([(np.ones_like(v.local), v)])
+        d = sub.bcast(os.path.join(shared_dir, "sub"))
+        p = hpckpt.DTensorCheckpoint(mesh, v=v, opt=opt).write(d)
+        opt2 = hpckpt.optimizers.Adam(0.1, mesh=mesh)
+        w = hpckpt.Variable(np.zeros(4), Layout(["x"], mesh))
+        hpckpt.DTensorCheckpoint(mesh, v=w, opt=opt2).read(p).assert_existing_objects_matched()
+        ok = int(opt2.iterations.local) == 1 and np.array_equal(w.local, v.local)
+        sub.Free()
+    assert all_ranks(ok)
