@@ -19,7 +19,9 @@ class CheckpointOptions:
         collective: Use collective MPI-IO (``Write_all``/``Read_all``); ``False``
             uses independent IO at the same offsets.
         mpi_info: MPI-IO hints passed to ``MPI.File.Open`` (e.g.
-            ``{"cb_nodes": "4", "striping_factor": "8"}``).
+            ``{"cb_nodes": "4", "romio_cb_write": "enable"}``). File striping
+            hints do not apply (rank 0 creates the file): stripe the directory
+            with ``lfs setstripe`` instead.
         verify_checksums: On restore, check the checksum of every saved slice
             that the read covers.
         timeout: Seconds to wait for other ranks at each agreement step; on
