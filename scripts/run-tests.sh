@@ -26,7 +26,7 @@ run() {
     if [ "$rc" -ne 0 ]; then echo "!!! $label failed (exit $rc)"; status=1; fi
 }
 
-run "serial tests" "$PY" -m pytest -q -p no:cacheprovider --color=no --timeout=300 tests
+run "serial tests" "$PY" -m pytest -q -p no:cacheprovider --color=no --timeout=300 -m "not mpi" tests
 for n in 2 3 4; do
     run "MPI tests on $n ranks" timeout 900 mpirun --oversubscribe -n "$n" \
         "$PY" -m mpi4py -m pytest --with-mpi -q -p no:cacheprovider --color=no --timeout=240 --timeout-method=thread -m mpi tests
