@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import os
 from typing import Any
@@ -91,7 +90,7 @@ def _check_tensor(
         return doc
     for s in e.slices:
         try:
-            io.verify_tensor(dataclasses.replace(e, slices=(s,)), arr)
+            io.verify_tensor(e._replace(slices=(s,)), arr)
         except CorruptCheckpointError:
             lo, hi = slice_byte_range(e, s)
             errors.append(

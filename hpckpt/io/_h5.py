@@ -81,13 +81,20 @@ def _dtype_matches(h5dtype: np.dtype, want: np.dtype) -> bool:
     return h5dtype.newbyteorder("=") == want.newbyteorder("=") and h5dtype.str == want.str
 
 
-def validate_data_file(path: str, expected_size: int, tensors: Sequence[TensorEntry]) -> None:
+def validate_data_file(
+    path: str,
+    expected_size: int,
+    tensors: Sequence[TensorEntry],
+    *,
+    check_links: bool = True,
+) -> None:
     """Check that ``path`` is the data file the index describes, and safe to read.
 
     Refuses: a missing or resized file, anything but hard links to datasets at the
     root (external or soft links, groups), datasets that are not contiguous, are
     filtered, virtual or stored externally, and datasets whose shape, dtype or
-    offset disagree with the index. Called by one rank.
+    offset disagree with the index. Several ranks may share the datasets to check
+    (``check_links`` on one of them).
 
     Raises:
         NotFoundError: The data file is missing.
@@ -115,7 +122,8 @@ def validate_data_file(path: str, expected_size: int, tensors: Sequence[TensorEn
             if info.type != h5py.h5l.TYPE_HARD:
                 bad.append(name.decode(errors="replace"))
 
-        f.id.links.iterate(visit, info=True)
+        if check_links:
+            f.id.links.iterate(visit, info=True)
         if bad:
             raise CorruptCheckpointError(
                 f"data file {path!r} holds soft or external links {bad[:5]!r}"

@@ -95,26 +95,53 @@ class _TypeCache:
         self._elem.clear()
 
 
+def _file_run(p: Piece) -> int | None:
+    """The first byte of ``p`` in the file if its hyperslab is one contiguous run."""
+    shape, g = p.array.shape, p.global_shape
+    if not g:
+        return p.offset
+    # contiguous iff every dimension after the first non-full one has length 1,
+    # after the leading partial dimension all later ones are full
+    k = 0
+    while k < len(g) and shape[k] == 1:
+        k += 1
+    if any(shape[i] != g[i] for i in range(k + 1, len(g))):
+        return None
+    linear = 0
+    for st, n in zip(p.start, g, strict=True):
+        linear = linear * n + st
+    return p.offset + linear * p.array.dtype.itemsize
+
+
 def _round_types(pieces: list[Piece], cache: _TypeCache) -> tuple[MPI.Datatype, MPI.Datatype]:
-    ftypes, mtypes, faddrs, maddrs = [], [], [], []
+    """One file type and one memory type for a round of pieces.
+
+    Pieces whose hyperslab is one contiguous run of the file (the common case:
+    shards along the first axis, 1-D shards, whole tensors) are plain byte blocks
+    of the struct, so they cost no datatype of their own; others are subarrays.
+    Memory is always byte blocks at the arrays' addresses.
+    """
+    flens, fdisps, ftypes = [], [], []
     for p in pieces:
-        a = p.array
-        elem = cache.elem(a.dtype.itemsize)
-        count = a.size
-        if p.global_shape and all(n == g for n, g in zip(a.shape, p.global_shape, strict=True)):
-            ftype = cache.own(elem.Create_contiguous(count))
-        elif p.global_shape:
-            ftype = cache.own(
-                elem.Create_subarray(list(p.global_shape), list(a.shape), list(p.start))
-            )
+        run = _file_run(p)
+        if run is not None:
+            flens.append(p.nbytes)
+            fdisps.append(run)
+            ftypes.append(MPI.BYTE)
         else:
-            ftype = elem
-        ftypes.append(ftype)
-        faddrs.append(p.offset)
-        mtypes.append(cache.own(elem.Create_contiguous(count)))
-        maddrs.append(MPI.Get_address(a))
-    ft = cache.own(MPI.Datatype.Create_struct([1] * len(pieces), faddrs, ftypes).Commit())
-    mt = cache.own(MPI.Datatype.Create_struct([1] * len(pieces), maddrs, mtypes).Commit())
+            a = p.array
+            elem = cache.elem(a.dtype.itemsize)
+            flens.append(1)
+            fdisps.append(p.offset)
+            ftypes.append(
+                cache.own(elem.Create_subarray(list(p.global_shape), list(a.shape), list(p.start)))
+            )
+    ft = cache.own(MPI.Datatype.Create_struct(flens, fdisps, ftypes).Commit())
+    mt = cache.own(
+        MPI.BYTE.Create_hindexed(
+            [p.nbytes for p in pieces], [MPI.Get_address(p.array) for p in pieces]
+        ).Commit()
+    )
     return ft, mt
 
 

@@ -66,6 +66,7 @@ __all__ = [
 ]
 
 INDEX_SUFFIX = ".index.json"
+VALIDATORS = 8  # ranks that share the structural check of a data file
 _TOKEN_RE = re.compile(r"[0-9a-f]{8,64}\.h5")
 
 
@@ -332,19 +333,47 @@ def read_index(comm: MPI.Comm, prefix: str, deadline: Deadline) -> CheckpointInd
     """
     what = f"read of checkpoint {prefix!r}"
 
+    rank, size = comm.Get_rank(), comm.Get_size()
     parsed: list[CheckpointIndex] = []
 
     def load() -> bytes | None:
-        _faults.point("read_index", comm.Get_rank())
-        if comm.Get_rank() != 0:
+        _faults.point("read_index", rank)
+        if rank != 0:
             return None
-        text, index = load_index(prefix)
-        parsed.append(index)
+        text = _read_index_bytes(prefix)
+        parsed.append(parse_index(text, source=index_path(prefix)))
         return text
 
     text = _dist.run_agreed(comm, what, load, deadline)
     text = _dist.bcast_bytes(comm, text, 0, deadline)
-    return parsed[0] if parsed else parse_index(text, source=index_path(prefix))
+    # The other ranks take rank 0's validated bytes as they are; the data file's
+    # structure is checked by up to VALIDATORS ranks, each a share of the datasets.
+    index = parsed[0] if parsed else parse_index(text, trusted=True)
+    validators = min(size, VALIDATORS)
+
+    def validate() -> None:
+        if rank < validators:
+            tensors = list(index.tensors.values())[rank::validators]
+            _h5.validate_data_file(
+                data_file_path(prefix, index.data_file),
+                index.data_size,
+                tensors,
+                check_links=rank == 0,
+            )
+
+    _dist.run_agreed(comm, what, validate, deadline)
+    return index
+
+
+def _read_index_bytes(prefix: str) -> bytes:
+    ip = index_path(prefix)
+    try:
+        with open(ip, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise NotFoundError(f"no checkpoint at {prefix!r}: {ip!r} does not exist") from None
+    except IsADirectoryError:
+        raise CorruptCheckpointError(f"{ip!r} is a directory") from None
 
 
 def load_index_bytes(prefix: str) -> bytes:
@@ -368,13 +397,7 @@ def load_index(prefix: str) -> tuple[bytes, CheckpointIndex]:
         CorruptCheckpointError: The index or the data file is damaged or hostile.
     """
     ip = index_path(prefix)
-    try:
-        with open(ip, "rb") as f:
-            text = f.read()
-    except FileNotFoundError:
-        raise NotFoundError(f"no checkpoint at {prefix!r}: {ip!r} does not exist") from None
-    except IsADirectoryError:
-        raise CorruptCheckpointError(f"{ip!r} is a directory") from None
+    text = _read_index_bytes(prefix)
     index = parse_index(text, source=ip)
     _h5.validate_data_file(
         data_file_path(prefix, index.data_file), index.data_size, list(index.tensors.values())
