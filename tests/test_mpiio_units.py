@@ -34,3 +34,22 @@ def test_split_piece_rows_cover_the_piece():
     assert sum(p.array.shape[0] for p in parts) == 100
     assert [p.start[0] for p in parts][:2] == [50, 57]
     assert all(p.array.base is not None for p in parts)  # views, no copies
+
+
+def test_runs_cover_exactly_the_hyperslab():
+    from hpckpt.io._mpiio import _runs
+
+    g = (4, 5, 6)
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        start = tuple(int(rng.integers(0, n)) for n in g)
+        shape = tuple(int(rng.integers(1, n - a + 1)) for a, n in zip(start, g, strict=True))
+        arr = rng.standard_normal(shape)
+        p = Piece(64, g, start, arr)
+        flat = np.zeros(int(np.prod(g)))
+        for off, mem in _runs(p):
+            i = (off - 64) // 8
+            flat[i : i + mem.size] = mem
+        want = np.zeros(g)
+        want[tuple(slice(a, a + n) for a, n in zip(start, shape, strict=True))] = arr
+        assert np.array_equal(flat.reshape(g), want)

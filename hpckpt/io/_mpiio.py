@@ -12,6 +12,7 @@ collective call for many datasets. All ranks make the same number of calls
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from mpi4py import MPI
 
-__all__ = ["Piece", "collective_io", "split_piece"]
+__all__ = ["Piece", "collective_io", "posix_io", "split_piece"]
 
 MAX_PIECE_BYTES = 256 << 20
 MAX_ROUND_BYTES = 1 << 30
@@ -143,6 +144,61 @@ def _round_types(pieces: list[Piece], cache: _TypeCache) -> tuple[MPI.Datatype, 
         ).Commit()
     )
     return ft, mt
+
+
+def _runs(p: Piece) -> list[tuple[int, np.ndarray]]:
+    """``(file offset, contiguous memory view)`` of every contiguous run of a piece."""
+    first = _file_run(p)
+    a = p.array
+    if first is not None:
+        return [(first, a.reshape(-1))]
+    g, start, shape = p.global_shape, p.start, a.shape
+    # split the leading dimensions until the remaining suffix is one contiguous run
+    k = len(g) - 1
+    while k > 0 and shape[k] == g[k]:
+        k -= 1
+    # dims [0, k] vary; within dim k each index gives a run of shape[k+1:] (full)
+    isz = a.dtype.itemsize
+    strides = [isz] * len(g)
+    for i in range(len(g) - 2, -1, -1):
+        strides[i] = strides[i + 1] * g[i + 1]
+    out = []
+    for idx in np.ndindex(*shape[:k]):
+        base = p.offset + sum((start[i] + idx[i]) * strides[i] for i in range(k))
+        row = a[idx]  # shape[k:], C-contiguous rows
+        off = base + start[k] * strides[k]
+        out.append((off, row.reshape(-1)))
+    return out
+
+
+def posix_io(path: str, pieces: Sequence[Piece], *, write: bool) -> None:
+    """Independent IO of this rank's pieces with ``pwrite``/``preadv`` at their offsets.
+
+    Not collective: each rank moves its own bytes (the file already exists). Writes
+    are fsynced before returning.
+    """
+    fd = os.open(path, os.O_WRONLY if write else os.O_RDONLY)
+    try:
+        for p in pieces:
+            if not p.nbytes:
+                continue
+            for off, mem in _runs(p):
+                view = memoryview(mem).cast("B")
+                done = 0
+                while done < len(view):
+                    if write:
+                        n = os.pwrite(fd, view[done:], off + done)
+                    else:
+                        n = os.preadv(fd, [view[done:]], off + done)
+                    if n <= 0:
+                        raise OSError(
+                            f"short {'write' if write else 'read'} at offset {off + done}"
+                        )
+                    done += n
+        if write:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _make_info(hints: dict[str, str] | None) -> MPI.Info:

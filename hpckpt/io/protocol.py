@@ -45,7 +45,7 @@ from ..index import (
 )
 from ..options import CheckpointOptions
 from . import _fsutil, _h5
-from ._mpiio import Piece, collective_io, open_file
+from ._mpiio import Piece, collective_io, open_file, posix_io
 
 __all__ = [
     "ReadRequest",
@@ -246,13 +246,18 @@ def write_checkpoint(
     try:
         with ThreadPoolExecutor(max_workers=1) as pool:
             crcs = pool.submit(_checksums, own)
-            with open_file(comm, data_path, MPI.MODE_WRONLY, options.mpi_info) as fh:
-                try:
-                    collective_io(fh, comm, pieces, write=True, collective=options.collective)
-                    _faults.point("mid_data", rank)
-                except Exception as e:
-                    exc = exc or e
-                fh.Sync()
+            if options.collective:
+                with open_file(comm, data_path, MPI.MODE_WRONLY, options.mpi_info) as fh:
+                    try:
+                        collective_io(fh, comm, pieces, write=True)
+                        _faults.point("mid_data", rank)
+                    except Exception as e:  # keep taking part; agreed on below
+                        exc = exc or e
+                    fh.Sync()
+            else:
+                # independent IO: each rank pwrite()s its own runs and fsyncs
+                posix_io(data_path, pieces, write=True)
+                _faults.point("mid_data", rank)
             slices = crcs.result()
         _faults.point("after_data", rank)
     except Exception as e:
@@ -487,8 +492,11 @@ def read_tensors(
         exc, pieces = e, []
     try:
         path = data_file_path(prefix, index.data_file)
-        with open_file(comm, path, MPI.MODE_RDONLY, options.mpi_info) as fh:
-            collective_io(fh, comm, pieces, write=False, collective=options.collective)
+        if options.collective:
+            with open_file(comm, path, MPI.MODE_RDONLY, options.mpi_info) as fh:
+                collective_io(fh, comm, pieces, write=False)
+        else:
+            posix_io(path, pieces, write=False)
     except MPI.Exception as e:
         exc = exc or CorruptCheckpointError(f"MPI-IO error reading {prefix!r}: {e}")
     except Exception as e:
