@@ -1,0 +1,11 @@
+"""The suites: each module has ``add_parser(subparsers)`` and ``run(args) -> int``.
+
+Modules import MPI, h5py and hpckpt only inside ``run`` so that ``--help`` and
+``plot`` work without an MPI launcher.
+"""
+
+from . import bandwidth, plot, reshard, small, table
+
+SUITES = {"bandwidth": bandwidth, "small": small, "reshard": reshard, "plot": plot, "table": table}
+
+__all__ = ["SUITES"]
