@@ -20,7 +20,7 @@ import numpy as np
 from . import io
 from .errors import CorruptCheckpointError, NotFoundError
 from .graph import SavedGraph, parse_graph
-from .index import CheckpointIndex, SliceEntry, TensorEntry, parse_index
+from .index import CheckpointIndex, TensorEntry, parse_index, slice_byte_range
 from .io.protocol import INDEX_SUFFIX
 from .reader import resolve_checkpoint
 
@@ -190,19 +190,6 @@ def step_of(prefix: str) -> int | None:
     """The N of a checkpoint named ``name-N``, else ``None``."""
     m = _STEP_RE.search(os.path.basename(prefix))
     return int(m.group(1)) if m else None
-
-
-def slice_byte_range(entry: TensorEntry, s: SliceEntry) -> tuple[int, int]:
-    """The file bytes ``[lo, hi)`` spanned by a saved slice of a tensor (row-major storage)."""
-    if not entry.shape:
-        lo = entry.offset or 0
-        return lo, lo + entry.dtype.itemsize
-    strides = [math.prod(entry.shape[i + 1 :]) for i in range(len(entry.shape))]
-    first = sum(a * k for a, k in zip(s.start, strides, strict=True))
-    last = sum((a + max(m - 1, 0)) * k for a, m, k in zip(s.start, s.shape, strides, strict=True))
-    isz = entry.dtype.itemsize
-    base = entry.offset or 0
-    return base + first * isz, base + (last + 1) * isz
 
 
 def json_float(x: float) -> float | str:

@@ -1,4 +1,4 @@
-"""``hpckpt verify PATH``: read every tensor and check every saved slice's crc32."""
+"""``hpckpt verify PATH``: read every tensor and check every saved slice's checksum."""
 
 from __future__ import annotations
 
@@ -37,9 +37,9 @@ def add_parser(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentP
         help="read every tensor and check its checksums",
         description=(
             "Validate the index, the data file's structure and the object graph, then read "
-            "every tensor and check the crc32 of every saved slice. Exit 0 when everything "
-            "is intact, 1 on any damage (naming the tensor and file byte range), 2 when "
-            "there is no checkpoint at PATH."
+            "every tensor and check the checksum (CRC-32C) of every saved slice. Exit 0 "
+            "when everything is intact, 1 on any damage (naming the tensor and file byte "
+            "range), 2 when there is no checkpoint at PATH."
         ),
     )
     p.add_argument("path", metavar="PATH", help="checkpoint prefix, .index.json or directory")
@@ -90,7 +90,7 @@ def _check_tensor(
         return doc
     for s in e.slices:
         try:
-            io.verify_tensor(e._replace(slices=(s,)), arr)
+            io.verify_tensor(e._replace(slices=(s,)), arr, index.checksum)
         except CorruptCheckpointError:
             lo, hi = slice_byte_range(e, s)
             errors.append(
@@ -129,6 +129,7 @@ def verify_checkpoint(prefix: str, *, progress: bool | None = None) -> dict[str,
         "tensors_bad": 0,
         "bytes_read": 0,
         "slices_checked": 0,
+        "checksum": None,
         "errors": [],
         "warnings": [],
         "tensors": [],
@@ -153,6 +154,7 @@ def verify_checkpoint(prefix: str, *, progress: bool | None = None) -> dict[str,
         fail(str(e))
         return report
     report["tensors_total"] = len(index.tensors)
+    report["checksum"] = index.checksum
     data_present = True
     try:
         io.load_index_bytes(prefix)  # the data file's HDF5 structure against the index
@@ -202,7 +204,8 @@ def _render_one(r: dict[str, Any], verbose: bool) -> list[str]:
     if r["ok"]:
         lines.append(
             f"OK: {r['checkpoint']}: {r['tensors_checked']} tensors, {r['slices_checked']} "
-            f"slices, {r['bytes_read']} bytes ({fmt_bytes(r['bytes_read'])}) verified (crc32)"
+            f"slices, {r['bytes_read']} bytes ({fmt_bytes(r['bytes_read'])}) verified "
+            f"({r['checksum']})"
         )
     else:
         if n is None:

@@ -210,6 +210,9 @@ def agree(
     """
     rec = _failure_of(exc)
     if deadline is None or deadline.timeout is None:
+        # One small reduction when all is well; the records travel only on failure.
+        if not comm.allreduce(rec is not None, op=MPI.LOR):
+            return
         records = allgather_json(comm, rec, deadline)
     else:
         records = _p2p_agree(comm, rec, deadline)

@@ -567,7 +567,10 @@ class _RestoreContext:
                 sl = v.layout.local_slices(v.shape)
                 requests.append(
                     io.ReadRequest(
-                        e, tuple(s.start for s in sl), tuple(s.stop - s.start for s in sl)
+                        e,
+                        tuple(s.start for s in sl),
+                        tuple(s.stop - s.start for s in sl),
+                        out=v.local if self.options.restore_in_place else None,
                     )
                 )
             for n, _ in states:
@@ -584,7 +587,8 @@ class _RestoreContext:
             comm, self.prefix, self.index, requests, options=self.options, deadline=deadline
         )
         for (n, v), a in zip(reads, arrays, strict=False):
-            v.local[...] = a
+            if a is not v.local:
+                v.local[...] = a
             self.consumed.add(nodes[n].key)  # type: ignore[arg-type]
 
         def apply_states() -> None:

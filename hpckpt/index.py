@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ._checksum import ALGORITHMS, DEFAULT_ALGORITHM
 from .errors import CorruptCheckpointError
 from .layout import validate_specs
 
@@ -27,11 +28,12 @@ __all__ = [
     "check_name",
     "dataset_name_for_key",
     "parse_index",
+    "slice_byte_range",
 ]
 
 FORMAT_NAME = "hpckpt"
 FORMAT_VERSION = 1
-CHECKSUM_ALGORITHM = "crc32"
+CHECKSUM_ALGORITHM = DEFAULT_ALGORITHM  # written; every name in ALGORITHMS is read
 
 MAX_NDIM = 32
 MAX_NAME_LEN = 4096
@@ -47,8 +49,8 @@ class SliceEntry(NamedTuple):
     shape: tuple[int, ...]
     checksum: int
 
-    def to_json(self) -> dict[str, Any]:
-        return {"start": list(self.start), "shape": list(self.shape), "crc32": self.checksum}
+    def to_json(self, algorithm: str = CHECKSUM_ALGORITHM) -> dict[str, Any]:
+        return {"start": list(self.start), "shape": list(self.shape), algorithm: self.checksum}
 
 
 class TensorEntry(NamedTuple):
@@ -87,7 +89,7 @@ class TensorEntry(NamedTuple):
             "mesh": {"dim_names": list(self.mesh_dim_names), "shape": list(self.mesh_shape)},
         }
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, algorithm: str = CHECKSUM_ALGORITHM) -> dict[str, Any]:
         return {
             "dataset": self.dataset,
             "dtype": self.dtype.str,
@@ -95,7 +97,7 @@ class TensorEntry(NamedTuple):
             "offset": self.offset,
             "nbytes": self.nbytes,
             "layout": self.layout_dict(),
-            "slices": [s.to_json() for s in self.slices],
+            "slices": [s.to_json(algorithm) for s in self.slices],
         }
 
 
@@ -122,10 +124,23 @@ class CheckpointIndex:
             "library": self.library,
             "checksum": self.checksum,
             "data_file": {"name": self.data_file, "size": self.data_size},
-            "tensors": {k: t.to_json() for k, t in self.tensors.items()},
+            "tensors": {k: t.to_json(self.checksum) for k, t in self.tensors.items()},
             "graph": self.graph,
         }
         return json.dumps(doc, separators=(",", ":"))
+
+
+def slice_byte_range(entry: TensorEntry, s: SliceEntry) -> tuple[int, int]:
+    """The file bytes ``[lo, hi)`` spanned by a saved slice of a tensor (row-major storage)."""
+    if not entry.shape:
+        lo = entry.offset or 0
+        return lo, lo + entry.dtype.itemsize
+    strides = [math.prod(entry.shape[i + 1 :]) for i in range(len(entry.shape))]
+    first = sum(a * k for a, k in zip(s.start, strides, strict=True))
+    last = sum((a + max(m - 1, 0)) * k for a, m, k in zip(s.start, s.shape, strides, strict=True))
+    isz = entry.dtype.itemsize
+    base = entry.offset or 0
+    return base + first * isz, base + (last + 1) * isz
 
 
 def check_name(name: Any, what: str) -> str:
@@ -204,8 +219,9 @@ def _ints(v: Any, lo: int = 0) -> bool:
 class _Parser:
     """Parses tensor entries, memoizing what many tensors share (dtypes, layouts)."""
 
-    def __init__(self, data_size: int) -> None:
+    def __init__(self, data_size: int, algorithm: str = CHECKSUM_ALGORITHM) -> None:
         self.data_size = data_size
+        self.algorithm = algorithm
         self.dtypes: dict[str, np.dtype] = {}
         self.layouts: dict[tuple, tuple] = {}
 
@@ -300,7 +316,7 @@ class _Parser:
         for i, sl in enumerate(raw):
             start = sl.get("start") if type(sl) is dict else None
             sshape = sl.get("shape") if type(sl) is dict else None
-            crc = sl.get("crc32") if type(sl) is dict else None
+            crc = sl.get(self.algorithm) if type(sl) is dict else None
             if not (_ints(start) and _ints(sshape) and type(crc) is int):
                 raise CorruptCheckpointError(
                     f"index: tensor {key!r}.slices[{i}] is malformed or holds a bad value"
@@ -336,6 +352,7 @@ def _parse_trusted(doc: dict) -> CheckpointIndex:
     dtypes: dict[str, np.dtype] = {}
     layouts: dict[tuple, tuple] = {}
     tensors = {}
+    algorithm = doc["checksum"]
     for key, d in doc["tensors"].items():
         dt = dtypes.get(d["dtype"])
         if dt is None:
@@ -358,7 +375,7 @@ def _parse_trusted(doc: dict) -> CheckpointIndex:
             memo[1],
             memo[2],
             tuple(
-                SliceEntry(tuple(x["start"]), tuple(x["shape"]), x["crc32"]) for x in d["slices"]
+                SliceEntry(tuple(x["start"]), tuple(x["shape"]), x[algorithm]) for x in d["slices"]
             ),
         )
     df = doc["data_file"]
@@ -406,7 +423,7 @@ def parse_index(
             f"version {FORMAT_VERSION})"
         )
     checksum = _req(doc, "checksum", str, "index")
-    if checksum != CHECKSUM_ALGORITHM:
+    if checksum not in ALGORITHMS:
         raise CorruptCheckpointError(f"{source}: unknown checksum algorithm {checksum!r}")
     df = _req(doc, "data_file", dict, "index")
     name = _req(df, "name", str, "data_file")
@@ -428,7 +445,7 @@ def parse_index(
     raw = _req(doc, "tensors", dict, "index")
     tensors: dict[str, TensorEntry] = {}
     datasets: set[str] = set()
-    parser = _Parser(size)
+    parser = _Parser(size, checksum)
     for key, entry in raw.items():
         check_name(key, "tensor key")
         t = parser.tensor(key, entry)

@@ -16,8 +16,13 @@ class CheckpointOptions:
             background: ``save``/``write`` return as soon as the snapshot is
             taken; the next checkpoint call (or ``Checkpoint.sync()``) waits for
             it and raises its error, the same on every rank.
-        collective: Use collective MPI-IO (``Write_all``/``Read_all``); ``False``
-            uses independent IO at the same offsets.
+        collective: Move the data in one collective IO phase in which every rank
+            takes part: two-phase collective MPI-IO (``Write_all``/``Read_all``,
+            one call for many datasets) for strided or small pieces, and direct
+            ``pwrite``/``preadv`` by the owning rank for pieces of at least
+            ``direct_io_threshold`` bytes that are one contiguous run of the file,
+            where aggregation only adds copies. ``False``: every rank moves all its
+            pieces with ``pwrite``/``preadv`` (no MPI-IO).
         mpi_info: MPI-IO hints passed to ``MPI.File.Open`` (e.g.
             ``{"cb_nodes": "4", "romio_cb_write": "enable"}``). File striping
             hints do not apply (rank 0 creates the file): stripe the directory
@@ -26,6 +31,17 @@ class CheckpointOptions:
             that the read covers.
         timeout: Seconds to wait for other ranks at each agreement step; on
             expiry every rank that is still reachable raises ``CheckpointError``.
+        restore_in_place: Read each variable's slice straight into its
+            ``Variable.local`` (no second buffer, no copy). A restore that fails
+            while the data moves (an IO error, a checksum mismatch) may then leave
+            the variables it was restoring partly overwritten; failures found
+            earlier (a missing or invalid checkpoint, a shape mismatch, any rank's
+            error before the read) change nothing. ``False``: read into new
+            buffers and assign only after every rank succeeded (all or nothing,
+            at the cost of a second copy of the restored state in memory).
+        direct_io_threshold: With ``collective``, contiguous pieces of at least
+            this many bytes bypass MPI-IO aggregation (see ``collective``).
+            ``None``: everything goes through collective MPI-IO.
         alignment: Datasets of at least ``alignment_threshold`` bytes start at a
             multiple of this many bytes (match the file system block or stripe).
         alignment_threshold: See ``alignment``.
@@ -38,6 +54,8 @@ class CheckpointOptions:
     mpi_info: dict[str, str] | None = None
     verify_checksums: bool = True
     timeout: float | None = None
+    restore_in_place: bool = field(default=True, kw_only=True)
+    direct_io_threshold: int | None = field(default=4 << 20, kw_only=True)
     alignment: int = field(default=1 << 20, kw_only=True)
     alignment_threshold: int = field(default=1 << 20, kw_only=True)
     async_memory_budget: int | None = field(default=None, kw_only=True)
@@ -60,6 +78,9 @@ class CheckpointOptions:
                 f"async_memory_budget must be a non-negative int or None, got "
                 f"{self.async_memory_budget!r}"
             )
+        t = self.direct_io_threshold
+        if t is not None and (isinstance(t, bool) or not isinstance(t, int) or t < 1):
+            raise ValueError(f"direct_io_threshold must be a positive int or None, got {t!r}")
         for name in ("alignment", "alignment_threshold"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:

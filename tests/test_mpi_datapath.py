@@ -276,3 +276,64 @@ def test_independent_io_roundtrip(shared_dir):
     again = make_vars({k: np.zeros_like(np.asarray(v)) for k, v in values.items()}, layouts(mesh))
     hpckpt.Checkpoint(**again).read(p).assert_consumed()
     assert all_ranks(all(np.array_equal(again[k].numpy(), values[k]) for k in values))
+
+
+IO_PATHS = {
+    "mpiio": hpckpt.CheckpointOptions(direct_io_threshold=None),  # all through Write_all
+    "mixed": hpckpt.CheckpointOptions(direct_io_threshold=16),  # contiguous >= 16 B direct
+    "posix": hpckpt.CheckpointOptions(collective=False),
+}
+
+
+@pytest.mark.parametrize("writer", list(IO_PATHS))
+def test_io_paths_read_each_others_checkpoints(shared_dir, writer):
+    """Every IO path (collective MPI-IO, direct runs beside it, independent) reads
+    what every other wrote, onto the saved layouts and onto other ones, in place
+    and staged."""
+    size = MPI.COMM_WORLD.Get_size()
+    mesh = mesh2d()
+    values = model_values()
+    p = hpckpt.Checkpoint(**make_vars(values, layouts(mesh))).write(
+        os.path.join(shared_dir, f"w-{writer}"), options=IO_PATHS[writer]
+    )
+    other = hpckpt.create_mesh([("a", size)])
+    resharded = {k: Layout.replicated(other, np.ndim(v)) for k, v in values.items()}
+    resharded["one_dim"] = Layout([UNSHARDED, "a"], other)  # strided pieces
+    resharded["both_dims"] = Layout(["a", UNSHARDED], other)
+    for reader, opts in IO_PATHS.items():
+        for lays in (layouts(mesh), resharded):
+            for in_place in (True, False):
+                o = hpckpt.CheckpointOptions(
+                    collective=opts.collective,
+                    direct_io_threshold=opts.direct_io_threshold,
+                    restore_in_place=in_place,
+                )
+                zeros = make_vars({k: np.zeros_like(v) for k, v in values.items()}, lays)
+                hpckpt.Checkpoint(**zeros).read(p, options=o).assert_consumed()
+                ok = all(np.array_equal(zeros[k].numpy(), values[k]) for k in values)
+                assert all_ranks(ok), (writer, reader, in_place)
+
+
+def test_direct_io_of_large_pieces_roundtrip(shared_dir):
+    """Pieces above the default direct-IO threshold (4 MiB) beside small ones."""
+    comm = MPI.COMM_WORLD
+    mesh = hpckpt.create_mesh()
+    rng = np.random.default_rng(comm.size)
+    big = rng.standard_normal((comm.size * 1024 + 3, 1024))  # > 8 MiB per rank, uneven
+    small = rng.standard_normal((comm.size * 2 + 1, 7))
+    cols = rng.standard_normal((64, comm.size * 4096))  # strided pieces of 32 KiB rows
+    vs = {
+        "big": hpckpt.Variable(big, Layout(["x", UNSHARDED], mesh)),
+        "small": hpckpt.Variable(small, Layout(["x", UNSHARDED], mesh)),
+        "cols": hpckpt.Variable(cols, Layout([UNSHARDED, "x"], mesh)),
+    }
+    p = hpckpt.Checkpoint(**vs).write(os.path.join(shared_dir, "big"))
+    for v in vs.values():
+        v.local[...] = 0
+    hpckpt.Checkpoint(**vs).read(p).assert_consumed()
+    got = {k: v.numpy() for k, v in vs.items()}
+    assert all_ranks(
+        np.array_equal(got["big"], big)
+        and np.array_equal(got["small"], small)
+        and np.array_equal(got["cols"], cols)
+    )

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from mpi4py import MPI
 
-__all__ = ["Piece", "collective_io", "posix_io", "split_piece"]
+__all__ = ["Piece", "collective_io", "posix_io", "split_direct", "split_piece"]
 
 MAX_PIECE_BYTES = 256 << 20
 MAX_ROUND_BYTES = 1 << 30
@@ -112,6 +112,23 @@ def _file_run(p: Piece) -> int | None:
     for st, n in zip(p.start, g, strict=True):
         linear = linear * n + st
     return p.offset + linear * p.array.dtype.itemsize
+
+
+def split_direct(
+    pieces: Sequence[Piece], threshold: int | None
+) -> tuple[list[Piece], list[Piece]]:
+    """``(direct, aggregated)``: pieces of at least ``threshold`` bytes that are one
+    contiguous run of the file, and the rest (all of them when ``threshold`` is None).
+    """
+    if threshold is None:
+        return [], list(pieces)
+    direct, aggregated = [], []
+    for p in pieces:
+        if p.nbytes >= threshold and _file_run(p) is not None:
+            direct.append(p)
+        else:
+            aggregated.append(p)
+    return direct, aggregated
 
 
 def _round_types(pieces: list[Piece], cache: _TypeCache) -> tuple[MPI.Datatype, MPI.Datatype]:

@@ -27,12 +27,13 @@ import time
 import zlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from mpi4py import MPI
 
 from .. import _dist, _faults
+from .._checksum import DEFAULT_ALGORITHM, checksum
 from .._dist import Deadline
 from ..errors import CheckpointError, CorruptCheckpointError, NotFoundError
 from ..index import (
@@ -42,10 +43,11 @@ from ..index import (
     TensorEntry,
     dataset_name_for_key,
     parse_index,
+    slice_byte_range,
 )
 from ..options import CheckpointOptions
 from . import _fsutil, _h5
-from ._mpiio import Piece, collective_io, open_file, posix_io
+from ._mpiio import Piece, collective_io, open_file, posix_io, split_direct
 
 __all__ = [
     "ReadRequest",
@@ -91,11 +93,34 @@ class SaveTensor:
 
 @dataclass(frozen=True)
 class ReadRequest:
-    """A hyperslab of a saved tensor to read into a new array."""
+    """A hyperslab of a saved tensor to read.
+
+    Attributes:
+        entry: The saved tensor.
+        start: The hyperslab's first element in the global array.
+        shape: The hyperslab's shape.
+        out: Where to read it: a C-contiguous array of ``shape`` and the entry's
+            dtype (a variable's own shard, so a restore needs no second buffer and
+            no copy), or ``None`` for a new array.
+    """
 
     entry: TensorEntry
     start: tuple[int, ...]
     shape: tuple[int, ...]
+    out: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+    def destination(self) -> np.ndarray:
+        """``out`` if it fits, else a new array."""
+        o = self.out
+        if (
+            o is not None
+            and o.shape == self.shape
+            and o.dtype == self.entry.dtype
+            and o.flags.c_contiguous
+            and o.flags.writeable
+        ):
+            return o
+        return np.empty(self.shape, dtype=self.entry.dtype)
 
 
 def normalize_prefix(path: str | os.PathLike) -> str:
@@ -140,14 +165,50 @@ def library_versions() -> dict[str, str]:
     }
 
 
-def _crc(a: np.ndarray) -> int:
-    if not a.flags.c_contiguous:
-        a = np.ascontiguousarray(a)
-    return zlib.crc32(a.reshape(-1).view(np.uint8)) if a.size else 0
-
-
 def _checksums(pieces: list[tuple[int, tuple[int, ...], np.ndarray]]) -> list[list]:
-    return [[i, list(start), list(a.shape), _crc(a)] for i, start, a in pieces]
+    return [[i, list(start), list(a.shape), checksum(a)] for i, start, a in pieces]
+
+
+def _move(
+    comm: MPI.Comm, path: str, pieces: list[Piece], options: CheckpointOptions, *, write: bool
+) -> None:
+    """Move this rank's pieces: large contiguous runs directly, the rest with MPI-IO.
+
+    With ``options.collective`` every rank opens the file with MPI-IO and makes the
+    same collective calls (with empty selections where it has nothing), for the
+    pieces below ``options.direct_io_threshold``; larger pieces that are one
+    contiguous run of the file are moved by their rank with ``pwrite``/``preadv``,
+    where two-phase aggregation would only add copies. Writes are synced (MPI-IO
+    ``Sync``, ``fsync``) before this returns. The first error is raised after this
+    rank has made every collective call.
+
+    Collective: call on all ranks.
+    """
+    if not options.collective:
+        posix_io(path, pieces, write=write)
+        if write:
+            _faults.point("mid_data", comm.Get_rank())
+        return
+    direct, aggregated = split_direct(pieces, options.direct_io_threshold)
+    exc: BaseException | None = None
+    with open_file(
+        comm, path, MPI.MODE_WRONLY if write else MPI.MODE_RDONLY, options.mpi_info
+    ) as fh:
+        try:
+            collective_io(fh, comm, aggregated, write=write)
+            if write:
+                _faults.point("mid_data", comm.Get_rank())
+        except Exception as e:  # keep taking part; raised below
+            exc = e
+        if exc is None and direct:
+            try:
+                posix_io(path, direct, write=write)
+            except Exception as e:
+                exc = e
+        if write:
+            fh.Sync()
+    if exc is not None:
+        raise exc
 
 
 def own_data_files(prefix: str) -> list[str]:
@@ -246,19 +307,10 @@ def write_checkpoint(
     try:
         with ThreadPoolExecutor(max_workers=1) as pool:
             crcs = pool.submit(_checksums, own)
-            if options.collective:
-                with open_file(comm, data_path, MPI.MODE_WRONLY, options.mpi_info) as fh:
-                    try:
-                        collective_io(fh, comm, pieces, write=True)
-                        _faults.point("mid_data", rank)
-                    except Exception as e:  # keep taking part; agreed on below
-                        exc = exc or e
-                    fh.Sync()
-            else:
-                # independent IO: each rank pwrite()s its own runs and fsyncs
-                posix_io(data_path, pieces, write=True)
-                _faults.point("mid_data", rank)
-            slices = crcs.result()
+            try:
+                _move(comm, data_path, pieces, options, write=True)
+            finally:
+                slices = crcs.result()
         _faults.point("after_data", rank)
     except Exception as e:
         exc = exc or e
@@ -321,6 +373,7 @@ def _commit(
         created=time.time(),
         graph=graph,
         library=library_versions(),
+        checksum=DEFAULT_ALGORITHM,
     )
     _fsutil.fsync_path(data_path)
     _fsutil.atomic_write(index_path(prefix), index.to_json().encode(), plan["token"])
@@ -416,7 +469,7 @@ def _contains(start, shape, s: SliceEntry) -> bool:
     )
 
 
-def _verify(req: ReadRequest, arr: np.ndarray) -> None:
+def _verify(req: ReadRequest, arr: np.ndarray, algorithm: str) -> None:
     e = req.entry
     for s in e.slices:
         if not _contains(req.start, req.shape, s):
@@ -424,34 +477,26 @@ def _verify(req: ReadRequest, arr: np.ndarray) -> None:
         rel = tuple(
             slice(b - a, b - a + m) for a, b, m in zip(req.start, s.start, s.shape, strict=True)
         )
-        if _crc(arr[rel]) != s.checksum:
-            strides = np.cumprod(([*list(e.shape[1:]), 1])[::-1])[::-1] if e.shape else []
-            first = int(sum(int(st) * int(k) for st, k in zip(s.start, strides, strict=True)))
-            last = int(
-                sum(
-                    (int(st) + max(int(m) - 1, 0)) * int(k)
-                    for st, m, k in zip(s.start, s.shape, strides, strict=True)
-                )
-            )
-            isz = e.dtype.itemsize
-            lo = (e.offset or 0) + first * isz
-            hi = (e.offset or 0) + (last + 1) * isz
+        if checksum(arr[rel], algorithm) != s.checksum:
+            lo, hi = slice_byte_range(e, s)
             raise CorruptCheckpointError(
                 f"checksum mismatch in tensor {e.key!r} (dataset {e.dataset!r}), slice start "
                 f"{list(s.start)} shape {list(s.shape)}, file bytes [{lo}, {hi})"
             )
 
 
-def _verify_chunk(todo: list[tuple[ReadRequest, np.ndarray]]) -> None:
+def _verify_chunk(todo: list[tuple[ReadRequest, np.ndarray]], algorithm: str) -> None:
     for r, a in todo:
-        _verify(r, a)
+        _verify(r, a, algorithm)
 
 
-def _verify_all(todo: list[tuple[ReadRequest, np.ndarray]], threads: int = 2) -> None:
-    """Verify checksums; big reads are split over threads (zlib releases the GIL)."""
+def _verify_all(
+    todo: list[tuple[ReadRequest, np.ndarray]], algorithm: str, threads: int = 2
+) -> None:
+    """Verify checksums; big reads are split over threads (the CRCs release the GIL)."""
     total = sum(a.nbytes for _, a in todo)
-    if total < (8 << 20) or len(todo) < 2:
-        _verify_chunk(todo)
+    if total < (64 << 20) or len(todo) < 2:
+        _verify_chunk(todo, algorithm)
         return
     chunks: list[list[tuple[ReadRequest, np.ndarray]]] = [[] for _ in range(threads)]
     sizes = [0] * threads
@@ -460,7 +505,7 @@ def _verify_all(todo: list[tuple[ReadRequest, np.ndarray]], threads: int = 2) ->
         chunks[i].append(item)
         sizes[i] += item[1].nbytes
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        list(pool.map(_verify_chunk, chunks))
+        list(pool.map(_verify_chunk, chunks, [algorithm] * threads))
 
 
 def read_tensors(
@@ -472,7 +517,12 @@ def read_tensors(
     options: CheckpointOptions,
     deadline: Deadline,
 ) -> list[np.ndarray]:
-    """Read each request's hyperslab into a new array; verify checksums; agree.
+    """Read each request's hyperslab (into its ``out`` where given); verify; agree.
+
+    Returns one array per request: its ``out`` when that fits, else a new array.
+    A failure found before the data moves changes no ``out`` array; one found while
+    or after it moves (an IO error, a checksum mismatch) may leave ``out`` arrays
+    holding part of the checkpoint's data.
 
     Collective: call on all ranks (each with its own requests, possibly none).
     """
@@ -482,7 +532,7 @@ def read_tensors(
     pieces: list[Piece] = []
     try:
         _faults.point("read_data", comm.Get_rank())
-        arrays = [np.empty(r.shape, dtype=r.entry.dtype) for r in requests]
+        arrays = [r.destination() for r in requests]
         pieces = [
             Piece(r.entry.offset, r.entry.shape, r.start, a)  # type: ignore[arg-type]
             for r, a in zip(requests, arrays, strict=True)
@@ -490,34 +540,39 @@ def read_tensors(
         ]
     except Exception as e:
         exc, pieces = e, []
+    # Agree before any byte lands in a variable: a failure found so far (planning,
+    # a bad request) on any rank changes nothing anywhere.
+    _dist.agree(comm, what, exc, deadline)
     try:
-        path = data_file_path(prefix, index.data_file)
-        if options.collective:
-            with open_file(comm, path, MPI.MODE_RDONLY, options.mpi_info) as fh:
-                collective_io(fh, comm, pieces, write=False)
-        else:
-            posix_io(path, pieces, write=False)
+        _move(comm, data_file_path(prefix, index.data_file), pieces, options, write=False)
     except MPI.Exception as e:
         exc = exc or CorruptCheckpointError(f"MPI-IO error reading {prefix!r}: {e}")
+    except OSError as e:
+        exc = exc or CorruptCheckpointError(f"error reading {prefix!r}: {e}")
     except Exception as e:
         exc = exc or e
     if exc is None and options.verify_checksums:
         try:
             todo = [(r, a) for r, a in zip(requests, arrays, strict=True) if a.size]
-            _verify_all(todo)
+            _verify_all(todo, index.checksum)
         except Exception as e:
             exc = e
     _dist.agree(comm, what, exc, deadline)
     return arrays
 
 
-def verify_tensor(entry: TensorEntry, array: np.ndarray) -> None:
+def verify_tensor(entry: TensorEntry, array: np.ndarray, algorithm: str) -> None:
     """Check every saved slice of a whole (global) tensor against its checksum.
+
+    Args:
+        entry: The tensor's index entry.
+        array: Its global array.
+        algorithm: The index's checksum algorithm (``CheckpointIndex.checksum``).
 
     Raises:
         CorruptCheckpointError: A slice's bytes do not match, naming the tensor and byte range.
     """
-    _verify(ReadRequest(entry, (0,) * len(entry.shape), entry.shape), array)
+    _verify(ReadRequest(entry, (0,) * len(entry.shape), entry.shape), array, algorithm)
 
 
 def read_tensor_serial(
@@ -540,5 +595,5 @@ def read_tensor_serial(
             f"short read of tensor {entry.key!r}: {n} of {buf.size} bytes at offset {entry.offset}"
         )
     if verify:
-        verify_tensor(entry, out)
+        verify_tensor(entry, out, index.checksum)
     return out
