@@ -340,3 +340,25 @@ def test_corrupt_state_file(shared_dir):
         hpckpt.latest_checkpoint(shared_dir)
     with pytest.raises(hpckpt.CorruptCheckpointError, match="leaves the directory"):
         hpckpt.CheckpointManager(hpckpt.Checkpoint(**v), shared_dir, max_to_keep=2)
+
+
+@pytest.mark.parametrize(
+    "opts",
+    [
+        hpckpt.CheckpointOptions(direct_io_threshold=16),  # direct reads, CRC per chunk
+        hpckpt.CheckpointOptions(collective=False),
+        hpckpt.CheckpointOptions(direct_io_threshold=None),  # all through MPI-IO
+    ],
+    ids=["direct", "independent", "mpiio"],
+)
+def test_flipped_byte_is_caught_on_every_read_path(shared_dir, opts):
+    p = hpckpt.Checkpoint(**model()).write(os.path.join(shared_dir, "fb"))
+    rank0(lambda: flip_byte(p))
+    target = model(fill=-1)
+    caught = None
+    try:
+        hpckpt.Checkpoint(**target).read(p, options=opts)
+    except Exception as e:
+        caught = e
+    assert all_ranks(isinstance(caught, hpckpt.CorruptCheckpointError)), repr(caught)
+    assert all_ranks("checksum mismatch in tensor 'w/" in str(caught)), str(caught)

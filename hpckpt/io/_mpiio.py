@@ -13,14 +13,21 @@ collective call for many datasets. All ranks make the same number of calls
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 from mpi4py import MPI
 
-__all__ = ["Piece", "collective_io", "posix_io", "split_direct", "split_piece"]
+__all__ = [
+    "Piece",
+    "collective_io",
+    "contiguous_offset",
+    "posix_io",
+    "split_direct",
+    "split_piece",
+]
 
 MAX_PIECE_BYTES = 256 << 20
 MAX_ROUND_BYTES = 1 << 30
@@ -96,22 +103,31 @@ class _TypeCache:
         self._elem.clear()
 
 
-def _file_run(p: Piece) -> int | None:
-    """The first byte of ``p`` in the file if its hyperslab is one contiguous run."""
-    shape, g = p.array.shape, p.global_shape
-    if not g:
-        return p.offset
-    # contiguous iff every dimension after the first non-full one has length 1,
-    # after the leading partial dimension all later ones are full
+def contiguous_offset(
+    outer: tuple[int, ...], start: tuple[int, ...], shape: tuple[int, ...]
+) -> int | None:
+    """The linear element offset of hyperslab ``[start, start + shape)`` of a C-order
+    array of shape ``outer`` if the hyperslab is one contiguous run, else ``None``.
+    """
+    if not outer:
+        return 0
+    # contiguous iff, after the leading dimensions of length 1, one dimension is
+    # partial and every later one is full
     k = 0
-    while k < len(g) and shape[k] == 1:
+    while k < len(outer) and shape[k] == 1:
         k += 1
-    if any(shape[i] != g[i] for i in range(k + 1, len(g))):
+    if any(shape[i] != outer[i] for i in range(k + 1, len(outer))):
         return None
     linear = 0
-    for st, n in zip(p.start, g, strict=True):
+    for st, n in zip(start, outer, strict=True):
         linear = linear * n + st
-    return p.offset + linear * p.array.dtype.itemsize
+    return linear
+
+
+def _file_run(p: Piece) -> int | None:
+    """The first byte of ``p`` in the file if its hyperslab is one contiguous run."""
+    linear = contiguous_offset(p.global_shape, p.start, p.array.shape)
+    return None if linear is None else p.offset + linear * p.array.dtype.itemsize
 
 
 def split_direct(
@@ -188,34 +204,56 @@ def _runs(p: Piece) -> list[tuple[int, np.ndarray]]:
     return out
 
 
-def posix_io(path: str, pieces: Sequence[Piece], *, write: bool) -> None:
+def posix_io(
+    path: str,
+    pieces: Sequence[Piece],
+    *,
+    write: bool,
+    chunk_bytes: int = 64 << 20,
+    on_chunk: Callable[[Piece, int, int], None] | None = None,
+) -> None:
     """Independent IO of this rank's pieces with ``pwrite``/``preadv`` at their offsets.
 
     Not collective: each rank moves its own bytes (the file already exists). Writes
-    are fsynced before returning.
+    are fsynced before returning. Reads of a piece that is one contiguous run of
+    the file go in chunks of ``chunk_bytes``; after each chunk,
+    ``on_chunk(piece, lo, hi)`` is told that bytes ``[lo, hi)`` of ``piece.array``
+    have arrived (so they can be checksummed while the next chunk is read).
     """
     fd = os.open(path, os.O_WRONLY if write else os.O_RDONLY)
     try:
         for p in pieces:
             if not p.nbytes:
                 continue
-            for off, mem in _runs(p):
+            runs = _runs(p)
+            streamed = on_chunk is not None and not write and len(runs) == 1
+            step = chunk_bytes if streamed else 1 << 62
+            for off, mem in runs:
                 view = memoryview(mem).cast("B")
-                done = 0
-                while done < len(view):
-                    if write:
-                        n = os.pwrite(fd, view[done:], off + done)
-                    else:
-                        n = os.preadv(fd, [view[done:]], off + done)
-                    if n <= 0:
-                        raise OSError(
-                            f"short {'write' if write else 'read'} at offset {off + done}"
-                        )
-                    done += n
+                for lo in range(0, len(view), step):
+                    hi = min(lo + step, len(view))
+                    _transfer(fd, view[lo:hi], off + lo, write)
+                    if streamed:
+                        on_chunk(p, lo, hi)  # type: ignore[misc]
         if write:
             os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _transfer(fd: int, view: memoryview, offset: int, write: bool) -> None:
+    done = 0
+    while done < len(view):
+        if write:
+            n = os.pwrite(fd, view[done:], offset + done)
+        else:
+            n = os.preadv(fd, [view[done:]], offset + done)
+        if n <= 0:
+            raise OSError(
+                f"short {'write' if write else 'read'} at offset {offset + done} "
+                f"({'no space?' if write else 'file truncated?'})"
+            )
+        done += n
 
 
 def _make_info(hints: dict[str, str] | None) -> MPI.Info:

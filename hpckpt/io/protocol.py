@@ -25,7 +25,7 @@ import re
 import secrets
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -43,11 +43,11 @@ from ..index import (
     TensorEntry,
     dataset_name_for_key,
     parse_index,
-    slice_byte_range,
 )
 from ..options import CheckpointOptions
 from . import _fsutil, _h5
 from ._mpiio import Piece, collective_io, open_file, posix_io, split_direct
+from ._verify import StreamVerifier, verify_request
 
 __all__ = [
     "ReadRequest",
@@ -170,7 +170,13 @@ def _checksums(pieces: list[tuple[int, tuple[int, ...], np.ndarray]]) -> list[li
 
 
 def _move(
-    comm: MPI.Comm, path: str, pieces: list[Piece], options: CheckpointOptions, *, write: bool
+    comm: MPI.Comm,
+    path: str,
+    pieces: list[Piece],
+    options: CheckpointOptions,
+    *,
+    write: bool,
+    on_chunk: Callable[[Piece, int, int], None] | None = None,
 ) -> None:
     """Move this rank's pieces: large contiguous runs directly, the rest with MPI-IO.
 
@@ -179,13 +185,14 @@ def _move(
     pieces below ``options.direct_io_threshold``; larger pieces that are one
     contiguous run of the file are moved by their rank with ``pwrite``/``preadv``,
     where two-phase aggregation would only add copies. Writes are synced (MPI-IO
-    ``Sync``, ``fsync``) before this returns. The first error is raised after this
+    ``Sync``, ``fsync``) before this returns; reads of direct pieces report their
+    chunks to ``on_chunk`` as they arrive. The first error is raised after this
     rank has made every collective call.
 
     Collective: call on all ranks.
     """
     if not options.collective:
-        posix_io(path, pieces, write=write)
+        posix_io(path, pieces, write=write, on_chunk=on_chunk)
         if write:
             _faults.point("mid_data", comm.Get_rank())
         return
@@ -202,7 +209,7 @@ def _move(
             exc = e
         if exc is None and direct:
             try:
-                posix_io(path, direct, write=write)
+                posix_io(path, direct, write=write, on_chunk=on_chunk)
             except Exception as e:
                 exc = e
         if write:
@@ -463,51 +470,6 @@ def load_index(prefix: str) -> tuple[bytes, CheckpointIndex]:
     return text, index
 
 
-def _contains(start, shape, s: SliceEntry) -> bool:
-    return all(
-        a <= b and b + m <= a + n for a, n, b, m in zip(start, shape, s.start, s.shape, strict=True)
-    )
-
-
-def _verify(req: ReadRequest, arr: np.ndarray, algorithm: str) -> None:
-    e = req.entry
-    for s in e.slices:
-        if not _contains(req.start, req.shape, s):
-            continue
-        rel = tuple(
-            slice(b - a, b - a + m) for a, b, m in zip(req.start, s.start, s.shape, strict=True)
-        )
-        if checksum(arr[rel], algorithm) != s.checksum:
-            lo, hi = slice_byte_range(e, s)
-            raise CorruptCheckpointError(
-                f"checksum mismatch in tensor {e.key!r} (dataset {e.dataset!r}), slice start "
-                f"{list(s.start)} shape {list(s.shape)}, file bytes [{lo}, {hi})"
-            )
-
-
-def _verify_chunk(todo: list[tuple[ReadRequest, np.ndarray]], algorithm: str) -> None:
-    for r, a in todo:
-        _verify(r, a, algorithm)
-
-
-def _verify_all(
-    todo: list[tuple[ReadRequest, np.ndarray]], algorithm: str, threads: int = 2
-) -> None:
-    """Verify checksums; big reads are split over threads (the CRCs release the GIL)."""
-    total = sum(a.nbytes for _, a in todo)
-    if total < (64 << 20) or len(todo) < 2:
-        _verify_chunk(todo, algorithm)
-        return
-    chunks: list[list[tuple[ReadRequest, np.ndarray]]] = [[] for _ in range(threads)]
-    sizes = [0] * threads
-    for item in sorted(todo, key=lambda ra: -ra[1].nbytes):
-        i = sizes.index(min(sizes))
-        chunks[i].append(item)
-        sizes[i] += item[1].nbytes
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        list(pool.map(_verify_chunk, chunks, [algorithm] * threads))
-
-
 def read_tensors(
     comm: MPI.Comm,
     prefix: str,
@@ -543,20 +505,35 @@ def read_tensors(
     # Agree before any byte lands in a variable: a failure found so far (planning,
     # a bad request) on any rank changes nothing anywhere.
     _dist.agree(comm, what, exc, deadline)
+    verifier = None
+    if options.verify_checksums and exc is None:
+        verifier = StreamVerifier(
+            index.checksum,
+            [(r.entry, r.start, a) for r, a in zip(requests, arrays, strict=True)],
+        )
     try:
-        _move(comm, data_file_path(prefix, index.data_file), pieces, options, write=False)
+        _move(
+            comm,
+            data_file_path(prefix, index.data_file),
+            pieces,
+            options,
+            write=False,
+            on_chunk=verifier.on_chunk if verifier is not None else None,
+        )
     except MPI.Exception as e:
         exc = exc or CorruptCheckpointError(f"MPI-IO error reading {prefix!r}: {e}")
     except OSError as e:
         exc = exc or CorruptCheckpointError(f"error reading {prefix!r}: {e}")
     except Exception as e:
         exc = exc or e
-    if exc is None and options.verify_checksums:
+    if verifier is not None:
         try:
-            todo = [(r, a) for r, a in zip(requests, arrays, strict=True) if a.size]
-            _verify_all(todo, index.checksum)
+            if exc is None:
+                verifier.finish()
         except Exception as e:
             exc = e
+        finally:
+            verifier.close()
     _dist.agree(comm, what, exc, deadline)
     return arrays
 
@@ -572,7 +549,7 @@ def verify_tensor(entry: TensorEntry, array: np.ndarray, algorithm: str) -> None
     Raises:
         CorruptCheckpointError: A slice's bytes do not match, naming the tensor and byte range.
     """
-    _verify(ReadRequest(entry, (0,) * len(entry.shape), entry.shape), array, algorithm)
+    verify_request(entry, (0,) * len(entry.shape), array, algorithm)
 
 
 def read_tensor_serial(

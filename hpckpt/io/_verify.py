@@ -1,0 +1,159 @@
+"""Checksum verification of what a restore reads, overlapped with the read.
+
+A read request covers some of its tensor's saved slices. Those that are one
+contiguous byte range of the request's array are checksummed incrementally as
+the reader reports chunks arriving (in a worker thread, while the next chunk is
+read: the CRC functions and ``preadv`` release the GIL); the others are
+checksummed once the read is done.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .._checksum import checksum, checksum_function
+from ..errors import CorruptCheckpointError
+from ..index import SliceEntry, TensorEntry, slice_byte_range
+from ._mpiio import Piece, contiguous_offset
+
+__all__ = ["StreamVerifier", "verify_request"]
+
+
+def _contains(start, shape, s: SliceEntry) -> bool:
+    return all(
+        a <= b and b + m <= a + n for a, n, b, m in zip(start, shape, s.start, s.shape, strict=True)
+    )
+
+
+def _mismatch(e: TensorEntry, s: SliceEntry) -> CorruptCheckpointError:
+    lo, hi = slice_byte_range(e, s)
+    return CorruptCheckpointError(
+        f"checksum mismatch in tensor {e.key!r} (dataset {e.dataset!r}), slice start "
+        f"{list(s.start)} shape {list(s.shape)}, file bytes [{lo}, {hi})"
+    )
+
+
+def verify_request(
+    entry: TensorEntry,
+    start: tuple[int, ...],
+    arr: np.ndarray,
+    algorithm: str,
+    skip: frozenset[int] = frozenset(),
+) -> None:
+    """Check every saved slice of ``entry`` inside hyperslab ``start`` (of ``arr``'s shape).
+
+    Slices whose position in ``entry.slices`` is in ``skip`` are left out.
+
+    Raises:
+        CorruptCheckpointError: A slice's bytes do not match, naming the tensor and range.
+    """
+    for j, s in enumerate(entry.slices):
+        if j in skip or not _contains(start, arr.shape, s):
+            continue
+        rel = tuple(
+            slice(b - a, b - a + m) for a, b, m in zip(start, s.start, s.shape, strict=True)
+        )
+        if checksum(arr[rel], algorithm) != s.checksum:
+            raise _mismatch(entry, s)
+
+
+@dataclass
+class _Track:
+    """A saved slice that is bytes ``[lo, hi)`` of one request's array."""
+
+    slice_index: int
+    lo: int
+    hi: int
+    crc: int = 0
+    seen: int = 0
+
+
+@dataclass
+class _Request:
+    entry: TensorEntry
+    start: tuple[int, ...]
+    array: np.ndarray
+    tracks: list[_Track] = field(default_factory=list)
+
+
+class StreamVerifier:
+    """Verifies the checksums of a rank's read requests, as much as possible on the fly.
+
+    Args:
+        algorithm: The index's checksum algorithm.
+        requests: ``(entry, start, array)`` of every request (the array receives the read).
+    """
+
+    def __init__(
+        self, algorithm: str, requests: Sequence[tuple[TensorEntry, tuple[int, ...], np.ndarray]]
+    ) -> None:
+        self.algorithm = algorithm
+        self._fn = checksum_function(algorithm)
+        self._requests: dict[int, _Request] = {}
+        self._pool: ThreadPoolExecutor | None = None
+        self._futures: list[Future] = []
+        for entry, start, arr in requests:
+            if not arr.size:
+                continue
+            r = _Request(entry, start, arr)
+            isz = arr.dtype.itemsize
+            for j, s in enumerate(entry.slices):
+                if not _contains(start, arr.shape, s) or not math.prod(s.shape):
+                    continue
+                rel = tuple(b - a for a, b in zip(start, s.start, strict=True))
+                lin = contiguous_offset(arr.shape, rel, s.shape)
+                if lin is not None:
+                    lo = lin * isz
+                    r.tracks.append(_Track(j, lo, lo + math.prod(s.shape) * isz))
+            self._requests[id(arr)] = r
+
+    def on_chunk(self, piece: Piece, lo: int, hi: int) -> None:
+        """Bytes ``[lo, hi)`` of ``piece.array`` have been read: checksum them (async)."""
+        r = self._requests.get(id(piece.array))
+        if r is None or not r.tracks:
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hpckpt-crc")
+        # One worker: the updates of a slice run in the order the chunks arrived.
+        self._futures.append(self._pool.submit(self._update, r, lo, hi))
+
+    def _update(self, r: _Request, lo: int, hi: int) -> None:
+        buf = r.array.reshape(-1).view(np.uint8)
+        for t in r.tracks:
+            a, b = max(lo, t.lo), min(hi, t.hi)
+            if a < b:
+                t.crc = self._fn(buf[a:b], t.crc)
+                t.seen += b - a
+
+    def finish(self) -> None:
+        """Wait for the on-the-fly checksums, then check everything the read covers.
+
+        Raises:
+            CorruptCheckpointError: A saved slice's bytes do not match its checksum.
+        """
+        try:
+            for f in self._futures:
+                f.result()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+        for r in self._requests.values():
+            done = set()
+            for t in r.tracks:
+                if t.seen == t.hi - t.lo:
+                    if t.crc != r.entry.slices[t.slice_index].checksum:
+                        raise _mismatch(r.entry, r.entry.slices[t.slice_index])
+                    done.add(t.slice_index)
+            verify_request(r.entry, r.start, r.array, self.algorithm, frozenset(done))
+
+    def close(self) -> None:
+        """Stop the worker without checking (after a failed read)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
