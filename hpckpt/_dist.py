@@ -25,13 +25,17 @@ __all__ = [
     "bcast_json",
     "failure_record",
     "gather_json",
+    "gather_rows",
     "raise_failures",
     "run_agreed",
 ]
 
 T = TypeVar("T")
 
-_POLL_SECONDS = 2e-4
+_POLL_SECONDS = 5e-5  # first sleep between polls of a pending request
+_POLL_MAX = 2e-3  # longest sleep between polls
+_SPIN_SECONDS = 2e-4  # poll without sleeping this long first
+_P2P_POLL_SECONDS = 2e-4  # polls of the point-to-point agreement (with a timeout)
 
 
 class Deadline:
@@ -56,18 +60,26 @@ class Deadline:
         return None if self.timeout is None else time.monotonic() + self.timeout
 
     def wait(self, request: MPI.Request, comm: MPI.Comm) -> None:
-        """Complete ``request``, raising :class:`CheckpointError` when the bound passes."""
+        """Complete ``request``, raising :class:`CheckpointError` when the bound passes.
+
+        Polls briefly, then sleeps between polls (backing off to ``_POLL_MAX``): a
+        rank waiting for rank 0's serial work (creating the data file, parsing the
+        index, the commit) leaves it the CPU instead of spinning in ``MPI_Wait``,
+        which matters whenever ranks share cores.
+        """
         end = self.window()
-        if end is None:
-            request.Wait()
-            return
+        spin_end = time.monotonic() + _SPIN_SECONDS
         while not request.Test():
-            if time.monotonic() > end:
+            now = time.monotonic()
+            if now < spin_end:
+                continue
+            if end is not None and now > end:
                 raise CheckpointError(
                     f"{self.what}: timed out after {self.timeout} s waiting for other ranks "
                     f"(this is rank {comm.Get_rank()} of {comm.Get_size()})"
                 )
-            time.sleep(_POLL_SECONDS)
+            pause = min(_POLL_MAX, max(_POLL_SECONDS, (now - spin_end) / 8))
+            time.sleep(pause)
 
 
 def _encode(obj: Any) -> np.ndarray:
@@ -115,6 +127,33 @@ def gather_json(
         comm.Igatherv(data, [out, counts.tolist(), displs.tolist(), MPI.BYTE], root=root), comm
     )
     return [_decode(out[d : d + c]) for d, c in zip(displs, counts, strict=True)]
+
+
+def gather_rows(
+    comm: MPI.Comm, rows: np.ndarray, root: int = 0, deadline: Deadline | None = None
+) -> np.ndarray | None:
+    """Gather every rank's int64 rows (a 2-D array, the same width everywhere) onto ``root``.
+
+    Returns the rows of all ranks in rank order on ``root``, ``None`` elsewhere.
+
+    Collective: call on all ranks.
+    """
+    deadline = deadline or Deadline(None)
+    rows = np.ascontiguousarray(rows, dtype=np.int64)
+    width = rows.shape[1]
+    is_root = comm.Get_rank() == root
+    counts = np.empty(comm.Get_size(), dtype=np.int64) if is_root else None
+    deadline.wait(comm.Igather(np.array([rows.size], dtype=np.int64), counts, root=root), comm)
+    if not is_root:
+        deadline.wait(comm.Igatherv(rows, None, root=root), comm)
+        return None
+    assert counts is not None
+    displs = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    out = np.empty(int(counts.sum()), dtype=np.int64)
+    deadline.wait(
+        comm.Igatherv(rows, [out, counts.tolist(), displs.tolist(), MPI.INT64_T], root=root), comm
+    )
+    return out.reshape(-1, width)
 
 
 def bcast_json(comm: MPI.Comm, obj: Any, root: int = 0, deadline: Deadline | None = None) -> Any:
@@ -195,6 +234,8 @@ def agree(
     what: str,
     exc: BaseException | None = None,
     deadline: Deadline | None = None,
+    *,
+    authority: int | None = None,
 ) -> None:
     """Agree on success: raise the same exception on every rank if any rank failed.
 
@@ -206,16 +247,25 @@ def agree(
     each rank until the deadline, then tells every rank that did arrive which
     ranks are missing; a rank that hears nothing from rank 0 names rank 0.
 
+    With ``authority``, a failure of that rank is the verdict: the other ranks'
+    failures count only when it succeeded (used when rank 0 validates what the
+    others take on trust).
+
     Collective: call on all ranks.
     """
     rec = _failure_of(exc)
     if deadline is None or deadline.timeout is None:
         # One small reduction when all is well; the records travel only on failure.
-        if not comm.allreduce(rec is not None, op=MPI.LOR):
+        flag = np.array([rec is not None], dtype=np.int32)
+        any_failed = np.zeros(1, dtype=np.int32)
+        (deadline or Deadline(None)).wait(comm.Iallreduce(flag, any_failed, op=MPI.MAX), comm)
+        if not any_failed[0]:
             return
         records = allgather_json(comm, rec, deadline)
     else:
         records = _p2p_agree(comm, rec, deadline)
+    if authority is not None and records[authority] is not None:
+        records = [r if i == authority else None for i, r in enumerate(records)]
     raise_failures(comm, what, records, exc)
 
 
@@ -238,7 +288,7 @@ def _recv_bytes(comm: MPI.Comm, source: int, tag: int, end: float) -> bytes | No
     while not comm.Iprobe(source=source, tag=tag, status=status):
         if time.monotonic() > end:
             return None
-        time.sleep(_POLL_SECONDS)
+        time.sleep(_P2P_POLL_SECONDS)
     buf = np.empty(status.Get_count(MPI.BYTE), dtype=np.uint8)
     comm.Recv(buf, source=source, tag=tag)
     return buf.tobytes()
@@ -286,7 +336,7 @@ def _p2p_agree(comm: MPI.Comm, rec: Any, deadline: Deadline) -> list[Any]:
             if time.monotonic() > end:
                 q.Cancel()
                 break
-            time.sleep(_POLL_SECONDS)
+            time.sleep(_P2P_POLL_SECONDS)
     return records
 
 

@@ -37,7 +37,7 @@ from .graph import (
     wrap,
 )
 from .index import CheckpointIndex
-from .layout import Layout, block_range
+from .layout import UNSHARDED, Layout, block_range
 from .mesh import Mesh, default_mesh
 from .options import CheckpointOptions
 from .statefile import CheckpointState, read_state, relative_to, write_state
@@ -48,26 +48,34 @@ __all__ = ["Checkpoint", "CheckpointLoadStatus", "DTensorCheckpoint", "Initializ
 _RESERVED = ("save_counter",)
 
 
-def _write_pieces(v: Variable) -> list[tuple[tuple[int, ...], np.ndarray]]:
-    """This rank's share of ``v`` to write: its shard, split among its replicas."""
+REPLICA_SPLIT_BYTES = 1 << 20
+
+
+def _write_pieces(v: Variable, n: int) -> list[tuple[tuple[int, ...], np.ndarray]]:
+    """This rank's share of ``v`` (the ``n``-th variable saved) to write.
+
+    Each element is written once. A shard held by several replicas is split by
+    rows among them when it has at least ``REPLICA_SPLIT_BYTES``; a smaller one is
+    written whole by one replica, chosen round-robin by ``n``, so that many small
+    replicated tensors spread over the ranks without multiplying their slices.
+    """
     a = v.local
     if a.size == 0:
         return []
-    start = tuple(s.start for s in v.layout.local_slices(v.shape))
+    start = v.local_start
     index, count = v.layout.replica_position()
-    if a.ndim == 0:
-        return [((), a)] if index == 0 else []
+    if count == 1:
+        return [(start, a)]
+    if a.ndim == 0 or a.nbytes < REPLICA_SPLIT_BYTES:
+        return [(start, a)] if index == n % count else []
     r0, r1 = block_range(a.shape[0], count, index)
     if r1 <= r0:
         return []
     return [((start[0] + r0, *start[1:]), a[r0:r1])]
 
 
-def _replicated_layout(comm: MPI.Comm) -> dict:
-    return {
-        "sharding_specs": ["unsharded"],
-        "mesh": {"dim_names": ["x"], "shape": [comm.Get_size()]},
-    }
+def _replicated_layout(comm: MPI.Comm) -> tuple[tuple[str, ...], tuple[str, ...], tuple[int, ...]]:
+    return ((UNSHARDED,), ("x",), (comm.Get_size(),))
 
 
 class Checkpoint(Module):
@@ -271,14 +279,14 @@ class Checkpoint(Module):
             _faults.point("plan", comm.Get_rank())
             g = build_save_graph(self)
             tensors = []
-            for key, v in g.variables:
+            for n, (key, v) in enumerate(g.variables):
                 if v.layout.mesh.size != comm.Get_size():
                     raise ValueError(
                         f"variable {key!r} lives on a mesh of {v.layout.mesh.size} ranks but "
                         f"the checkpoint's communicator has {comm.Get_size()}"
                     )
                 tensors.append(
-                    io.SaveTensor(key, v.dtype, v.shape, v.layout.to_dict(), _write_pieces(v))
+                    io.SaveTensor(key, v.dtype, v.shape, v.layout.index_key(), _write_pieces(v, n))
                 )
             strings = []
             for key, s in g.python_states:
@@ -564,12 +572,11 @@ class _RestoreContext:
                         f"variable {key!r} lives on a mesh of {v.layout.mesh.size} ranks but "
                         f"the checkpoint's communicator has {comm.Get_size()}"
                     )
-                sl = v.layout.local_slices(v.shape)
                 requests.append(
                     io.ReadRequest(
                         e,
-                        tuple(s.start for s in sl),
-                        tuple(s.stop - s.start for s in sl),
+                        v.local_start,
+                        v.local.shape,
                         out=v.local if self.options.restore_in_place else None,
                     )
                 )

@@ -130,6 +130,7 @@ class Layout:
             raise ValueError(f"sharding_specs must be a sequence of specs, got {sharding_specs!r}")
         self._specs = validate_specs(sharding_specs, mesh.dim_names)
         self._mesh = mesh
+        self._replica: tuple[int, int] | None = None
 
     @classmethod
     def replicated(cls, mesh: Mesh, rank: int) -> Layout:
@@ -178,9 +179,16 @@ class Layout:
 
     def replica_position(self) -> tuple[int, int]:
         """``(index, count)`` of this rank among the ranks holding the same shard."""
-        return replica_position(
-            self._specs, self._mesh.dim_names, self._mesh.shape, self._mesh.coords
-        )
+        rp = self._replica
+        if rp is None:
+            rp = self._replica = replica_position(
+                self._specs, self._mesh.dim_names, self._mesh.shape, self._mesh.coords
+            )
+        return rp
+
+    def index_key(self) -> tuple[tuple[str, ...], tuple[str, ...], tuple[int, ...]]:
+        """``(sharding_specs, mesh dim_names, mesh shape)``, as a checkpoint index records it."""
+        return (self._specs, tuple(self._mesh.dim_names), tuple(self._mesh.shape))
 
     def to_dict(self) -> dict:
         """The layout's description as stored in a checkpoint index."""

@@ -82,6 +82,15 @@ class Variable:
         self._layout = layout
         self._shape = tuple(global_shape)
         self._name = name if name is not None else "Variable"
+        self._start: tuple[int, ...] | None = None  # the hyperslab's start, on first use
+
+    @property
+    def local_start(self) -> tuple[int, ...]:
+        """The global index of this rank's shard's first element (its hyperslab's start)."""
+        st = self._start
+        if st is None:
+            st = self._start = tuple(s.start for s in self._layout.local_slices(self._shape))
+        return st
 
     @classmethod
     def from_local(

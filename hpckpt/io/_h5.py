@@ -128,6 +128,7 @@ def validate_data_file(
             raise CorruptCheckpointError(
                 f"data file {path!r} holds soft or external links {bad[:5]!r}"
             )
+        types: dict[str, h5py.h5t.TypeID] = {}
         for t in tensors:
             where = f"data file {path!r} dataset {t.dataset!r} (tensor {t.key!r})"
             try:
@@ -135,32 +136,50 @@ def validate_data_file(
             except (KeyError, OSError, ValueError, TypeError):
                 raise CorruptCheckpointError(f"{where} is missing") from None
             try:
-                dcpl = dsid.get_create_plist()
-                if dcpl.get_layout() != h5py.h5d.CONTIGUOUS:
-                    raise CorruptCheckpointError(f"{where} is not contiguous (or is virtual)")
-                if dcpl.get_nfilters() != 0:
-                    raise CorruptCheckpointError(f"{where} has filters")
-                if dcpl.get_external_count() != 0:
-                    raise CorruptCheckpointError(f"{where} uses external storage")
-                if tuple(dsid.shape) != t.shape:
-                    raise CorruptCheckpointError(
-                        f"{where} has shape {tuple(dsid.shape)}, the index says {t.shape}"
-                    )
-                try:
-                    dt = dsid.dtype
-                except (TypeError, ValueError):
-                    raise CorruptCheckpointError(f"{where} has an unsupported HDF5 type") from None
-                if not _dtype_matches(np.dtype(dt), t.dtype):
-                    raise CorruptCheckpointError(
-                        f"{where} has dtype {dt}, the index says {t.dtype}"
-                    )
-                if t.nbytes and dsid.get_offset() != t.offset:
-                    raise CorruptCheckpointError(
-                        f"{where} is at offset {dsid.get_offset()}, the index says {t.offset}"
-                    )
-                if dsid.get_storage_size() != t.nbytes:
-                    raise CorruptCheckpointError(
-                        f"{where} stores {dsid.get_storage_size()} bytes, expected {t.nbytes}"
-                    )
+                _check_dataset(dsid, t, where, types)
             finally:
                 dsid.close()
+
+
+def _check_dataset(
+    dsid: h5py.h5d.DatasetID, t: TensorEntry, where: str, types: dict[str, h5py.h5t.TypeID]
+) -> None:
+    # A defined offset means contiguous storage inside this file: HDF5 has none for
+    # chunked (so filtered), compact, virtual and externally stored datasets.
+    # Empty tensors have no storage to compare, so their creation properties are read.
+    off = None
+    if t.nbytes:
+        off = dsid.get_offset()
+        if off is None:
+            raise CorruptCheckpointError(
+                f"{where} is not contiguous storage in this file (chunked, filtered, compact, "
+                f"virtual or external storage)"
+            )
+    else:
+        dcpl = dsid.get_create_plist()
+        if dcpl.get_layout() != h5py.h5d.CONTIGUOUS:
+            raise CorruptCheckpointError(f"{where} is not contiguous (or is virtual)")
+        if dcpl.get_nfilters() != 0:
+            raise CorruptCheckpointError(f"{where} has filters")
+        if dcpl.get_external_count() != 0:
+            raise CorruptCheckpointError(f"{where} uses external storage")
+    if tuple(dsid.shape) != t.shape:
+        raise CorruptCheckpointError(
+            f"{where} has shape {tuple(dsid.shape)}, the index says {t.shape}"
+        )
+    want = types.get(t.dtype.str)
+    if want is None:
+        want = types[t.dtype.str] = _h5type(t.dtype)
+    if not dsid.get_type().equal(want):
+        try:
+            dt = dsid.dtype
+        except (TypeError, ValueError):
+            raise CorruptCheckpointError(f"{where} has an unsupported HDF5 type") from None
+        if not _dtype_matches(np.dtype(dt), t.dtype):
+            raise CorruptCheckpointError(f"{where} has dtype {dt}, the index says {t.dtype}")
+    if t.nbytes and off != t.offset:
+        raise CorruptCheckpointError(f"{where} is at offset {off}, the index says {t.offset}")
+    if t.nbytes and dsid.get_storage_size() != t.nbytes:
+        raise CorruptCheckpointError(
+            f"{where} stores {dsid.get_storage_size()} bytes, expected {t.nbytes}"
+        )

@@ -32,6 +32,7 @@ __all__ = [
 MAX_PIECE_BYTES = 256 << 20
 MAX_ROUND_BYTES = 1 << 30
 MAX_ROUND_PIECES = 4096
+READ_CHUNK_BYTES = 8 << 20  # streamed reads: small enough that a chunk's CRC finds it in cache
 
 
 @dataclass(frozen=True)
@@ -209,14 +210,14 @@ def posix_io(
     pieces: Sequence[Piece],
     *,
     write: bool,
-    chunk_bytes: int = 64 << 20,
+    chunk_bytes: int | None = None,
     on_chunk: Callable[[Piece, int, int], None] | None = None,
 ) -> None:
     """Independent IO of this rank's pieces with ``pwrite``/``preadv`` at their offsets.
 
     Not collective: each rank moves its own bytes (the file already exists). Writes
     are fsynced before returning. Reads of a piece that is one contiguous run of
-    the file go in chunks of ``chunk_bytes``; after each chunk,
+    the file go in chunks of ``chunk_bytes`` (default ``READ_CHUNK_BYTES``); after each chunk,
     ``on_chunk(piece, lo, hi)`` is told that bytes ``[lo, hi)`` of ``piece.array``
     have arrived (so they can be checksummed while the next chunk is read).
     """
@@ -227,7 +228,7 @@ def posix_io(
                 continue
             runs = _runs(p)
             streamed = on_chunk is not None and not write and len(runs) == 1
-            step = chunk_bytes if streamed else 1 << 62
+            step = (chunk_bytes or READ_CHUNK_BYTES) if streamed else 1 << 62
             for off, mem in runs:
                 view = memoryview(mem).cast("B")
                 for lo in range(0, len(view), step):

@@ -19,14 +19,13 @@ cover; the outcome is agreed.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import secrets
 import time
 import zlib
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,6 +37,7 @@ from .._dist import Deadline
 from ..errors import CheckpointError, CorruptCheckpointError, NotFoundError
 from ..index import (
     DATA_FILE_RE,
+    MAX_INDEX_BYTES,
     CheckpointIndex,
     SliceEntry,
     TensorEntry,
@@ -80,14 +80,14 @@ class SaveTensor:
         key: The checkpoint key.
         dtype: The numpy dtype.
         shape: The global shape.
-        layout: ``{"sharding_specs": [...], "mesh": {"dim_names": [...], "shape": [...]}}``.
+        layout: ``(sharding_specs, mesh dim_names, mesh shape)`` at save (tuples).
         pieces: ``(start, array)`` hyperslabs this rank writes (C-contiguous arrays).
     """
 
     key: str
     dtype: np.dtype
     shape: tuple[int, ...]
-    layout: dict
+    layout: tuple[tuple[str, ...], tuple[str, ...], tuple[int, ...]]
     pieces: list[tuple[tuple[int, ...], np.ndarray]]
 
 
@@ -165,8 +165,10 @@ def library_versions() -> dict[str, str]:
     }
 
 
-def _checksums(pieces: list[tuple[int, tuple[int, ...], np.ndarray]]) -> list[list]:
-    return [[i, list(start), list(a.shape), checksum(a)] for i, start, a in pieces]
+def _checksums(
+    pieces: list[tuple[int, tuple[int, ...], np.ndarray]],
+) -> list[tuple[int, tuple[int, ...], tuple[int, ...], int]]:
+    return [(i, start, a.shape, checksum(a)) for i, start, a in pieces]
 
 
 def _move(
@@ -244,6 +246,18 @@ def _cleanup_leftovers(prefix: str, keep: str) -> None:
             _fsutil.remove_quietly(os.path.join(d, name))
 
 
+def _slice_rows(slices: list[tuple[int, tuple[int, ...], tuple[int, ...], int]], width: int):
+    """This rank's written slices as int64 rows ``[tensor, crc, *start, *shape]`` (padded)."""
+    rows = np.zeros((len(slices), 2 + 2 * width), dtype=np.int64)
+    for r, (i, start, shape, crc) in enumerate(slices):
+        n = len(start)
+        rows[r, 0] = i
+        rows[r, 1] = crc
+        rows[r, 2 : 2 + n] = start
+        rows[r, 2 + width : 2 + width + n] = shape
+    return rows
+
+
 def write_checkpoint(
     comm: MPI.Comm,
     prefix: str,
@@ -261,10 +275,29 @@ def write_checkpoint(
     Collective: call on all ranks.
     """
     what = f"write of checkpoint {prefix!r}"
+    own = [(i, tuple(start), a) for i, t in enumerate(tensors) for start, a in t.pieces if a.size]
+    # The checksums need no file: they run while rank 0 creates it.
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hpckpt-crc")
+    crcs = pool.submit(_checksums, own)
+    try:
+        return _write_and_commit(comm, prefix, tensors, own, crcs, graph, options, deadline, what)
+    finally:
+        pool.shutdown(wait=True)
+
+
+def _write_and_commit(
+    comm: MPI.Comm,
+    prefix: str,
+    tensors: Sequence[SaveTensor],
+    own: list[tuple[int, tuple[int, ...], np.ndarray]],
+    crcs: Future,
+    graph: dict | None,
+    options: CheckpointOptions,
+    deadline: Deadline,
+    what: str,
+) -> int:
     rank = comm.Get_rank()
-    signature = zlib.crc32(
-        json.dumps([[t.key, t.dtype.str, list(t.shape)] for t in tensors]).encode()
-    )
+    signature = zlib.crc32(repr([(t.key, t.dtype.str, t.shape) for t in tensors]).encode())
     sigs = _dist.allgather_json(comm, signature, deadline)
     if len(set(sigs)) != 1:
         odd = [r for r, s in enumerate(sigs) if s != sigs[0]]
@@ -296,39 +329,35 @@ def write_checkpoint(
     # Every rank makes every collective call below even after a local failure
     # (with nothing to write), so that a failure is agreed on, never a hang.
     exc: BaseException | None = None
-    slices: list[list] = []
-    own: list[tuple[int, tuple[int, ...], np.ndarray]] = []
     pieces: list[Piece] = []
     try:
         _faults.point("before_data", rank)
-        own = [
-            (i, tuple(start), a) for i, t in enumerate(tensors) for start, a in t.pieces if a.size
-        ]
         for i, start, a in own:
             off = offsets[i]
             if off is None:
                 raise CheckpointError(f"{what}: tensor {tensors[i].key!r} has no storage")
             pieces.append(Piece(off, tensors[i].shape, start, a))
     except Exception as e:
-        exc, own, pieces = e, [], []
+        exc, pieces = e, []
     try:
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            crcs = pool.submit(_checksums, own)
-            try:
-                _move(comm, data_path, pieces, options, write=True)
-            finally:
-                slices = crcs.result()
+        _move(comm, data_path, pieces, options, write=True)
         _faults.point("after_data", rank)
     except Exception as e:
         exc = exc or e
+    width = max((len(t.shape) for t in tensors), default=0)
+    rows = np.zeros((0, 2 + 2 * width), dtype=np.int64)
+    try:
+        if exc is None:
+            rows = _slice_rows(crcs.result(), width)
+    except Exception as e:
+        exc = e
 
-    gathered = _dist.gather_json(
-        comm, {"error": _dist.failure_record(exc), "slices": slices}, 0, deadline
-    )
+    errors = _dist.gather_json(comm, _dist.failure_record(exc), 0, deadline)
+    gathered = _dist.gather_rows(comm, rows, 0, deadline)
     records: list | None = None
     if rank == 0:
-        assert gathered is not None
-        records = [g["error"] for g in gathered]
+        assert errors is not None and gathered is not None
+        records = errors
         if all(r is None for r in records):
             try:
                 _faults.point("before_commit", rank)
@@ -350,27 +379,27 @@ def _commit(
     plan: dict,
     names: list[str],
     tensors: Sequence[SaveTensor],
-    gathered: list[dict],
+    rows: np.ndarray,
     graph: dict | None,
     comm: MPI.Comm,
 ) -> None:
     per_tensor: list[list[SliceEntry]] = [[] for _ in tensors]
-    for g in gathered:
-        for i, start, shape, crc in g["slices"]:
-            per_tensor[i].append(SliceEntry(tuple(start), tuple(shape), crc))
+    width = (rows.shape[1] - 2) // 2
+    for row in rows.tolist():
+        i = row[0]
+        n = len(tensors[i].shape)
+        per_tensor[i].append(
+            SliceEntry(tuple(row[2 : 2 + n]), tuple(row[2 + width : 2 + width + n]), row[1])
+        )
     entries = {}
+    offsets = plan["offsets"]
     for i, t in enumerate(tensors):
-        mesh = t.layout["mesh"]
+        specs, dim_names, mesh_shape = t.layout
+        sl = per_tensor[i]
+        if len(sl) > 1:
+            sl.sort(key=lambda s: s.start)
         entries[t.key] = TensorEntry(
-            key=t.key,
-            dataset=names[i],
-            dtype=t.dtype,
-            shape=tuple(t.shape),
-            offset=plan["offsets"][i],
-            sharding_specs=tuple(t.layout["sharding_specs"]),
-            mesh_dim_names=tuple(mesh["dim_names"]),
-            mesh_shape=tuple(mesh["shape"]),
-            slices=tuple(sorted(per_tensor[i], key=lambda s: s.start)),
+            t.key, names[i], t.dtype, t.shape, offsets[i], specs, dim_names, mesh_shape, tuple(sl)
         )
     index = CheckpointIndex(
         data_file=data_name,
@@ -399,21 +428,28 @@ def read_index(comm: MPI.Comm, prefix: str, deadline: Deadline) -> CheckpointInd
     what = f"read of checkpoint {prefix!r}"
 
     rank, size = comm.Get_rank(), comm.Get_size()
-    parsed: list[CheckpointIndex] = []
 
     def load() -> bytes | None:
         _faults.point("read_index", rank)
-        if rank != 0:
-            return None
-        text = _read_index_bytes(prefix)
-        parsed.append(parse_index(text, source=index_path(prefix)))
-        return text
+        return _read_index_bytes(prefix) if rank == 0 else None
 
     text = _dist.run_agreed(comm, what, load, deadline)
     text = _dist.bcast_bytes(comm, text, 0, deadline)
-    # The other ranks take rank 0's validated bytes as they are; the data file's
-    # structure is checked by up to VALIDATORS ranks, each a share of the datasets.
-    index = parsed[0] if parsed else parse_index(text, trusted=True)
+    # All ranks parse at once: rank 0 validates everything, the others parse the
+    # same bytes on trust; rank 0's verdict decides (a hostile index fails there).
+    index: CheckpointIndex | None = None
+    exc: BaseException | None = None
+    try:
+        index = (
+            parse_index(text, source=index_path(prefix))
+            if rank == 0
+            else parse_index(text, trusted=True)
+        )
+    except Exception as e:
+        exc = e
+    _dist.agree(comm, what, exc, deadline, authority=0)
+    assert index is not None
+    # The data file's structure is checked by up to VALIDATORS ranks, a share each.
     validators = min(size, VALIDATORS)
 
     def validate() -> None:
@@ -434,7 +470,7 @@ def _read_index_bytes(prefix: str) -> bytes:
     ip = index_path(prefix)
     try:
         with open(ip, "rb") as f:
-            return f.read()
+            return f.read(MAX_INDEX_BYTES + 1)  # parse_index refuses anything longer
     except FileNotFoundError:
         raise NotFoundError(f"no checkpoint at {prefix!r}: {ip!r} does not exist") from None
     except IsADirectoryError:
