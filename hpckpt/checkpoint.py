@@ -23,6 +23,7 @@ from mpi4py import MPI
 from . import _dist, _faults, io
 from ._async import AsyncWriter, async_supported
 from ._dist import Deadline
+from ._gcpause import gc_paused
 from .errors import CheckpointError
 from .graph import (
     Module,
@@ -257,7 +258,10 @@ class Checkpoint(Module):
         self.sync()
         submitted = False
         try:
-            submitted = self._write_planned(prefix, options, deadline, after, on_error, finally_)
+            with gc_paused():
+                submitted = self._write_planned(
+                    prefix, options, deadline, after, on_error, finally_
+                )
         finally:
             if not submitted and finally_ is not None:
                 finally_()
@@ -333,9 +337,10 @@ class Checkpoint(Module):
 
                 def job(c: MPI.Comm) -> None:
                     try:
-                        io.write_checkpoint(
-                            c, prefix, tensors, graph=graph, options=options, deadline=deadline
-                        )
+                        with gc_paused():
+                            io.write_checkpoint(
+                                c, prefix, tensors, graph=graph, options=options, deadline=deadline
+                            )
                         if after is not None:
                             after(c)
                     finally:
@@ -388,6 +393,10 @@ class Checkpoint(Module):
         options = self._options(options)
         prefix = io.normalize_prefix(save_path)
         self.sync()
+        with gc_paused():
+            return self._restore_paused(prefix, options)
+
+    def _restore_paused(self, prefix: str, options: CheckpointOptions) -> CheckpointLoadStatus:
         deadline = Deadline(options.timeout, f"restore of {prefix!r}")
         comm = self._hpckpt_comm
         index = io.read_index(comm, prefix, deadline)
@@ -486,6 +495,10 @@ class _RestoreContext:
 
         Collective: call on all ranks (it reads the checkpoint).
         """
+        with gc_paused():
+            self._restore_subtree(node, obj)
+
+    def _restore_subtree(self, node: int, obj: Any) -> None:
         reads: list[tuple[int, Variable]] = []
         states: list[tuple[int, PythonState]] = []
         queue: deque[tuple[int, Any]] = deque([(node, obj)])
