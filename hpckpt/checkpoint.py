@@ -332,8 +332,12 @@ class Checkpoint(Module):
             budget = options.async_memory_budget
             fits = async_supported() and (budget is None or need <= budget)
             if comm.allreduce(fits, op=MPI.LAND):
+                staging = self._async_writer().staging  # the previous write has finished
                 for t in tensors:
-                    t.pieces = [(start, a.copy()) for start, a in t.pieces]
+                    t.pieces = [
+                        (start, staging.copy(t.key, i, a)) for i, (start, a) in enumerate(t.pieces)
+                    ]
+                staging.commit()
 
                 def job(c: MPI.Comm) -> None:
                     try:
@@ -349,6 +353,8 @@ class Checkpoint(Module):
 
                 self._async_writer().submit(job, on_error)
                 return True
+            if self._hpckpt_async is not None:
+                self._hpckpt_async.staging.clear()  # over the budget: hold no snapshot
         io.write_checkpoint(comm, prefix, tensors, graph=graph, options=options, deadline=deadline)
         if after is not None:
             after(comm)

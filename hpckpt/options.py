@@ -45,8 +45,10 @@ class CheckpointOptions:
         alignment: Datasets of at least ``alignment_threshold`` bytes start at a
             multiple of this many bytes (match the file system block or stripe).
         alignment_threshold: See ``alignment``.
-        async_memory_budget: Most bytes one rank may copy for an asynchronous
-            snapshot; a save that needs more runs synchronously. ``None``: no limit.
+        async_memory_budget: Most bytes one rank may hold for an asynchronous
+            snapshot; a save that needs more runs synchronously. The snapshot's
+            buffers are kept for the next asynchronous save (so that it copies
+            into memory that is already mapped). ``None``: no limit.
     """
 
     enable_async: bool = False

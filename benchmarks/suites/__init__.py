@@ -4,8 +4,15 @@ Modules import MPI, h5py and hpckpt only inside ``run`` so that ``--help`` and
 ``plot`` work without an MPI launcher.
 """
 
-from . import bandwidth, plot, reshard, small, table
+from . import async_save, bandwidth, plot, reshard, small, table
 
-SUITES = {"bandwidth": bandwidth, "small": small, "reshard": reshard, "plot": plot, "table": table}
+SUITES = {
+    "bandwidth": bandwidth,
+    "small": small,
+    "reshard": reshard,
+    "async": async_save,
+    "plot": plot,
+    "table": table,
+}
 
 __all__ = ["SUITES"]
