@@ -238,7 +238,8 @@ def model(
     """A model-like mix: ``nsmall`` tensors of log-uniform size plus ``nbig`` matrices.
 
     Two thirds of the small tensors are 2-D kernels sharded by rows over ``x``
-    (replicated when they have fewer rows than ranks), one third are 1-D vectors
+    (rows a multiple of the rank count; replicated when they have fewer rows than
+    ranks), one third are 1-D vectors
     (biases, norm scales), replicated. The big matrices are sharded by rows.
     All float32. Shapes depend on ``seed`` only, values on ``seed`` and the shard.
 
@@ -260,13 +261,17 @@ def model(
         else:
             cols = int(shapes_rng.choice([16, 32, 64, 128]))
             cols = min(cols, n)
-            shape = (n // cols, cols)
-            layout = sharded if shape[0] >= ctx.size else hpckpt.Layout.replicated(mesh, 2)
+            rows = n // cols
+            if rows >= ctx.size:  # whole blocks per rank, as torch DCP shards them too
+                rows -= rows % ctx.size
+            shape = (rows, cols)
+            layout = sharded if rows >= ctx.size else hpckpt.Layout.replicated(mesh, 2)
             name = f"l{layer:05d}_kernel{i % 3}"
         tensors.append(_new_variable(shape, layout, dt, name, seed))
     big_cols = 1024
     for j in range(nbig):
         rows = max(ctx.size, big_bytes // (big_cols * dt.itemsize))
+        rows -= rows % ctx.size
         tensors.append(_new_variable((rows, big_cols), sharded, dt, f"embedding{j}", seed))
     desc = (
         f"{nsmall} tensors of {min_bytes >> 10}-{max_bytes >> 10} KiB "

@@ -12,10 +12,12 @@ collective call for many datasets. All ranks make the same number of calls
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 from mpi4py import MPI
@@ -33,6 +35,9 @@ MAX_PIECE_BYTES = 256 << 20
 MAX_ROUND_BYTES = 1 << 30
 MAX_ROUND_PIECES = 4096
 READ_CHUNK_BYTES = 8 << 20  # streamed reads: small enough that a chunk's CRC finds it in cache
+SIEVE_MAX_SPAN = 2  # sieved reads read at most this many times a piece's bytes
+SIEVE_CALL_BYTES = 64 << 20  # file bytes per sieved preadv
+IOV_MAX = 1024  # iovecs per preadv (Linux's limit)
 
 
 @dataclass(frozen=True)
@@ -132,20 +137,44 @@ def _file_run(p: Piece) -> int | None:
 
 
 def split_direct(
-    pieces: Sequence[Piece], threshold: int | None
+    pieces: Sequence[Piece], threshold: int | None, *, write: bool = True
 ) -> tuple[list[Piece], list[Piece]]:
-    """``(direct, aggregated)``: pieces of at least ``threshold`` bytes that are one
-    contiguous run of the file, and the rest (all of them when ``threshold`` is None).
+    """``(direct, aggregated)``: the pieces of at least ``threshold`` bytes that their
+    rank moves itself, and the rest (all of them when ``threshold`` is None).
+
+    Direct are pieces that are one contiguous run of the file and, for reads,
+    strided pieces that a sieved read takes in few large calls (see ``_sievable``).
     """
     if threshold is None:
         return [], list(pieces)
     direct, aggregated = [], []
     for p in pieces:
-        if p.nbytes >= threshold and _file_run(p) is not None:
+        if p.nbytes >= threshold and (_file_run(p) is not None or (not write and _sievable(p))):
             direct.append(p)
         else:
             aggregated.append(p)
     return direct, aggregated
+
+
+def _span(p: Piece) -> int:
+    """Bytes of the file from the first to the last byte of the piece's hyperslab."""
+    g, start, shape = p.global_shape, p.start, p.array.shape
+    if not g or not p.nbytes:
+        return p.nbytes
+    first = last = 0
+    for st, n, dim in zip(start, shape, g, strict=True):
+        first = first * dim + st
+        last = last * dim + st + n - 1
+    return (last - first + 1) * p.array.dtype.itemsize
+
+
+def _sievable(p: Piece) -> bool:
+    """Whether reading the piece's whole span costs at most ``SIEVE_MAX_SPAN`` x its bytes.
+
+    Such a read fills the gaps between the piece's runs into a scratch buffer,
+    one ``preadv`` for up to ``IOV_MAX`` runs instead of one call per run.
+    """
+    return bool(p.nbytes) and _span(p) <= SIEVE_MAX_SPAN * p.nbytes
 
 
 def _round_types(pieces: list[Piece], cache: _TypeCache) -> tuple[MPI.Datatype, MPI.Datatype]:
@@ -217,9 +246,10 @@ def posix_io(
 
     Not collective: each rank moves its own bytes (the file already exists). Writes
     are fsynced before returning. Reads of a piece that is one contiguous run of
-    the file go in chunks of ``chunk_bytes`` (default ``READ_CHUNK_BYTES``); after each chunk,
+    the file go in chunks of ``chunk_bytes`` (default ``READ_CHUNK_BYTES``), reads
+    of a sievable strided piece in spans (``_sieved_read``); after each,
     ``on_chunk(piece, lo, hi)`` is told that bytes ``[lo, hi)`` of ``piece.array``
-    have arrived (so they can be checksummed while the next chunk is read).
+    have arrived (so they can be checksummed while the next ones are read).
     """
     fd = os.open(path, os.O_WRONLY if write else os.O_RDONLY)
     try:
@@ -227,6 +257,9 @@ def posix_io(
             if not p.nbytes:
                 continue
             runs = _runs(p)
+            if not write and len(runs) > 1 and _sievable(p):
+                _sieved_read(fd, runs, None if on_chunk is None else partial(on_chunk, p))
+                continue
             streamed = on_chunk is not None and not write and len(runs) == 1
             step = (chunk_bytes or READ_CHUNK_BYTES) if streamed else 1 << 62
             for off, mem in runs:
@@ -240,6 +273,42 @@ def posix_io(
             os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _sieved_read(
+    fd: int,
+    runs: list[tuple[int, np.ndarray]],
+    on_chunk: Callable[[int, int], None] | None = None,
+) -> None:
+    """Read a piece's runs (ascending, disjoint) in few ``preadv`` calls over their span.
+
+    Each call reads a contiguous range of the file straight into the runs' memory,
+    the gaps between them into one scratch buffer. The runs are consecutive in
+    the piece's memory: after each call ``on_chunk(lo, hi)`` is told that bytes
+    ``[lo, hi)`` of it have arrived.
+    """
+    gaps = [b[0] - (a[0] + a[1].nbytes) for a, b in itertools.pairwise(runs)]
+    scratch = memoryview(bytearray(max(gaps, default=0)))
+    i = 0
+    done = 0  # bytes of the piece's memory filled so far
+    while i < len(runs):
+        base = pos = runs[i][0]
+        iov: list[memoryview] = []
+        first = i
+        while i < len(runs) and len(iov) < IOV_MAX - 1 and pos - base < SIEVE_CALL_BYTES:
+            off, mem = runs[i]
+            if off > pos:
+                iov.append(scratch[: off - pos])
+            iov.append(memoryview(mem).cast("B"))
+            pos = off + mem.nbytes
+            i += 1
+        if os.preadv(fd, iov, base) != pos - base:  # short (EOF or a signal): run by run
+            for off, mem in runs[first:i]:
+                _transfer(fd, memoryview(mem).cast("B"), off, False)
+        got = sum(mem.nbytes for _, mem in runs[first:i])
+        if on_chunk is not None:
+            on_chunk(done, done + got)
+        done += got
 
 
 def _transfer(fd: int, view: memoryview, offset: int, write: bool) -> None:

@@ -198,7 +198,7 @@ def _move(
         if write:
             _faults.point("mid_data", comm.Get_rank())
         return
-    direct, aggregated = split_direct(pieces, options.direct_io_threshold)
+    direct, aggregated = split_direct(pieces, options.direct_io_threshold, write=write)
     exc: BaseException | None = None
     with open_file(
         comm, path, MPI.MODE_WRONLY if write else MPI.MODE_RDONLY, options.mpi_info
