@@ -60,9 +60,9 @@ say("DTensorCheckpoint saves:", sorted(set(names)))
 
 # CheckpointOptions: per-call IO options.
 opts = hpckpt.CheckpointOptions(
-    collective=True,  # collective MPI-IO (Write_all/Read_all); False: independent IO
+    collective=True,  # collective MPI-IO, big contiguous runs by pwrite/preadv; False: no MPI-IO
     mpi_info={"romio_cb_write": "enable"},  # MPI-IO hints for MPI.File.Open
-    verify_checksums=True,  # check every slice read against its CRC32
+    verify_checksums=True,  # check every slice read against its CRC-32C
     timeout=60.0,  # seconds to wait for other ranks at each agreement step
     alignment=1 << 20,  # datasets >= alignment_threshold start at multiples of this
     alignment_threshold=1 << 20,
