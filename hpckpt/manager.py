@@ -25,11 +25,15 @@ __all__ = ["CheckpointManager", "delete_checkpoint_files", "remove_orphans"]
 
 
 def delete_checkpoint_files(prefix: str) -> None:
-    """Remove every file of checkpoint ``prefix``: the index first (uncommitting it), then data."""
+    """Remove every file of checkpoint ``prefix``: the index first (uncommitting it), then data.
+
+    The data files go in the background (:func:`hpckpt.io._fsutil.remove_later`):
+    once the index is gone they are orphans that no reader looks at.
+    """
     _fsutil.remove_quietly(io.index_path(prefix))
     d = os.path.dirname(prefix) or "."
     for name in io.own_data_files(prefix):
-        _fsutil.remove_quietly(os.path.join(d, name))
+        _fsutil.remove_later(os.path.join(d, name))
 
 
 def remove_orphans(directory: str, checkpoint_name: str) -> list[str]:
@@ -55,7 +59,7 @@ def remove_orphans(directory: str, checkpoint_name: str) -> list[str]:
             if prefix not in referenced:
                 referenced[prefix] = _named_data_file(prefix)
             if referenced[prefix] != name:
-                _fsutil.remove_quietly(os.path.join(directory, name))
+                _fsutil.remove_later(os.path.join(directory, name))
                 removed.append(name)
         elif tmp.match(name):
             _fsutil.remove_quietly(os.path.join(directory, name))

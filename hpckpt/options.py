@@ -21,7 +21,9 @@ class CheckpointOptions:
             one call for many datasets) for strided or small pieces, and direct
             ``pwrite``/``preadv`` by the owning rank for pieces of at least
             ``direct_io_threshold`` bytes that are one contiguous run of the file,
-            where aggregation only adds copies. ``False``: every rank moves all its
+            where aggregation only adds copies (and, for reads, strided pieces
+            whose span in the file is at most twice their size: one ``preadv``
+            per span, the gaps into a scratch buffer). ``False``: every rank moves all its
             pieces with ``pwrite``/``preadv`` (no MPI-IO).
         mpi_info: MPI-IO hints passed to ``MPI.File.Open`` (e.g.
             ``{"cb_nodes": "4", "romio_cb_write": "enable"}``). File striping

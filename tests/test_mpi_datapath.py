@@ -13,6 +13,7 @@ from mpi4py import MPI
 
 import hpckpt
 from hpckpt import UNSHARDED, Layout
+from hpckpt.io._fsutil import wait_removals
 
 pytestmark = pytest.mark.mpi(min_size=2)
 
@@ -252,6 +253,8 @@ def test_overwrite_keeps_one_data_file(shared_dir):
     ckpt.write(p)
     v.assign(np.arange(10.0) * 2)
     ckpt.write(p)
+    if comm.rank == 0:
+        wait_removals()  # rank 0 deletes old data files in the background
     files = sorted(os.listdir(shared_dir)) if comm.rank == 0 else None
     files = comm.bcast(files)
     assert len([f for f in files if f.startswith("ow.data-")]) == 1

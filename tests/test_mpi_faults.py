@@ -18,6 +18,7 @@ from mpi4py import MPI
 
 import hpckpt
 from hpckpt import Layout, _faults
+from hpckpt.io._fsutil import wait_removals
 
 pytestmark = pytest.mark.mpi(min_size=2)
 
@@ -48,6 +49,8 @@ def values(vs):
 
 def files(d):
     comm = MPI.COMM_WORLD
+    if comm.rank == 0:
+        wait_removals()  # rank 0 deletes old data files in the background
     return comm.bcast(sorted(os.listdir(d)) if comm.rank == 0 else None)
 
 

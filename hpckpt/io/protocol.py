@@ -239,7 +239,7 @@ def _cleanup_leftovers(prefix: str, keep: str) -> None:
     d = os.path.dirname(prefix) or "."
     for name in own_data_files(prefix):
         if name != keep:
-            _fsutil.remove_quietly(os.path.join(d, name))
+            _fsutil.remove_later(os.path.join(d, name))  # unreferenced: off the critical path
     tmp = os.path.basename(index_path(prefix)) + ".tmp-"
     for name in os.listdir(d):
         if name.startswith(tmp):

@@ -15,6 +15,7 @@ from mpi4py import MPI
 
 import hpckpt
 from hpckpt import Layout, _faults
+from hpckpt.io._fsutil import wait_removals
 
 comm = MPI.COMM_WORLD
 
@@ -71,6 +72,7 @@ def main():
         new = mgr.save()
         comm.Barrier()
         if comm.rank == 0:
+            wait_removals()  # rank 0 deletes old data files in the background
             names = sorted(os.listdir(d))
             committed = {n[: -len(".index.json")] for n in names if n.endswith(".index.json")}
             data = [n for n in names if ".data-" in n]
