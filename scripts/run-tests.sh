@@ -18,9 +18,10 @@ run() {
     # Count from the final pytest summary line(s) of rank 0 (or of the serial run).
     local line; line=$(grep -a -E "^(=+ )?[0-9]+ (passed|failed)" "$log" | head -n 1)
     local p f s
-    p=$(grep -a -oE "[0-9]+ passed" <<<"$line" | grep -oE "[0-9]+" || echo 0)
-    f=$(grep -a -oE "[0-9]+ failed" <<<"$line" | grep -oE "[0-9]+" || echo 0)
-    s=$(grep -a -oE "[0-9]+ skipped" <<<"$line" | grep -oE "[0-9]+" || echo 0)
+    # (ranks' summaries may share a line: take the first of each count)
+    p=$(grep -a -oE "[0-9]+ passed" <<<"$line" | head -n 1 | grep -oE "[0-9]+" || echo 0)
+    f=$(grep -a -oE "[0-9]+ failed" <<<"$line" | head -n 1 | grep -oE "[0-9]+" || echo 0)
+    s=$(grep -a -oE "[0-9]+ skipped" <<<"$line" | head -n 1 | grep -oE "[0-9]+" || echo 0)
     total_pass=$((total_pass + ${p:-0})); total_fail=$((total_fail + ${f:-0})); total_skip=$((total_skip + ${s:-0}))
     rm -f "$log"
     if [ "$rc" -ne 0 ]; then echo "!!! $label failed (exit $rc)"; status=1; fi
