@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The measurements behind docs/performance.md, one after the other on this machine.
+# Every command and its verbose output go to benchmarks/results/runs.log; each suite
+# writes its JSON next to it. Usage: bash benchmarks/campaign.sh [name ...]
+# (names: bw1 bw2 bw4 bw8 big sweep cold 2d small reshard async plot; default: all)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_btl=self,vader
+PY=${PY:-.venv/bin/python}
+OUT=benchmarks/results
+LOG=$OUT/runs.log
+mkdir -p "$OUT"
+
+run() {  # run NRANKS SUITE ARGS...
+    local n=$1; shift
+    local cmd=(mpirun --oversubscribe -n "$n" "$PY" -m mpi4py -m benchmarks "$@" -v)
+    {
+        echo "### $(date +%H:%M:%S) head $(git rev-parse --short HEAD) dirty=$(git status --porcelain hpckpt | wc -l) load: $(cut -d' ' -f1-3 /proc/loadavg) :: ${cmd[*]}"
+        "${cmd[@]}" 2>&1
+        echo "### done $(date +%H:%M:%S)"
+    } | tee -a "$LOG"
+}
+
+want() { [ $# -eq 0 ] || [[ " $* " == *" $STEP "* ]]; }
+ALL="$*"
+for STEP in bw1 bw2 bw4 bw8 big sweep cold 2d small reshard async plot; do
+    want $ALL || continue
+    case $STEP in
+        bw1|bw2|bw4|bw8)
+            n=${STEP#bw}
+            run "$n" bandwidth --sizes 1G --reps 7 --json-out "$OUT/bandwidth-1G-$n.json" ;;
+        big)
+            run 4 bandwidth --sizes 512M,2G,4G --reps 5 \
+                --competitors hpckpt,hpckpt-nocrc,mpiio,posix,torch-dcp \
+                --json-out "$OUT/bandwidth-big-4.json" ;;
+        sweep)
+            run 4 bandwidth --sizes 1M,16M,64M,256M --reps 5 --json-out "$OUT/bandwidth-sweep-4.json" ;;
+        cold)
+            run 4 bandwidth --sizes 1G --reps 5 --cold --json-out "$OUT/bandwidth-1G-4-cold.json" ;;
+        2d)
+            run 4 bandwidth --sizes 1G --reps 5 --mesh 2d --json-out "$OUT/bandwidth-1G-4-2d.json" ;;
+        small)
+            run 4 small --counts 100,2000,20000 --reps 3 --json-out "$OUT/small-4.json" ;;
+        reshard)
+            run 4 reshard --sizes 256M --reps 5 --json-out "$OUT/reshard-256M-4.json" ;;
+        async)
+            run 4 async --sizes 1G --reps 7 --json-out "$OUT/async-1G-4.json" ;;
+        plot)
+            "$PY" -m benchmarks plot "$OUT"/bandwidth-1G-{1,2,4,8}.json "$OUT/bandwidth-sweep-4.json" \
+                "$OUT/bandwidth-big-4.json" --size 1G --ranks 4 -o "$OUT/bandwidth.png" | tee -a "$LOG" ;;
+    esac
+done
