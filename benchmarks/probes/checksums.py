@@ -1,0 +1,68 @@
+"""Throughput of the checksum candidates on this machine (one process, no MPI).
+
+    python -m benchmarks.probes.checksums [--size 256M] [--reps 5]
+
+Times zlib's CRC-32, CRC-32C (``crc32c`` package) and, when installed, xxHash
+(``xxhash``: XXH3-64, XXH64) over the same random buffer, alternating them in
+each repetition; prints the best and median GiB/s. hpckpt checksums every slice
+it writes and verifies every slice it reads, so the fastest one is its choice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import zlib
+from collections.abc import Callable
+
+import numpy as np
+
+from ..util import parse_size
+
+
+def candidates() -> dict[str, Callable[[memoryview], int]]:
+    """The checksum functions that import here."""
+    out: dict[str, Callable[[memoryview], int]] = {"zlib.crc32": zlib.crc32}
+    try:
+        import crc32c
+
+        out["crc32c"] = crc32c.crc32c
+    except ImportError:
+        pass
+    try:
+        import xxhash
+
+        out["xxh3_64"] = xxhash.xxh3_64_intdigest
+        out["xxh64"] = xxhash.xxh64_intdigest
+    except ImportError:
+        pass
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the probe; print one line per candidate."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", type=parse_size, default=parse_size("256M"))
+    p.add_argument("--reps", type=int, default=5)
+    args = p.parse_args(argv)
+    buf = np.random.default_rng(0).integers(0, 256, args.size, dtype=np.uint8)
+    fns = candidates()
+    times: dict[str, list[float]] = {n: [] for n in fns}
+    names = list(fns)
+    for rep in range(args.reps + 1):
+        for n in names[rep % len(names) :] + names[: rep % len(names)]:
+            t = time.perf_counter()
+            fns[n](buf)
+            if rep:  # the first round warms up
+                times[n].append(time.perf_counter() - t)
+    gib = args.size / 2**30
+    print(f"{args.size >> 20} MiB buffer, {args.reps} reps")
+    for n, ts in sorted(times.items(), key=lambda kv: min(kv[1])):
+        best, med = gib / min(ts), gib / statistics.median(ts)
+        print(f"  {n:11s} best {best:6.2f} GiB/s   median {med:6.2f} GiB/s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
