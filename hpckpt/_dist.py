@@ -105,15 +105,13 @@ def allgather_json(comm: MPI.Comm, obj: Any, deadline: Deadline | None = None) -
     return [_decode(out[d : d + c]) for d, c in zip(displs, counts, strict=True)]
 
 
-def gather_json(
-    comm: MPI.Comm, obj: Any, root: int = 0, deadline: Deadline | None = None
-) -> list[Any] | None:
-    """Gather a JSON-serializable object from every rank onto ``root`` (others get ``None``).
+def _gatherv(
+    comm: MPI.Comm, data: np.ndarray, root: int, deadline: Deadline
+) -> tuple[np.ndarray, list[int], list[int]] | None:
+    """Gather a 1-D array of any length from every rank onto ``root``.
 
-    Collective: call on all ranks.
+    Returns ``(concatenation, counts, displacements)`` on ``root``, ``None`` elsewhere.
     """
-    deadline = deadline or Deadline(None)
-    data = _encode(obj)
     is_root = comm.Get_rank() == root
     counts = np.empty(comm.Get_size(), dtype=np.int64) if is_root else None
     deadline.wait(comm.Igather(np.array([data.size], dtype=np.int64), counts, root=root), comm)
@@ -121,11 +119,24 @@ def gather_json(
         deadline.wait(comm.Igatherv(data, None, root=root), comm)
         return None
     assert counts is not None
-    displs = np.concatenate(([0], np.cumsum(counts)[:-1]))
-    out = np.empty(int(counts.sum()), dtype=np.uint8)
-    deadline.wait(
-        comm.Igatherv(data, [out, counts.tolist(), displs.tolist(), MPI.BYTE], root=root), comm
-    )
+    displs = np.concatenate(([0], np.cumsum(counts)[:-1])).tolist()
+    out = np.empty(int(counts.sum()), dtype=data.dtype)
+    mpitype = MPI.BYTE if data.dtype == np.uint8 else MPI.INT64_T
+    deadline.wait(comm.Igatherv(data, [out, counts.tolist(), displs, mpitype], root=root), comm)
+    return out, counts.tolist(), displs
+
+
+def gather_json(
+    comm: MPI.Comm, obj: Any, root: int = 0, deadline: Deadline | None = None
+) -> list[Any] | None:
+    """Gather a JSON-serializable object from every rank onto ``root`` (others get ``None``).
+
+    Collective: call on all ranks.
+    """
+    got = _gatherv(comm, _encode(obj), root, deadline or Deadline(None))
+    if got is None:
+        return None
+    out, counts, displs = got
     return [_decode(out[d : d + c]) for d, c in zip(displs, counts, strict=True)]
 
 
@@ -138,22 +149,9 @@ def gather_rows(
 
     Collective: call on all ranks.
     """
-    deadline = deadline or Deadline(None)
     rows = np.ascontiguousarray(rows, dtype=np.int64)
-    width = rows.shape[1]
-    is_root = comm.Get_rank() == root
-    counts = np.empty(comm.Get_size(), dtype=np.int64) if is_root else None
-    deadline.wait(comm.Igather(np.array([rows.size], dtype=np.int64), counts, root=root), comm)
-    if not is_root:
-        deadline.wait(comm.Igatherv(rows, None, root=root), comm)
-        return None
-    assert counts is not None
-    displs = np.concatenate(([0], np.cumsum(counts)[:-1]))
-    out = np.empty(int(counts.sum()), dtype=np.int64)
-    deadline.wait(
-        comm.Igatherv(rows, [out, counts.tolist(), displs.tolist(), MPI.INT64_T], root=root), comm
-    )
-    return out.reshape(-1, width)
+    got = _gatherv(comm, rows.reshape(-1), root, deadline or Deadline(None))
+    return None if got is None else got[0].reshape(-1, rows.shape[1])
 
 
 def bcast_json(comm: MPI.Comm, obj: Any, root: int = 0, deadline: Deadline | None = None) -> Any:
