@@ -158,3 +158,29 @@ def test_sieved_reads_fill_strided_pieces_exactly(tmp_path):
             assert all(a[1] == b[0] for a, b in itertools.pairwise(seen))
     assert _sievable(Piece(offset, g, (0, 0, 0), np.zeros((37, 8, 6))))  # half the rows: 2x
     assert not _sievable(Piece(offset, g, (0, 0, 0), np.zeros((37, 4, 6))))  # 4x: per run
+
+
+def test_stream_verifier_lean_path_for_small_requests():
+    """Requests below stream_min_bytes take the lean path: an exact saved slice, or
+    row blocks inside the request, are still checked, and a flipped byte is named."""
+    import pytest
+
+    from hpckpt.errors import CorruptCheckpointError
+    from hpckpt.io._verify import StreamVerifier
+
+    rng = np.random.default_rng(2)
+    data = rng.standard_normal((12, 5))
+    whole = _entry(data, [((0, 0), (12, 5))])
+    blocks = _entry(data, _row_blocks(data.shape, [4, 9]))
+    for entry in (whole, blocks):
+        StreamVerifier("crc32c", [(entry, (0, 0), data.copy())], stream_min_bytes=None).finish()
+        bad = data.copy()
+        bad[10, 4] = -bad[10, 4]
+        with pytest.raises(CorruptCheckpointError, match="checksum mismatch in tensor 't'"):
+            StreamVerifier("crc32c", [(entry, (0, 0), bad)], stream_min_bytes=1 << 20).finish()
+    # a request that is one of the row blocks: exact, the other blocks are not its concern
+    part = data[4:9].copy()
+    StreamVerifier("crc32c", [(blocks, (4, 0), part)], stream_min_bytes=None).finish()
+    part[0, 0] += 1
+    with pytest.raises(CorruptCheckpointError, match=r"slice start \[4, 0\]"):
+        StreamVerifier("crc32c", [(blocks, (4, 0), part)], stream_min_bytes=None).finish()

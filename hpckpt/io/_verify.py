@@ -90,40 +90,72 @@ class StreamVerifier:
     Args:
         algorithm: The index's checksum algorithm.
         requests: ``(entry, start, array)`` of every request (the array receives the read).
+        stream_min_bytes: Requests of at least this many bytes may be reported chunk
+            by chunk (:meth:`on_chunk`); smaller ones are checked in :meth:`finish`
+            only, on a lean path (thousands of small tensors). ``None``: none streams.
     """
 
     def __init__(
-        self, algorithm: str, requests: Sequence[tuple[TensorEntry, tuple[int, ...], np.ndarray]]
+        self,
+        algorithm: str,
+        requests: Sequence[tuple[TensorEntry, tuple[int, ...], np.ndarray]],
+        stream_min_bytes: int | None = 0,
     ) -> None:
         self.algorithm = algorithm
         self._fn = checksum_function(algorithm)
-        self._requests: dict[int, _Request] = {}
+        self._requests: dict[int, _Request] = {}  # streamable, by id(array)
+        self._exact: list[tuple[np.ndarray, int, TensorEntry, int]] = []  # checked at the end
+        self._general: list[_Request] = []  # small requests holding partial slices
         self._pool: ThreadPoolExecutor | None = None
         self._futures: list[Future] = []
+        big = float("inf") if stream_min_bytes is None else stream_min_bytes
+        exact = self._exact
         for entry, start, arr in requests:
             if not arr.size:
                 continue
-            r = _Request(entry, start, arr)
             shape = arr.shape
-            isz = arr.dtype.itemsize
-            lo0, hi0 = (start[0], start[0] + shape[0]) if shape else (0, 1)
-            for j, s in enumerate(entry.slices):
-                if s.start == start and s.shape == shape:  # the common case: a saved shard
-                    r.tracks.append(_Track(j, 0, arr.nbytes))
+            if arr.nbytes < big:
+                # lean path: the saved slice that is exactly this request, if any
+                partial = False
+                lo0, hi0 = (start[0], start[0] + shape[0]) if shape else (0, 1)
+                for j, s in enumerate(entry.slices):
+                    if s.start == start and s.shape == shape:
+                        exact.append((arr, s.checksum, entry, j))
+                    elif not shape or (lo0 <= s.start[0] and s.start[0] + s.shape[0] <= hi0):
+                        partial = True
+                if not partial:
                     continue
-                if shape and (s.start[0] < lo0 or s.start[0] + s.shape[0] > hi0):
-                    continue  # quick rejection on the first dimension
-                if not _contains(start, shape, s) or not math.prod(s.shape):
-                    continue
-                rel = tuple(b - a for a, b in zip(start, s.start, strict=True))
-                lin = contiguous_offset(shape, rel, s.shape)
-                if lin is None:
-                    r.strided.append(j)
-                else:
-                    lo = lin * isz
-                    r.tracks.append(_Track(j, lo, lo + math.prod(s.shape) * isz))
-            if r.tracks or r.strided:
-                self._requests[id(arr)] = r
+            r = self._plan(entry, start, arr)
+            if arr.nbytes >= big:
+                if r.tracks or r.strided:
+                    self._requests[id(arr)] = r
+            elif r.tracks or r.strided:
+                r.tracks = [t for t in r.tracks if (t.lo, t.hi) != (0, arr.nbytes)]  # in exact
+                self._general.append(r)
+
+    @staticmethod
+    def _plan(entry: TensorEntry, start: tuple[int, ...], arr: np.ndarray) -> _Request:
+        """Every saved slice inside the request: byte ranges where contiguous."""
+        r = _Request(entry, start, arr)
+        shape = arr.shape
+        isz = arr.dtype.itemsize
+        lo0, hi0 = (start[0], start[0] + shape[0]) if shape else (0, 1)
+        for j, s in enumerate(entry.slices):
+            if s.start == start and s.shape == shape:  # the common case: a saved shard
+                r.tracks.append(_Track(j, 0, arr.nbytes))
+                continue
+            if shape and (s.start[0] < lo0 or s.start[0] + s.shape[0] > hi0):
+                continue  # quick rejection on the first dimension
+            if not _contains(start, shape, s) or not math.prod(s.shape):
+                continue
+            rel = tuple(b - a for a, b in zip(start, s.start, strict=True))
+            lin = contiguous_offset(shape, rel, s.shape)
+            if lin is None:
+                r.strided.append(j)
+            else:
+                lo = lin * isz
+                r.tracks.append(_Track(j, lo, lo + math.prod(s.shape) * isz))
+        return r
 
     def on_chunk(self, piece: Piece, lo: int, hi: int) -> None:
         """Bytes ``[lo, hi)`` of ``piece.array`` have been read: checksum them (async)."""
@@ -157,7 +189,10 @@ class StreamVerifier:
                 self._pool.shutdown(wait=True)
                 self._pool = None
         fn = self._fn
-        for r in self._requests.values():
+        for arr, crc, e, j in self._exact:
+            if fn(arr) != crc:
+                raise _mismatch(e, e.slices[j])
+        for r in [*self._requests.values(), *self._general]:
             e = r.entry
             buf = r.array.reshape(-1).view(np.uint8)
             for t in r.tracks:

@@ -178,6 +178,7 @@ def _move(
     options: CheckpointOptions,
     *,
     write: bool,
+    deadline: Deadline,
     on_chunk: Callable[[Piece, int, int], None] | None = None,
 ) -> None:
     """Move this rank's pieces: large contiguous runs directly, the rest with MPI-IO.
@@ -189,16 +190,24 @@ def _move(
     where two-phase aggregation would only add copies. Writes are synced (MPI-IO
     ``Sync``, ``fsync``) before this returns; reads of direct pieces report their
     chunks to ``on_chunk`` as they arrive. The first error is raised after this
-    rank has made every collective call.
+    rank has made every collective call. When no rank has a piece for MPI-IO (all
+    big and contiguous), the file is not opened with MPI-IO at all.
 
     Collective: call on all ranks.
     """
-    if not options.collective:
-        posix_io(path, pieces, write=write, on_chunk=on_chunk)
+    direct, aggregated = (
+        split_direct(pieces, options.direct_io_threshold, write=write)
+        if options.collective
+        else (pieces, [])
+    )
+    flag = np.array([1 if aggregated else 0], dtype=np.int32)
+    anyone = np.zeros(1, dtype=np.int32)
+    deadline.wait(comm.Iallreduce(flag, anyone, op=MPI.MAX), comm)
+    if not anyone[0]:
+        posix_io(path, direct, write=write, on_chunk=on_chunk)
         if write:
             _faults.point("mid_data", comm.Get_rank())
         return
-    direct, aggregated = split_direct(pieces, options.direct_io_threshold, write=write)
     exc: BaseException | None = None
     with open_file(
         comm, path, MPI.MODE_WRONLY if write else MPI.MODE_RDONLY, options.mpi_info
@@ -340,7 +349,7 @@ def _write_and_commit(
     except Exception as e:
         exc, pieces = e, []
     try:
-        _move(comm, data_path, pieces, options, write=True)
+        _move(comm, data_path, pieces, options, write=True, deadline=deadline)
         _faults.point("after_data", rank)
     except Exception as e:
         exc = exc or e
@@ -546,6 +555,7 @@ def read_tensors(
         verifier = StreamVerifier(
             index.checksum,
             [(r.entry, r.start, a) for r, a in zip(requests, arrays, strict=True)],
+            stream_min_bytes=options.direct_io_threshold if options.collective else 0,
         )
     try:
         _move(
@@ -554,6 +564,7 @@ def read_tensors(
             pieces,
             options,
             write=False,
+            deadline=deadline,
             on_chunk=verifier.on_chunk if verifier is not None else None,
         )
     except MPI.Exception as e:
