@@ -59,7 +59,7 @@ class CheckpointOptions:
     verify_checksums: bool = True
     timeout: float | None = None
     restore_in_place: bool = field(default=True, kw_only=True)
-    direct_io_threshold: int | None = field(default=4 << 20, kw_only=True)
+    direct_io_threshold: int | None = field(default=1 << 20, kw_only=True)
     alignment: int = field(default=1 << 20, kw_only=True)
     alignment_threshold: int = field(default=1 << 20, kw_only=True)
     async_memory_budget: int | None = field(default=None, kw_only=True)

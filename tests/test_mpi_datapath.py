@@ -318,7 +318,7 @@ def test_io_paths_read_each_others_checkpoints(shared_dir, writer):
 
 
 def test_direct_io_of_large_pieces_roundtrip(shared_dir):
-    """Pieces above the default direct-IO threshold (4 MiB) beside small ones."""
+    """Pieces above the default direct-IO threshold (1 MiB) beside small ones."""
     comm = MPI.COMM_WORLD
     mesh = hpckpt.create_mesh()
     rng = np.random.default_rng(comm.size)
