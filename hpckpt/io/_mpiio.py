@@ -13,6 +13,7 @@ collective call for many datasets. All ranks make the same number of calls
 from __future__ import annotations
 
 import itertools
+import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -210,7 +211,12 @@ def _round_types(pieces: list[Piece], cache: _TypeCache) -> tuple[MPI.Datatype, 
 
 
 def _runs(p: Piece) -> list[tuple[int, np.ndarray]]:
-    """``(file offset, contiguous memory view)`` of every contiguous run of a piece."""
+    """``(file offset, contiguous memory view)`` of every contiguous run of a piece.
+
+    The runs are consecutive slices of the piece's (C-contiguous) memory, in
+    ascending file order; their offsets are computed with numpy, so that a
+    strided piece of many thousand rows costs microseconds, not a Python loop.
+    """
     first = _file_run(p)
     a = p.array
     if first is not None:
@@ -220,18 +226,18 @@ def _runs(p: Piece) -> list[tuple[int, np.ndarray]]:
     k = len(g) - 1
     while k > 0 and shape[k] == g[k]:
         k -= 1
-    # dims [0, k] vary; within dim k each index gives a run of shape[k+1:] (full)
+    # dims [0, k) vary; each index gives a run of shape[k:] (full after dim k)
     isz = a.dtype.itemsize
     strides = [isz] * len(g)
     for i in range(len(g) - 2, -1, -1):
         strides[i] = strides[i + 1] * g[i + 1]
-    out = []
-    for idx in np.ndindex(*shape[:k]):
-        base = p.offset + sum((start[i] + idx[i]) * strides[i] for i in range(k))
-        row = a[idx]  # shape[k:], C-contiguous rows
-        off = base + start[k] * strides[k]
-        out.append((off, row.reshape(-1)))
-    return out
+    offsets = np.full((1,), p.offset + start[k] * strides[k], dtype=np.int64)
+    for i in range(k):
+        along = (start[i] + np.arange(shape[i], dtype=np.int64)) * strides[i]
+        offsets = (offsets[:, None] + along[None, :]).reshape(-1)
+    n = math.prod(shape[k:])
+    flat = a.reshape(-1)
+    return [(off, flat[j * n : (j + 1) * n]) for j, off in enumerate(offsets.tolist())]
 
 
 def posix_io(
