@@ -247,15 +247,17 @@ def posix_io(
     write: bool,
     chunk_bytes: int | None = None,
     on_chunk: Callable[[Piece, int, int], None] | None = None,
+    fsync: bool = True,
 ) -> None:
     """Independent IO of this rank's pieces with ``pwrite``/``preadv`` at their offsets.
 
-    Not collective: each rank moves its own bytes (the file already exists). Writes
-    are fsynced before returning. Reads of a piece that is one contiguous run of
-    the file go in chunks of ``chunk_bytes`` (default ``READ_CHUNK_BYTES``), reads
-    of a sievable strided piece in spans (``_sieved_read``); after each,
-    ``on_chunk(piece, lo, hi)`` is told that bytes ``[lo, hi)`` of ``piece.array``
-    have arrived (so they can be checksummed while the next ones are read).
+    Not collective: each rank moves its own bytes (the file already exists).
+    Writes are fsynced before returning (unless ``fsync`` is False: the caller
+    syncs). Reads of a piece that is one contiguous run of the file go in chunks
+    of ``chunk_bytes`` (default ``READ_CHUNK_BYTES``), reads of a sievable strided
+    piece in spans (``_sieved_read``); after each, ``on_chunk(piece, lo, hi)`` is
+    told that bytes ``[lo, hi)`` of ``piece.array`` have arrived (so that they can
+    be checksummed while the next ones are read).
     """
     fd = os.open(path, os.O_WRONLY if write else os.O_RDONLY)
     try:
@@ -275,7 +277,7 @@ def posix_io(
                     _transfer(fd, view[lo:hi], off + lo, write)
                     if streamed:
                         on_chunk(p, lo, hi)  # type: ignore[misc]
-        if write:
+        if write and fsync:
             os.fsync(fd)
     finally:
         os.close(fd)

@@ -180,18 +180,21 @@ def _move(
     write: bool,
     deadline: Deadline,
     on_chunk: Callable[[Piece, int, int], None] | None = None,
+    on_written: Callable[[], None] | None = None,
 ) -> None:
     """Move this rank's pieces: large contiguous runs directly, the rest with MPI-IO.
 
     With ``options.collective`` every rank opens the file with MPI-IO and makes the
-    same collective calls (with empty selections where it has nothing), for the
-    pieces below ``options.direct_io_threshold``; larger pieces that are one
-    contiguous run of the file are moved by their rank with ``pwrite``/``preadv``,
-    where two-phase aggregation would only add copies. Writes are synced (MPI-IO
-    ``Sync``, ``fsync``) before this returns; reads of direct pieces report their
-    chunks to ``on_chunk`` as they arrive. The first error is raised after this
-    rank has made every collective call. When no rank has a piece for MPI-IO (all
-    big and contiguous), the file is not opened with MPI-IO at all.
+    same collective calls (with empty selections where it has nothing) for the
+    pieces that ``split_direct`` leaves to MPI-IO; the others (at least
+    ``options.direct_io_threshold`` bytes, contiguous, or for reads sievable) are
+    moved by their rank with ``pwrite``/``preadv``, where two-phase aggregation
+    would only add copies. When no rank has a piece for MPI-IO, the file is not
+    opened with MPI-IO at all. Writes are synced (MPI-IO ``Sync``, ``fsync``) before
+    this returns; ``on_written()`` is called between the writes and the sync (to
+    checksum the pieces while the disk flushes them). Reads of direct pieces report
+    their chunks to ``on_chunk`` as they arrive. The first error is raised after
+    this rank has made every collective call.
 
     Collective: call on all ranks.
     """
@@ -204,9 +207,12 @@ def _move(
     anyone = np.zeros(1, dtype=np.int32)
     deadline.wait(comm.Iallreduce(flag, anyone, op=MPI.MAX), comm)
     if not anyone[0]:
-        posix_io(path, direct, write=write, on_chunk=on_chunk)
+        posix_io(path, direct, write=write, on_chunk=on_chunk, fsync=False)
         if write:
             _faults.point("mid_data", comm.Get_rank())
+            if on_written is not None:
+                on_written()
+            _fsutil.fsync_path(path)
         return
     exc: BaseException | None = None
     with open_file(
@@ -220,11 +226,18 @@ def _move(
             exc = e
         if exc is None and direct:
             try:
-                posix_io(path, direct, write=write, on_chunk=on_chunk)
+                posix_io(path, direct, write=write, on_chunk=on_chunk, fsync=False)
             except Exception as e:
                 exc = e
         if write:
+            if exc is None and on_written is not None:
+                on_written()
             fh.Sync()
+            if exc is None and direct:
+                try:
+                    _fsutil.fsync_path(path)
+                except Exception as e:
+                    exc = e
     if exc is not None:
         raise exc
 
@@ -285,11 +298,11 @@ def write_checkpoint(
     """
     what = f"write of checkpoint {prefix!r}"
     own = [(i, tuple(start), a) for i, t in enumerate(tensors) for start, a in t.pieces if a.size]
-    # The checksums need no file: they run while rank 0 creates it.
+    # The checksums run in a worker thread while the written pages are flushed to disk:
+    # the sync is waiting on the device, the CRC on the CPU.
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hpckpt-crc")
-    crcs = pool.submit(_checksums, own)
     try:
-        return _write_and_commit(comm, prefix, tensors, own, crcs, graph, options, deadline, what)
+        return _write_and_commit(comm, prefix, tensors, own, pool, graph, options, deadline, what)
     finally:
         pool.shutdown(wait=True)
 
@@ -299,7 +312,7 @@ def _write_and_commit(
     prefix: str,
     tensors: Sequence[SaveTensor],
     own: list[tuple[int, tuple[int, ...], np.ndarray]],
-    crcs: Future,
+    pool: ThreadPoolExecutor,
     graph: dict | None,
     options: CheckpointOptions,
     deadline: Deadline,
@@ -348,8 +361,17 @@ def _write_and_commit(
             pieces.append(Piece(off, tensors[i].shape, start, a))
     except Exception as e:
         exc, pieces = e, []
+    crcs: list[Future] = []
     try:
-        _move(comm, data_path, pieces, options, write=True, deadline=deadline)
+        _move(
+            comm,
+            data_path,
+            pieces,
+            options,
+            write=True,
+            deadline=deadline,
+            on_written=lambda: crcs.append(pool.submit(_checksums, own)),
+        )
         _faults.point("after_data", rank)
     except Exception as e:
         exc = exc or e
@@ -357,7 +379,7 @@ def _write_and_commit(
     rows = np.zeros((0, 2 + 2 * width), dtype=np.int64)
     try:
         if exc is None:
-            rows = _slice_rows(crcs.result(), width)
+            rows = _slice_rows(crcs[0].result() if crcs else _checksums(own), width)
     except Exception as e:
         exc = e
 
