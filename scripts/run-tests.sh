@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole test suite: serial tests, then MPI tests on 2, 3 and 4 ranks.
+# The whole test suite: serial tests, the object tests on 1 rank, then MPI tests on 2, 3 and 4 ranks.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -28,6 +28,9 @@ run() {
 }
 
 run "serial tests" "$PY" -m pytest -q -p no:cacheprovider --color=no --timeout=300 -m "not mpi" tests
+# The object-graph, manager and reader tests also on a single rank (a job of one).
+run "MPI object tests on 1 rank" timeout 900 mpirun -n 1 \
+    "$PY" -m mpi4py -m pytest --with-mpi -q -p no:cacheprovider --color=no --timeout=240 --timeout-method=thread -m mpi tests/test_mpi_objects.py
 for n in 2 3 4; do
     run "MPI tests on $n ranks" timeout 900 mpirun --oversubscribe -n "$n" \
         "$PY" -m mpi4py -m pytest --with-mpi -q -p no:cacheprovider --color=no --timeout=240 --timeout-method=thread -m mpi tests

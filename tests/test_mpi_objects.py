@@ -18,7 +18,7 @@ import hpckpt
 from hpckpt import Layout
 from hpckpt.io._fsutil import wait_removals
 
-pytestmark = pytest.mark.mpi(min_size=2)
+pytestmark = pytest.mark.mpi(min_size=1)
 
 
 def mesh1d(name="x"):
@@ -447,6 +447,7 @@ def test_list_and_dict_subclasses_keep_their_behaviour():
         m.bad = collections.defaultdict(list, {"v": V(1.0)})
 
 
+@pytest.mark.mpi(min_size=2)
 def test_python_state_objects_must_match_across_ranks(shared_dir):
     comm = MPI.COMM_WORLD
     ck = hpckpt.Checkpoint(v=V(1.0))
@@ -456,6 +457,7 @@ def test_python_state_objects_must_match_across_ranks(shared_dir):
         ck.write(os.path.join(shared_dir, "ps"))
 
 
+@pytest.mark.mpi(min_size=2)
 def test_optimizer_on_a_sub_mesh(shared_dir):
     comm = MPI.COMM_WORLD
     sub = comm.Split(0 if comm.rank < 2 else MPI.UNDEFINED, comm.rank)
