@@ -8,37 +8,12 @@ from typing import Any
 
 __all__ = ["add_parser", "run"]
 
-_COLUMNS = {
-    "bandwidth": [
-        ("ranks", "ranks"),
-        ("size", "size"),
-        ("op", "op"),
-        ("competitor", "competitor"),
-        ("median_s", "median s"),
-        ("min_s", "min s"),
-        ("gib_s", "GiB/s"),
-        ("ratio", "time / raw"),
-    ],
-    "small": [
-        ("ranks", "ranks"),
-        ("nvars", "tensors"),
-        ("size", "size"),
-        ("op", "op"),
-        ("competitor", "competitor"),
-        ("median_s", "median s"),
-        ("ms_per_var", "ms / tensor"),
-        ("ratio", "time / fastest"),
-    ],
-    "reshard": [
-        ("ranks", "ranks"),
-        ("size", "size"),
-        ("competitor", "restore"),
-        ("median_s", "median s"),
-        ("min_s", "min s"),
-        ("gib_s", "GiB/s"),
-        ("ratio", "time / same"),
-    ],
-}
+def _columns(suite: str) -> list[tuple[str, str]]:
+    """The suite's own table columns, with the rank count first."""
+    from . import async_save, bandwidth, reshard, small
+
+    module = {"bandwidth": bandwidth, "small": small, "reshard": reshard, "async": async_save}
+    return [("ranks", "ranks"), *module.get(suite, bandwidth).COLUMNS]
 
 
 def add_parser(sub: Any) -> None:
@@ -46,7 +21,7 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "table",
         help="print Markdown tables from JSON result files",
-        description="Print one Markdown table per result file (bandwidth, small, reshard).",
+        description="Print one Markdown table per result file (bandwidth, small, reshard, async).",
     )
     p.add_argument("inputs", nargs="+", metavar="JSON", help="result files")
     p.set_defaults(func=run)
@@ -64,7 +39,5 @@ def run(args: argparse.Namespace) -> int:
             m = d.get("machine", {})
             print(f"\n{path}: {d.get('suite')} on {m.get('ranks')} ranks, {m.get('date')}")
             print(f"command: {d.get('command')}\n")
-            markdown_table(
-                d.get("results", []), _COLUMNS.get(d.get("suite", ""), _COLUMNS["bandwidth"])
-            )
+            markdown_table(d.get("results", []), _columns(d.get("suite", "")))
     return 0
