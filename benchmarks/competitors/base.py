@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from ..context import RunContext
-from ..util import drop_cache
+from ..util import drop_cache, remove_paths
 from ..workload import Tensor, Workload
 
-__all__ = ["Competitor"]
+__all__ = ["Competitor", "SingleFileCompetitor"]
 
 
 class Competitor:
@@ -84,3 +86,25 @@ class Competitor:
     def restore(self) -> None:
         """Restore the workload into existing memory."""
         raise NotImplementedError
+
+
+class SingleFileCompetitor(Competitor):
+    """A competitor whose ranks share one file ``<run dir>/<name>/<filename>``.
+
+    Rank 0 removes it before each timed save; rank 0 evicts it before a cold read.
+
+    Collective: construct on all ranks (it creates the directory).
+    """
+
+    def __init__(self, ctx: RunContext, workload: Workload, filename: str) -> None:
+        super().__init__(ctx, workload)
+        self.dir = ctx.makedirs(self.name)
+        self.file = os.path.join(self.dir, filename)
+
+    def prepare_save(self) -> None:
+        if self.ctx.rank == 0:
+            remove_paths([self.file])
+        self.ctx.comm.Barrier()
+
+    def files(self) -> list[str]:
+        return [self.file] if self.ctx.rank == 0 else []

@@ -15,9 +15,9 @@ import h5py
 import numpy as np
 
 from ..context import RunContext
-from ..util import fsync_dir, fsync_path, remove_paths
+from ..util import fsync_dir, fsync_path
 from ..workload import Workload
-from .base import Competitor
+from .base import Competitor, SingleFileCompetitor
 
 __all__ = ["H5pyCompetitor", "H5pyReader"]
 
@@ -37,7 +37,7 @@ def _empty_io(ds: h5py.Dataset, dxpl: h5py.h5p.PropDXID, write: bool) -> None:
     (ds.id.write if write else ds.id.read)(mspace, fspace, buf, dxpl=dxpl)
 
 
-class H5pyCompetitor(Competitor):
+class H5pyCompetitor(SingleFileCompetitor):
     """``h5py.File(driver="mpio")``, ``create_dataset`` per tensor, collective hyperslab IO.
 
     The save calls ``File.flush()`` (``MPI_File_sync`` on every rank) before
@@ -49,18 +49,8 @@ class H5pyCompetitor(Competitor):
     name = "h5py"
 
     def __init__(self, ctx: RunContext, workload: Workload) -> None:
-        super().__init__(ctx, workload)
-        self.dir = ctx.makedirs(self.name)
-        self.file = os.path.join(self.dir, "data.h5")
+        super().__init__(ctx, workload, "data.h5")
         self.datasets = {t.name: t.name for t in workload.tensors}
-
-    def prepare_save(self) -> None:
-        if self.ctx.rank == 0:
-            remove_paths([self.file])
-        self.ctx.comm.Barrier()
-
-    def files(self) -> list[str]:
-        return [self.file] if self.ctx.rank == 0 else []
 
     def save(self) -> None:
         dxpl = _collective_dxpl()

@@ -18,9 +18,9 @@ import numpy as np
 from mpi4py import MPI
 
 from ..context import RunContext
-from ..util import align_up, fsync_dir, pread_into, pwrite_all, remove_paths
+from ..util import align_up, fsync_dir, pread_into, pwrite_all
 from ..workload import Tensor, Workload
-from .base import Competitor
+from .base import SingleFileCompetitor
 
 __all__ = ["MpiioCompetitor", "PosixCompetitor", "RawPlan"]
 
@@ -80,7 +80,20 @@ def _info(hints: dict[str, str]) -> MPI.Info:
     return info
 
 
-class MpiioCompetitor(Competitor):
+class _RawFileCompetitor(SingleFileCompetitor):
+    """A raw competitor: each rank moves the blocks of a :class:`RawPlan` in ``data.bin``."""
+
+    restores_written_rows_only = True
+
+    def __init__(self, ctx: RunContext, workload: Workload, plan: RawPlan) -> None:
+        super().__init__(ctx, workload, "data.bin")
+        self.plan = plan
+
+    def restored(self, t: Tensor) -> np.ndarray:
+        return _written_rows(t)
+
+
+class MpiioCompetitor(_RawFileCompetitor):
     """Collective ``MPI.File.Write_at_all`` / ``Read_at_all`` into one fresh shared file.
 
     The save opens with ``MODE_CREATE``, writes every block, calls
@@ -89,25 +102,10 @@ class MpiioCompetitor(Competitor):
     """
 
     name = "mpiio"
-    restores_written_rows_only = True
 
     def __init__(self, ctx: RunContext, workload: Workload, plan: RawPlan) -> None:
-        super().__init__(ctx, workload)
-        self.plan = plan
-        self.dir = ctx.makedirs(self.name)
-        self.file = os.path.join(self.dir, "data.bin")
+        super().__init__(ctx, workload, plan)
         self.empty = np.empty(0, dtype=np.uint8)
-
-    def prepare_save(self) -> None:
-        if self.ctx.rank == 0:
-            remove_paths([self.file])
-        self.ctx.comm.Barrier()
-
-    def files(self) -> list[str]:
-        return [self.file] if self.ctx.rank == 0 else []
-
-    def restored(self, t: Tensor) -> np.ndarray:
-        return _written_rows(t)
 
     def _open(self, mode: int) -> MPI.File:
         info = _info(self.ctx.mpi_info)
@@ -143,7 +141,7 @@ class MpiioCompetitor(Competitor):
         fh.Close()
 
 
-class PosixCompetitor(Competitor):
+class PosixCompetitor(_RawFileCompetitor):
     """Per-rank ``os.pwrite`` + ``fsync`` / ``os.preadv`` at the same offsets of one shared file.
 
     Rank 0 creates (truncates) the file; every rank opens it, writes its blocks
@@ -152,24 +150,6 @@ class PosixCompetitor(Competitor):
     """
 
     name = "posix"
-    restores_written_rows_only = True
-
-    def __init__(self, ctx: RunContext, workload: Workload, plan: RawPlan) -> None:
-        super().__init__(ctx, workload)
-        self.plan = plan
-        self.dir = ctx.makedirs(self.name)
-        self.file = os.path.join(self.dir, "data.bin")
-
-    def prepare_save(self) -> None:
-        if self.ctx.rank == 0:
-            remove_paths([self.file])
-        self.ctx.comm.Barrier()
-
-    def files(self) -> list[str]:
-        return [self.file] if self.ctx.rank == 0 else []
-
-    def restored(self, t: Tensor) -> np.ndarray:
-        return _written_rows(t)
 
     def save(self) -> None:
         comm = self.ctx.comm
