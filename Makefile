@@ -32,7 +32,7 @@ test: $(STAMP)
 	bash scripts/run-tests.sh
 
 lint: $(STAMP)
-	$(PY) -m ruff check hpckpt tests benchmarks slurm docs/examples
+	bash scripts/lint.sh
 
 bench: $(STAMP)
 	$(PY) -m benchmarks bandwidth

@@ -5,18 +5,17 @@ its slice of every tensor into one shared HDF5 file with collective MPI-IO, and
 rank 0 commits the object-graph index and the checkpoint state file.
 """
 
-__version__ = "0.1.0"
-
 from . import optimizers
+from ._version import __version__
 from .checkpoint import Checkpoint, CheckpointLoadStatus, DTensorCheckpoint
 from .errors import CheckpointError, CorruptCheckpointError, NotFoundError
 from .graph import Module, PythonState, Trackable
+from .io import latest_checkpoint
 from .layout import UNSHARDED, Layout
 from .manager import CheckpointManager
 from .mesh import Mesh, create_mesh
 from .options import CheckpointOptions
 from .reader import CheckpointReader, list_variables, load_checkpoint
-from .statefile import latest_checkpoint
 from .variable import Variable
 
 __all__ = [

@@ -1,8 +1,27 @@
-"""Error-agreeing collectives.
+"""Error-agreeing collectives: the only place where hpckpt calls MPI collectives.
 
-Every collective step of hpckpt runs through :func:`agree` so that a failure on
-any rank becomes the same exception on every rank instead of a hang. Messages
-between ranks are JSON over buffer-based MPI calls: nothing is pickled.
+Every collective step of hpckpt runs through this module: :func:`agree` and
+:func:`run_agreed` turn a failure on any rank into the same exception on every
+rank instead of a hang, and every wait is bounded by a :class:`Deadline`.
+
+What travels, and how (nothing is pickled: no call here uses mpi4py's lower-case,
+pickle-based methods):
+
+* :func:`allgather_json`, :func:`gather_json`, :func:`bcast_json`: JSON text as
+  bytes over ``Iallgatherv``/``Igatherv``/``Ibcast``;
+* :func:`bcast_bytes`: raw bytes (the index text);
+* :func:`gather_rows`: int64 rows (slice records and checksums);
+* :func:`allreduce_int`, :func:`all_true`, :func:`any_true`: one int64 or flag;
+* :func:`allreduce_max`: an int64 array (the Slurm helpers' decision flags);
+* :func:`allgatherv_array`: a numeric array's raw bytes (``Variable.numpy``);
+* agreement records: JSON bytes, point to point through rank 0 under a timeout.
+
+Outside this module, three kinds of collective call remain, each documented where
+it is made: communicator construction (``Create_cart`` in :mod:`hpckpt.mesh`,
+``Dup`` for the background writer), which MPI cannot bound; and collective
+MPI-IO (``File.Open``, ``Write_all``/``Read_all``, ``Sync``, ``Close``) in
+:mod:`hpckpt.io.mpiio`, which every rank enters only after an agreement here on
+the file to open.
 """
 
 from __future__ import annotations
@@ -20,7 +39,12 @@ from .errors import CheckpointError, CorruptCheckpointError, NotFoundError, Rank
 __all__ = [
     "Deadline",
     "agree",
+    "all_true",
     "allgather_json",
+    "allgatherv_array",
+    "allreduce_int",
+    "allreduce_max",
+    "any_true",
     "bcast_bytes",
     "bcast_json",
     "failure_record",
@@ -169,6 +193,72 @@ def bcast_json(comm: MPI.Comm, obj: Any, root: int = 0, deadline: Deadline | Non
     assert data is not None
     deadline.wait(comm.Ibcast(data, root=root), comm)
     return obj if is_root else _decode(data)
+
+
+def allreduce_int(
+    comm: MPI.Comm, value: int, op: MPI.Op = MPI.MAX, deadline: Deadline | None = None
+) -> int:
+    """Reduce one integer over all ranks (``op``: ``MPI.MAX``, ``MPI.MIN``, ``MPI.SUM``).
+
+    Collective: call on all ranks.
+    """
+    send = np.array([value], dtype=np.int64)
+    recv = np.zeros(1, dtype=np.int64)
+    (deadline or Deadline(None)).wait(comm.Iallreduce(send, recv, op=op), comm)
+    return int(recv[0])
+
+
+def allreduce_max(
+    comm: MPI.Comm, values: np.ndarray, deadline: Deadline | None = None
+) -> np.ndarray:
+    """The element-wise maximum of every rank's int64 ``values`` (flags: a logical or).
+
+    Collective: call on all ranks.
+    """
+    send = np.ascontiguousarray(values, dtype=np.int64)
+    recv = np.zeros_like(send)
+    (deadline or Deadline(None)).wait(comm.Iallreduce(send, recv, op=MPI.MAX), comm)
+    return recv
+
+
+def all_true(comm: MPI.Comm, flag: bool, deadline: Deadline | None = None) -> bool:
+    """Whether ``flag`` holds on every rank.
+
+    Collective: call on all ranks.
+    """
+    return allreduce_int(comm, 1 if flag else 0, MPI.MIN, deadline) == 1
+
+
+def any_true(comm: MPI.Comm, flag: bool, deadline: Deadline | None = None) -> bool:
+    """Whether ``flag`` holds on at least one rank.
+
+    Collective: call on all ranks.
+    """
+    return allreduce_int(comm, 1 if flag else 0, MPI.MAX, deadline) == 1
+
+
+def allgatherv_array(
+    comm: MPI.Comm, local: np.ndarray, counts: list[int], deadline: Deadline | None = None
+) -> np.ndarray:
+    """Concatenate every rank's 1-D array (``counts[r]`` elements on rank ``r``) on every rank.
+
+    Collective: call on all ranks.
+    """
+    local = np.ascontiguousarray(local).reshape(-1)
+    displs = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64).tolist()
+    out = np.empty(int(sum(counts)), dtype=local.dtype)
+    item = MPI.BYTE.Create_contiguous(local.dtype.itemsize).Commit()  # counts in elements
+    try:
+        (deadline or Deadline(None)).wait(
+            comm.Iallgatherv(
+                [local.view(np.uint8), local.size, item],
+                [out.view(np.uint8), list(counts), displs, item],
+            ),
+            comm,
+        )
+    finally:
+        item.Free()
+    return out
 
 
 def _failure_of(exc: BaseException | None) -> list[str] | None:

@@ -5,76 +5,27 @@ The counterpart of ``tf.train.CheckpointManager``.
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import time
 from collections.abc import Callable
 from typing import Any
 
-from . import _dist, _faults, io
+from . import _dist
 from ._dist import Deadline
-from ._lock import DirectoryLock
-from .checkpoint import Checkpoint
-from .io import _fsutil
+from .checkpoint import Checkpoint, core_of, update_state_file
+from .io import (
+    CheckpointState,
+    DirectoryLock,
+    checkpoint_exists,
+    delete_checkpoint_files,
+    read_state,
+    relative_to,
+    remove_orphans,
+)
 from .options import CheckpointOptions
-from .statefile import CheckpointState, read_state, relative_to, write_state
 from .variable import Variable
 
-__all__ = ["CheckpointManager", "delete_checkpoint_files", "remove_orphans"]
-
-
-def delete_checkpoint_files(prefix: str) -> None:
-    """Remove every file of checkpoint ``prefix``: the index first (uncommitting it), then data.
-
-    The data files go in the background (:func:`hpckpt.io._fsutil.remove_later`):
-    once the index is gone they are orphans that no reader looks at.
-    """
-    _fsutil.remove_quietly(io.index_path(prefix))
-    d = os.path.dirname(prefix) or "."
-    for name in io.own_data_files(prefix):
-        _fsutil.remove_later(os.path.join(d, name))
-
-
-def remove_orphans(directory: str, checkpoint_name: str) -> list[str]:
-    """Remove leftovers of crashed saves of ``{checkpoint_name}-N`` checkpoints.
-
-    Data files whose checkpoint has no index, or that its index does not name,
-    and temporary index/state files. Called by the writer (under its lock).
-    """
-    removed = []
-    try:
-        names = os.listdir(directory)
-    except FileNotFoundError:
-        return removed
-    pattern = re.compile(rf"^({re.escape(checkpoint_name)}-\d+)\.data-[0-9a-f]{{8,64}}\.h5$")
-    tmp = re.compile(
-        rf"^({re.escape(checkpoint_name)}-\d+\.index\.json|checkpoint)\.tmp-[0-9a-f]+$"
-    )
-    referenced: dict[str, str | None] = {}
-    for name in names:
-        m = pattern.match(name)
-        if m:
-            prefix = os.path.join(directory, m.group(1))
-            if prefix not in referenced:
-                referenced[prefix] = _named_data_file(prefix)
-            if referenced[prefix] != name:
-                _fsutil.remove_later(os.path.join(directory, name))
-                removed.append(name)
-        elif tmp.match(name):
-            _fsutil.remove_quietly(os.path.join(directory, name))
-            removed.append(name)
-    return removed
-
-
-def _named_data_file(prefix: str) -> str | None:
-    try:
-        with open(io.index_path(prefix), "rb") as f:
-            doc = json.loads(f.read())
-        name = doc["data_file"]["name"]
-        return name if isinstance(name, str) else None
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+__all__ = ["CheckpointManager"]
 
 
 def _as_int(value: Any, what: str) -> int:
@@ -102,6 +53,8 @@ class CheckpointManager:
         checkpoint_interval: Save only if at least this many steps passed since
             the last save (needs ``step_counter``).
         init_fn: Called by :meth:`restore_or_initialize` when there is nothing to restore.
+        clock: Seconds since the epoch for save times and ``keep_checkpoint_every_n_hours``
+            (default: ``time.time()``, looked up at each call); for tests and simulations.
 
     Raises:
         ValueError: A bad ``max_to_keep``, or ``checkpoint_interval`` without ``step_counter``.
@@ -120,6 +73,8 @@ class CheckpointManager:
         step_counter: Any = None,
         checkpoint_interval: int | None = None,
         init_fn: Callable[[], Any] | None = None,
+        *,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         if not isinstance(checkpoint, Checkpoint):
             raise TypeError(
@@ -156,19 +111,21 @@ class CheckpointManager:
         self._step_counter = step_counter
         self._interval = checkpoint_interval
         self._init_fn = init_fn
+        self._clock: Callable[[], float] = clock if clock is not None else (lambda: time.time())
         self._last_step: int | None = None
-        comm = checkpoint._hpckpt_comm
+        self._core = core_of(checkpoint)
+        comm = self._core.comm
 
         def load() -> dict | None:
             if comm.Get_rank() != 0:
                 return None
             state = read_state(self._directory)
             if state is None:
-                return {"checkpoints": [], "lpt": time.time()}
+                return {"checkpoints": [], "lpt": self._clock()}
             kept = [
                 [p, t]
                 for p, t in state.checkpoints
-                if io.checkpoint_exists(os.path.join(self._directory, p))
+                if checkpoint_exists(os.path.join(self._directory, p))
             ]
             return {"checkpoints": kept, "lpt": state.last_preserved_timestamp}
 
@@ -237,7 +194,7 @@ class CheckpointManager:
         )
         path = f"{self._prefix}-{number}"
         deadline = Deadline(options.timeout, f"manager save of {path!r}")
-        comm = self._checkpoint._hpckpt_comm
+        comm = self._core.comm
         lock = DirectoryLock(self._directory)
 
         def acquire() -> None:
@@ -261,7 +218,7 @@ class CheckpointManager:
         if self._step_counter is not None:
             self._last_step = _as_int(self._step_counter, "step_counter")
         try:
-            self._checkpoint._write(
+            self._core.write(
                 path,
                 options,
                 deadline,
@@ -275,7 +232,8 @@ class CheckpointManager:
         return path
 
     def _retain(self, path: str, deadline: Deadline, comm: Any) -> None:
-        now = time.time()
+        # rank 0's clock decides, so that every rank keeps the same list
+        now = float(_dist.bcast_json(comm, self._clock(), 0, deadline))
         kept = [(p, t) for p, t in self._kept if p != path] + [(path, now)]
         removed: list[str] = []
         last_preserved = self._last_preserved
@@ -287,23 +245,26 @@ class CheckpointManager:
                     continue
                 removed.append(p)
 
-        def commit_state() -> None:
-            if comm.Get_rank() != 0:
-                return
-            _faults.point("after_commit", 0)
-            state = CheckpointState(
+        def make_state(_: CheckpointState | None) -> CheckpointState:
+            return CheckpointState(
                 [(relative_to(self._directory, p), t) for p, t in kept],
                 relative_to(self._directory, path),
                 last_preserved,
             )
-            write_state(self._directory, state)
-            _faults.point("state", 0)
+
+        def remove_old() -> None:
             for p in removed:
                 delete_checkpoint_files(p)
             remove_orphans(self._directory, self._name)
 
-        _dist.run_agreed(
-            comm, f"retention and state file update for {path!r}", commit_state, deadline
+        update_state_file(
+            comm,
+            self._directory,
+            make_state,
+            deadline,
+            f"retention and state file update for {path!r}",
+            remove_old,
+            read_current=False,
         )
         self._kept = kept
         self._last_preserved = last_preserved

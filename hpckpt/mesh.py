@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import cast
 
 from mpi4py import MPI
 
@@ -61,7 +62,8 @@ class Mesh:
         _check_mesh_spec(dim_names, shape, comm.Get_size())
         self._dim_names: tuple[str, ...] = dim_names
         self._shape: tuple[int, ...] = shape
-        self._comm: MPI.Cartcomm = comm.Create_cart(
+        # Communicator construction: a collective MPI cannot bound (see hpckpt._dist).
+        self._comm: MPI.Cartcomm = cast(MPI.Intracomm, comm).Create_cart(
             dims=list(shape), periods=[False] * len(shape), reorder=False
         )
         self._coords: tuple[int, ...] = tuple(self._comm.Get_coords(self._comm.Get_rank()))

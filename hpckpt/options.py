@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["CheckpointOptions"]
+from .io.options import IOOptions
+
+__all__ = ["CheckpointOptions", "check_options", "io_options"]
 
 
 @dataclass(frozen=True)
@@ -89,3 +91,28 @@ class CheckpointOptions:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
+
+
+def io_options(options: CheckpointOptions) -> IOOptions:
+    """The storage layer's options for ``options``."""
+    return IOOptions(
+        collective=options.collective,
+        mpi_info=options.mpi_info,
+        verify_checksums=options.verify_checksums,
+        direct_io_threshold=options.direct_io_threshold,
+        alignment=options.alignment,
+        alignment_threshold=options.alignment_threshold,
+    )
+
+
+def check_options(options: CheckpointOptions | None) -> CheckpointOptions:
+    """``options``, or the defaults for ``None``.
+
+    Raises:
+        TypeError: ``options`` is not a :class:`CheckpointOptions`.
+    """
+    if options is None:
+        return CheckpointOptions()
+    if not isinstance(options, CheckpointOptions):
+        raise TypeError(f"options must be a CheckpointOptions, got {type(options).__name__}")
+    return options

@@ -10,10 +10,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import io
 from .errors import NotFoundError
-from .index import CheckpointIndex, TensorEntry
-from .statefile import latest_checkpoint
+from .io import (
+    CheckpointIndex,
+    TensorEntry,
+    latest_checkpoint,
+    load_index,
+    normalize_prefix,
+    read_tensor_serial,
+)
 
 __all__ = [
     "CheckpointReader",
@@ -36,7 +41,7 @@ def resolve_checkpoint(dir_or_path: str | os.PathLike) -> str:
         if latest is None:
             raise NotFoundError(f"no checkpoint in directory {p!r}")
         return latest
-    return io.normalize_prefix(p)
+    return normalize_prefix(p)
 
 
 @dataclass(frozen=True)
@@ -66,7 +71,7 @@ class CheckpointReader:
 
     def __init__(self, prefix: str) -> None:
         self._prefix = prefix
-        self._index: CheckpointIndex = io.load_index(prefix)[1]
+        self._index: CheckpointIndex = load_index(prefix)
 
     @property
     def prefix(self) -> str:
@@ -104,7 +109,7 @@ class CheckpointReader:
             CorruptCheckpointError: Its bytes fail their checksums.
         """
         e = self._entry(key)
-        return io.read_tensor_serial(self._prefix, self._index, e, verify=True)
+        return read_tensor_serial(self._prefix, self._index, e, verify=True)
 
     def tensor_info(self, key: str) -> TensorInfo:
         """Shape, dtype, layout and mesh at save of ``key``."""

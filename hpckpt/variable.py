@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 from mpi4py import MPI
 
+from ._dist import allgatherv_array
 from .layout import Layout
 from .mesh import default_mesh
 
@@ -170,16 +171,8 @@ class Variable:
         size = comm.Get_size()
         slices = [self._layout.slices_at(mesh.coords_of(r), self._shape) for r in range(size)]
         counts = [int(np.prod([s.stop - s.start for s in sl], dtype=np.int64)) for sl in slices]
-        displs = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64)
-        flat = np.empty(int(sum(counts)), dtype=self.dtype)
-        item = MPI.BYTE.Create_contiguous(self.dtype.itemsize).Commit()
-        try:
-            comm.Allgatherv(
-                [self._local.reshape(-1).view(np.uint8), counts[comm.Get_rank()], item],
-                [flat.view(np.uint8), counts, displs.tolist(), item],
-            )
-        finally:
-            item.Free()
+        flat = allgatherv_array(comm, self._local.reshape(-1), counts)
+        displs = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64).tolist()
         for sl, d, c in zip(slices, displs, counts, strict=True):
             out[sl] = flat[d : d + c].reshape([s.stop - s.start for s in sl])
         return out

@@ -27,6 +27,9 @@ run() {
     if [ "$rc" -ne 0 ]; then echo "!!! $label failed (exit $rc)"; status=1; fi
 }
 
+echo "=== lint (ruff, import-linter, mypy)"
+if bash scripts/lint.sh; then echo "lint: ok"; else echo "!!! lint failed"; status=1; fi
+
 run "serial tests" "$PY" -m pytest -q -p no:cacheprovider --color=no --timeout=300 -m "not mpi" tests
 # The object-graph, manager and reader tests also on a single rank (a job of one).
 run "MPI object tests on 1 rank" timeout 900 mpirun -n 1 \

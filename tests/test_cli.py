@@ -21,8 +21,8 @@ from mpi4py import MPI
 
 import hpckpt
 from hpckpt import UNSHARDED, Layout
-from hpckpt._cli_diff import compare_arrays
-from hpckpt._cli_progress import PROGRESS_THRESHOLD, Progress
+from hpckpt.cli.diff import compare_arrays
+from hpckpt.cli.progress import PROGRESS_THRESHOLD, Progress
 
 pytestmark = pytest.mark.skipif(
     MPI.COMM_WORLD.Get_size() > 1, reason="serial test: run without mpirun"

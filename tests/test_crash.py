@@ -10,36 +10,20 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
+from launch import mpi_env, mpirun_cmd, run_mpi
 
 import hpckpt
 
 PROGRAM = os.path.join(os.path.dirname(__file__), "programs", "crash.py")
-ENV = dict(
-    os.environ,
-    OMPI_ALLOW_RUN_AS_ROOT="1",
-    OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-    OMPI_MCA_btl="self,vader",
-)
+ENV = mpi_env()
 
 
 def mpirun(n, *args, timeout=90):
-    cmd = [
-        "mpirun",
-        "--oversubscribe",
-        "-n",
-        str(n),
-        sys.executable,
-        "-m",
-        "mpi4py",
-        PROGRAM,
-        *args,
-    ]
-    return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=timeout)
+    return run_mpi(n, PROGRAM, *args, timeout=timeout)
 
 
 ROOT_PHASES = {"before_commit", "after_commit", "state"}
@@ -99,19 +83,7 @@ def test_hang_is_bounded_by_timeout_and_named(tmp_path, n):
 def test_reader_never_sees_a_half_written_checkpoint(tmp_path):
     d = str(tmp_path)
     writer = subprocess.Popen(
-        [
-            "mpirun",
-            "--oversubscribe",
-            "-n",
-            "2",
-            sys.executable,
-            "-m",
-            "mpi4py",
-            PROGRAM,
-            "writer",
-            d,
-            "25",
-        ],
+        mpirun_cmd(2, PROGRAM, "writer", d, "25"),
         env=ENV,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -120,6 +92,7 @@ def test_reader_never_sees_a_half_written_checkpoint(tmp_path):
     seen, errors = set(), []
     try:
         while writer.poll() is None:
+            time.sleep(0.01)  # leave the writer's two ranks the machine's cores
             latest = hpckpt.latest_checkpoint(d)
             if latest is None:
                 continue

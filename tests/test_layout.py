@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mpi4py import MPI
 
 import hpckpt
@@ -91,3 +94,39 @@ def test_mesh_and_layout_on_self():
         hpckpt.Layout(["x", "x"], mesh)
     with pytest.raises(ValueError, match=r"shape \(4,\)"):
         lay.local_shape((4,))
+
+
+@st.composite
+def layouts(draw):
+    ndim_mesh = draw(st.integers(1, 3))
+    mesh_names = [f"m{i}" for i in range(ndim_mesh)]
+    mesh_shape = draw(st.lists(st.integers(1, 4), min_size=ndim_mesh, max_size=ndim_mesh))
+    ndim = draw(st.integers(0, 3))
+    shape = draw(st.lists(st.integers(0, 7), min_size=ndim, max_size=ndim))
+    free = list(mesh_names)
+    specs = []
+    for _ in range(ndim):
+        s = draw(st.sampled_from(["unsharded", *free]))
+        if s != "unsharded":
+            free.remove(s)
+        specs.append(s)
+    return tuple(shape), tuple(specs), tuple(mesh_names), tuple(mesh_shape)
+
+
+@settings(max_examples=300)
+@given(layouts())
+def test_any_layout_tiles_the_tensor_exactly_once_per_replica(case):
+    """Every element is held by exactly ``replicas`` ranks, each replica group tiles it once."""
+    shape, specs, names, mshape = case
+    count = np.zeros(shape, dtype=np.int64)
+    groups: dict[int, np.ndarray] = {}
+    for coords in itertools.product(*(range(n) for n in mshape)):
+        sl = shard_slices(shape, specs, names, mshape, coords)
+        count[sl] += 1
+        index, _ = replica_position(specs, names, mshape, coords)
+        g = groups.setdefault(index, np.zeros(shape, dtype=np.int64))
+        g[sl] += 1
+    unused = math.prod(n for name, n in zip(names, mshape, strict=True) if name not in specs)
+    assert (count == unused).all()
+    assert len(groups) == unused
+    assert all((g == 1).all() for g in groups.values())

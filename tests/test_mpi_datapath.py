@@ -13,7 +13,7 @@ from mpi4py import MPI
 
 import hpckpt
 from hpckpt import UNSHARDED, Layout
-from hpckpt.io._fsutil import wait_removals
+from hpckpt.io import wait_removals
 
 pytestmark = pytest.mark.mpi(min_size=2)
 

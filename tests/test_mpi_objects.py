@@ -16,7 +16,7 @@ from mpi4py import MPI
 
 import hpckpt
 from hpckpt import Layout
-from hpckpt.io._fsutil import wait_removals
+from hpckpt.io import wait_removals
 
 pytestmark = pytest.mark.mpi(min_size=1)
 
@@ -134,31 +134,51 @@ def test_moved_directory_still_resolves(shared_dir):
     assert all_ranks(np.array_equal(w.local, [1.0, 2.0]))
 
 
+class FakeClock:
+    """A clock the test moves by hand (the manager's injectable ``clock``)."""
+
+    def __init__(self, t: float = 1_000_000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
 def test_manager_interval_hours_and_init_fn(shared_dir):
     d = os.path.join(shared_dir, "iv")
     step = hpckpt.Variable(np.int64(0))
     ckpt = hpckpt.Checkpoint(step=step)
     called = []
+    clock = FakeClock()
     m = hpckpt.CheckpointManager(
         ckpt,
         d,
         max_to_keep=2,
         step_counter=step,
         checkpoint_interval=3,
-        keep_checkpoint_every_n_hours=1e-9,
+        keep_checkpoint_every_n_hours=1.0,
         init_fn=lambda: called.append(1),
+        clock=clock,
     )
     assert m.restore_or_initialize() is None and called == [1]
     saved = []
     for s in range(8):
         step.local[...] = s
+        clock.t += 1200.0  # 20 minutes per step: a save every hour
         p = m.save()
         if p is not None:
             saved.append(s)
     assert saved == [0, 3, 6]
-    # every-n-hours (tiny here) preserves the oldest on disk; like TF it is no longer managed
+    # ckpt-1 (saved 20 min after start) is less than an hour after the manager's start:
+    # deleted; ckpt-2 (80 min) would be preserved once it falls out of max_to_keep
     assert m.checkpoints == [os.path.join(d, "ckpt-2"), os.path.join(d, "ckpt-3")]
-    assert all_ranks(os.path.exists(os.path.join(d, "ckpt-1.index.json")))
+    assert all_ranks(not os.path.exists(os.path.join(d, "ckpt-1.index.json")))
+    step.local[...] = 9
+    clock.t += 3600.0
+    m.save()
+    # every-n-hours keeps ckpt-2 on disk; like TF it is no longer managed
+    assert m.checkpoints == [os.path.join(d, "ckpt-3"), os.path.join(d, "ckpt-4")]
+    assert all_ranks(os.path.exists(os.path.join(d, "ckpt-2.index.json")))
     with pytest.raises(ValueError, match="step_counter"):
         hpckpt.CheckpointManager(ckpt, d, max_to_keep=1, checkpoint_interval=2)
     with pytest.raises(ValueError, match="0"):

@@ -6,7 +6,7 @@ import itertools
 
 import numpy as np
 
-from hpckpt.io._mpiio import Piece, _file_run, split_piece
+from hpckpt.io.mpiio import Piece, _file_run, split_piece
 
 
 def brute_run(gshape, start, shape, itemsize, offset):
@@ -37,7 +37,7 @@ def test_split_piece_rows_cover_the_piece():
 
 
 def test_runs_cover_exactly_the_hyperslab():
-    from hpckpt.io._mpiio import _runs
+    from hpckpt.io.mpiio import _runs
 
     g = (4, 5, 6)
     rng = np.random.default_rng(0)
@@ -63,8 +63,8 @@ def _row_blocks(shape, cuts):
 
 
 def _entry(data, slices, algorithm="crc32c"):
-    from hpckpt._checksum import checksum
-    from hpckpt.index import SliceEntry, TensorEntry
+    from hpckpt.io.checksum import checksum
+    from hpckpt.io.index import SliceEntry, TensorEntry
 
     recs = tuple(
         SliceEntry(st, sh, checksum(data[tuple(map(slice, st, np.add(st, sh)))], algorithm))
@@ -79,7 +79,7 @@ def test_stream_verifier_checks_chunks_as_they_arrive():
     import pytest
 
     from hpckpt.errors import CorruptCheckpointError
-    from hpckpt.io._verify import StreamVerifier
+    from hpckpt.io.verify import StreamVerifier
 
     rng = np.random.default_rng(1)
     data = rng.standard_normal((37, 11))
@@ -107,7 +107,7 @@ def test_stream_verifier_falls_back_for_unstreamed_and_strided_slices():
     import pytest
 
     from hpckpt.errors import CorruptCheckpointError
-    from hpckpt.io._verify import StreamVerifier
+    from hpckpt.io.verify import StreamVerifier
 
     data = np.arange(8 * 6, dtype=np.int32).reshape(8, 6)
     cols = [((0, 0), (8, 3)), ((0, 3), (8, 3))]  # column blocks: strided in a row request
@@ -124,7 +124,7 @@ def test_stream_verifier_falls_back_for_unstreamed_and_strided_slices():
 def test_sieved_reads_fill_strided_pieces_exactly(tmp_path):
     """posix_io reads strided pieces through one preadv per span (gaps into scratch);
     the result equals the hyperslab, for pieces that qualify and pieces that do not."""
-    from hpckpt.io._mpiio import _sievable, posix_io
+    from hpckpt.io.mpiio import _sievable, posix_io
 
     rng = np.random.default_rng(3)
     g = (37, 16, 6)
@@ -166,7 +166,7 @@ def test_stream_verifier_lean_path_for_small_requests():
     import pytest
 
     from hpckpt.errors import CorruptCheckpointError
-    from hpckpt.io._verify import StreamVerifier
+    from hpckpt.io.verify import StreamVerifier
 
     rng = np.random.default_rng(2)
     data = rng.standard_normal((12, 5))

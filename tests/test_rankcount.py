@@ -4,36 +4,19 @@ other layouts, and is readable without any MPI launcher."""
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 
 import numpy as np
 import pytest
+from launch import run_mpi
 
 import hpckpt
 
 HERE = os.path.dirname(__file__)
-ENV = dict(
-    os.environ,
-    OMPI_ALLOW_RUN_AS_ROOT="1",
-    OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-    OMPI_MCA_btl="self,vader",
-)
 
 
 def mpirun(n, *args):
-    cmd = [
-        "mpirun",
-        "--oversubscribe",
-        "-n",
-        str(n),
-        sys.executable,
-        "-m",
-        "mpi4py",
-        os.path.join(HERE, "programs", "rankcount.py"),
-        *args,
-    ]
-    return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=120)
+    return run_mpi(n, os.path.join(HERE, "programs", "rankcount.py"), *args, timeout=120)
 
 
 @pytest.fixture(scope="module")

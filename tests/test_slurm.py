@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import pytest
+from launch import mpirun_cmd
 from mpi4py import MPI
 
 from hpckpt import slurm as hs
@@ -471,9 +472,10 @@ def test_requeue_runs_scontrol_and_reports():
     assert not r and "not in a Slurm job" in r.message
 
 
-def test_module_does_not_import_h5py():
-    src = (REPO / "hpckpt" / "slurm.py").read_text()
-    assert not re.search(r"^\s*(import|from)\s+h5py", src, re.M)
+def test_module_imports_neither_h5py_nor_the_io_layer():
+    for f in (REPO / "hpckpt" / "slurm").glob("*.py"):
+        src = f.read_text()
+        assert not re.search(r"^\s*(import|from)\s+(h5py|\.\.io|hpckpt\.io)", src, re.M), f
 
 
 # --- real runs ----------------------------------------------------------------------
@@ -490,17 +492,7 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 def mpirun(n: int, *args: str) -> list[str]:
-    return [
-        "mpirun",
-        "--oversubscribe",
-        "-n",
-        str(n),
-        sys.executable,
-        "-m",
-        "mpi4py",
-        str(TRAIN),
-        *args,
-    ]
+    return mpirun_cmd(n, str(TRAIN), *args)
 
 
 @pytest.fixture(scope="module")

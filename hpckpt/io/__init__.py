@@ -1,43 +1,183 @@
-"""The io layer: the only code that imports h5py.
+"""The storage layer: the only code that knows file names, formats and h5py.
 
-It creates and validates the HDF5 data files, moves slices with collective
-MPI-IO and implements the commit protocol.
+Modules:
+
+* :mod:`.paths` — file names and the rules built on them (leftovers, relative paths);
+* :mod:`.index`, :mod:`.statefile` — the index and the state file: (de)serialization
+  and validation (pure);
+* :mod:`.checksum` — slice checksums;
+* :mod:`.fsutil` — bounded reads, atomic replace, fsync, background removal;
+* :mod:`.hdf5` — creating and validating the HDF5 data file;
+* :mod:`.mpiio`, :mod:`.transfer` — moving pieces with MPI-IO or ``pwrite``/``preadv``;
+* :mod:`.verify` — checksum verification of what a read covers;
+* :mod:`.write`, :mod:`.read` — the collective write (commit protocol) and read paths;
+* :mod:`.load` — single-process loading (reader, command line);
+* :mod:`.cleanup`, :mod:`.lock` — removing old files, the directory's writer lock.
+
+The storage interface the layers above use is :class:`Storage` (one shared HDF5
+file per checkpoint: :data:`SHARED_FILE`). Call order, for every implementation:
+
+* collective (every rank of the communicator, in the same order):
+  :meth:`Storage.write`, :meth:`Storage.read_index`, :meth:`Storage.read`;
+* one process (no MPI; rank 0 inside a job): :func:`load_index`,
+  :func:`read_tensor_serial`, the state file (:func:`read_state`,
+  :func:`write_state`), :func:`delete_checkpoint_files`, :func:`remove_orphans`,
+  :class:`DirectoryLock`.
 """
 
-from ._mpiio import Piece, collective_io, open_file
-from .protocol import (
-    ReadRequest,
-    SaveTensor,
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+from mpi4py import MPI
+
+from .._dist import Deadline
+from .cleanup import delete_checkpoint_files, remove_orphans
+from .fsutil import wait_removals
+from .index import CheckpointIndex, SliceEntry, TensorEntry
+from .load import load_index, read_index_file, read_tensor_serial, verify_tensor
+from .lock import DirectoryLock
+from .options import IOOptions
+from .paths import (
     checkpoint_exists,
     data_file_path,
     index_path,
-    load_index,
-    load_index_bytes,
     normalize_prefix,
-    own_data_files,
-    read_index,
-    read_tensor_serial,
-    read_tensors,
-    verify_tensor,
-    write_checkpoint,
+    relative_to,
 )
+from .read import ReadRequest, read_index, read_tensors
+from .statefile import (
+    CheckpointState,
+    latest_checkpoint,
+    read_state,
+    resolve_latest,
+    write_state,
+)
+from .write import SaveTensor, write_checkpoint
 
 __all__ = [
-    "Piece",
+    "SHARED_FILE",
+    "CheckpointIndex",
+    "CheckpointState",
+    "DirectoryLock",
+    "IOOptions",
     "ReadRequest",
     "SaveTensor",
+    "SharedFileStorage",
+    "SliceEntry",
+    "Storage",
+    "TensorEntry",
     "checkpoint_exists",
-    "collective_io",
     "data_file_path",
+    "delete_checkpoint_files",
     "index_path",
+    "latest_checkpoint",
     "load_index",
-    "load_index_bytes",
     "normalize_prefix",
-    "open_file",
-    "own_data_files",
-    "read_index",
+    "read_index_file",
+    "read_state",
     "read_tensor_serial",
+    "relative_to",
+    "remove_orphans",
+    "resolve_latest",
     "verify_tensor",
-    "read_tensors",
-    "write_checkpoint",
+    "wait_removals",
+    "write_state",
 ]
+
+
+class Storage(Protocol):
+    """How checkpoints are written to and read from storage.
+
+    Every method is collective over ``comm``: all ranks call it, in the same order,
+    and it returns on every rank or raises the same error on every rank.
+    """
+
+    def write(
+        self,
+        comm: MPI.Comm,
+        prefix: str,
+        tensors: Sequence[SaveTensor],
+        *,
+        graph: dict[str, Any] | None,
+        options: IOOptions,
+        deadline: Deadline,
+    ) -> int:
+        """Write and commit checkpoint ``prefix``; returns the bytes written.
+
+        Collective: call on all ranks.
+        """
+        ...
+
+    def read_index(self, comm: MPI.Comm, prefix: str, deadline: Deadline) -> CheckpointIndex:
+        """Read and validate the index of ``prefix`` on every rank.
+
+        Collective: call on all ranks.
+        """
+        ...
+
+    def read(
+        self,
+        comm: MPI.Comm,
+        prefix: str,
+        index: CheckpointIndex,
+        requests: Sequence[ReadRequest],
+        *,
+        options: IOOptions,
+        deadline: Deadline,
+    ) -> list[np.ndarray]:
+        """Read each rank's requests (each rank its own), verify them, agree.
+
+        Collective: call on all ranks.
+        """
+        ...
+
+
+class SharedFileStorage:
+    """One shared HDF5 file per checkpoint plus its JSON index (the standard format)."""
+
+    def write(
+        self,
+        comm: MPI.Comm,
+        prefix: str,
+        tensors: Sequence[SaveTensor],
+        *,
+        graph: dict[str, Any] | None,
+        options: IOOptions,
+        deadline: Deadline,
+    ) -> int:
+        """See :meth:`Storage.write`.
+
+        Collective: call on all ranks.
+        """
+        return write_checkpoint(
+            comm, prefix, tensors, graph=graph, options=options, deadline=deadline
+        )
+
+    def read_index(self, comm: MPI.Comm, prefix: str, deadline: Deadline) -> CheckpointIndex:
+        """See :meth:`Storage.read_index`.
+
+        Collective: call on all ranks.
+        """
+        return read_index(comm, prefix, deadline)
+
+    def read(
+        self,
+        comm: MPI.Comm,
+        prefix: str,
+        index: CheckpointIndex,
+        requests: Sequence[ReadRequest],
+        *,
+        options: IOOptions,
+        deadline: Deadline,
+    ) -> list[np.ndarray]:
+        """See :meth:`Storage.read`.
+
+        Collective: call on all ranks.
+        """
+        return read_tensors(comm, prefix, index, requests, options=options, deadline=deadline)
+
+
+SHARED_FILE: Storage = SharedFileStorage()

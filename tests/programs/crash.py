@@ -15,7 +15,7 @@ from mpi4py import MPI
 
 import hpckpt
 from hpckpt import Layout, _faults
-from hpckpt.io._fsutil import wait_removals
+from hpckpt.io import wait_removals
 
 comm = MPI.COMM_WORLD
 

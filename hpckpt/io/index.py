@@ -1,8 +1,10 @@
 """The checkpoint index (``P.index.json``): dataclasses, serialization, validation.
 
-Pure logic: no MPI, no HDF5. Everything read from disk passes through
-:func:`parse_index`, which refuses anything that does not match the schema with
-:class:`~hpckpt.errors.CorruptCheckpointError`.
+Pure logic: no MPI, no HDF5, no files. Everything read from disk passes through
+:func:`parse_index`, ONE parser with two modes: validating (refuses anything that
+does not match the schema with :class:`~hpckpt.errors.CorruptCheckpointError`) and
+trusting (for bytes another rank of the same job has just validated: the same
+construction with the checks skipped). The tests hold the two modes together.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ._checksum import ALGORITHMS, DEFAULT_ALGORITHM
-from .errors import CorruptCheckpointError
-from .layout import validate_specs
+from ..errors import CorruptCheckpointError
+from ..layout import validate_specs
+from .checksum import ALGORITHMS, DEFAULT_ALGORITHM
+from .paths import is_data_file_name
 
 __all__ = [
     "FORMAT_NAME",
@@ -39,7 +42,6 @@ MAX_NDIM = 32
 MAX_NAME_LEN = 4096
 MAX_INDEX_BYTES = 1 << 30
 _DTYPE_RE = re.compile(r"^[<>|=][biufc][0-9]{1,2}$")
-DATA_FILE_RE = re.compile(r"^[^/\\\x00]+\.data-[0-9a-f]{8,64}\.h5$")
 
 
 class SliceEntry(NamedTuple):
@@ -177,22 +179,13 @@ def dataset_name_for_key(key: str) -> str:
 # --- parsing -----------------------------------------------------------------
 
 
-def _req(d: dict, name: str, typ: type | tuple[type, ...], where: str) -> Any:
-    if name not in d:
-        raise CorruptCheckpointError(f"index: {where} lacks {name!r}")
-    v = d[name]
-    if (isinstance(v, bool) and typ is not bool) or not isinstance(v, typ):
-        raise CorruptCheckpointError(f"index: {where}.{name} has the wrong type ({v!r:.80})")
-    return v
-
-
-def _int_list(v: Any, where: str, *, lo: int = 0, max_len: int = MAX_NDIM) -> tuple[int, ...]:
-    if not isinstance(v, list) or len(v) > max_len:
-        raise CorruptCheckpointError(f"index: {where} is not a list of at most {max_len} ints")
-    for x in v:
-        if isinstance(x, bool) or not isinstance(x, int) or x < lo or x >= 1 << 62:
-            raise CorruptCheckpointError(f"index: {where} holds a bad value {x!r}")
-    return tuple(v)
+def _ints(v: Any, lo: int = 0) -> bool:
+    """Whether ``v`` is a short list of ints in ``[lo, 2**62)``."""
+    return (
+        type(v) is list
+        and len(v) <= MAX_NDIM
+        and all(type(x) is int and lo <= x < 1 << 62 for x in v)
+    )
 
 
 def _parse_dtype(s: Any, where: str) -> np.dtype:
@@ -207,38 +200,115 @@ def _parse_dtype(s: Any, where: str) -> np.dtype:
     return dt
 
 
-def _ints(v: Any, lo: int = 0) -> bool:
-    """Whether ``v`` is a short list of ints in ``[lo, 2**62)`` (fast path)."""
-    return (
-        type(v) is list
-        and len(v) <= MAX_NDIM
-        and all(type(x) is int and lo <= x < 1 << 62 for x in v)
-    )
-
-
 class _Parser:
-    """Parses tensor entries, memoizing what many tensors share (dtypes, layouts)."""
+    """Builds an index from its JSON document, validating unless told to trust it.
 
-    def __init__(self, data_size: int, algorithm: str = CHECKSUM_ALGORITHM) -> None:
-        self.data_size = data_size
-        self.algorithm = algorithm
-        self.dtypes: dict[str, np.dtype] = {}
+    Both modes run the same construction; ``validate=False`` only skips the checks.
+    Memoizes what many tensors share (dtypes, layouts).
+    """
+
+    def __init__(self, source: str, validate: bool) -> None:
+        self.source = source
+        self.validate = validate
+        self.data_size = 0
+        self.algorithm = CHECKSUM_ALGORITHM
+        self.dtypes: dict[Any, np.dtype] = {}
         self.layouts: dict[tuple, tuple] = {}
+
+    def fail(self, message: str) -> CorruptCheckpointError:
+        return CorruptCheckpointError(f"{self.source}: {message}")
+
+    def req(self, d: dict, name: str, typ: type | tuple[type, ...], where: str) -> Any:
+        if not self.validate:
+            return d[name]
+        if name not in d:
+            raise CorruptCheckpointError(f"index: {where} lacks {name!r}")
+        v = d[name]
+        if (isinstance(v, bool) and typ is not bool) or not isinstance(v, typ):
+            raise CorruptCheckpointError(f"index: {where}.{name} has the wrong type ({v!r:.80})")
+        return v
+
+    def index(self, doc: Any) -> CheckpointIndex:
+        v = self.validate
+        if v and (not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME):
+            raise self.fail("not an hpckpt index")
+        version = self.req(doc, "version", int, "index")
+        if v and version != FORMAT_VERSION:
+            raise self.fail(
+                f"format version {version!r} is not supported (this hpckpt reads "
+                f"version {FORMAT_VERSION})"
+            )
+        checksum = self.req(doc, "checksum", str, "index")
+        if v and checksum not in ALGORITHMS:
+            raise self.fail(f"unknown checksum algorithm {checksum!r}")
+        self.algorithm = checksum
+        df = self.req(doc, "data_file", dict, "index")
+        name = self.req(df, "name", str, "data_file")
+        if v and not is_data_file_name(name):
+            raise self.fail(f"bad data file name {name!r}")
+        size = self.req(df, "size", int, "data_file")
+        if v and size < 0:
+            raise self.fail(f"bad data file size {size!r}")
+        self.data_size = size
+        nprocs = self.req(doc, "nprocs", int, "index")
+        created = self.req(doc, "created", (int, float), "index")
+        library = doc.get("library", {})
+        if v and (
+            not isinstance(library, dict)
+            or not all(isinstance(k, str) and isinstance(x, str) for k, x in library.items())
+        ):
+            raise self.fail("bad library versions")
+        graph = doc.get("graph")
+        if v and graph is not None and not isinstance(graph, dict):
+            raise self.fail("graph is not an object")
+        raw = self.req(doc, "tensors", dict, "index")
+        tensors: dict[str, TensorEntry] = {}
+        datasets: set[str] = set()
+        for key, entry in raw.items():
+            if v:
+                check_name(key, "tensor key")
+            t = self.tensor(key, entry)
+            if v:
+                if t.dataset in datasets:
+                    raise self.fail(f"dataset {t.dataset!r} is used twice")
+                datasets.add(t.dataset)
+            tensors[key] = t
+        return CheckpointIndex(
+            data_file=name,
+            data_size=size,
+            tensors=tensors,
+            nprocs=nprocs,
+            created=float(created),
+            graph=graph,
+            library=dict(library),
+            checksum=checksum,
+            version=version,
+        )
 
     def dtype(self, s: Any, key: str) -> np.dtype:
         dt = self.dtypes.get(s) if isinstance(s, str) else None
         if dt is None:
-            dt = self.dtypes[s] = _parse_dtype(s, f"tensor {key!r}")
+            dt = _parse_dtype(s, f"tensor {key!r}") if self.validate else np.dtype(s)
+            self.dtypes[s] = dt
         return dt
 
     def layout(self, layout: Any, ndim: int, key: str) -> tuple:
         where = f"tensor {key!r}"
+        if not self.validate:
+            memo = (
+                tuple(layout["sharding_specs"]),
+                tuple(layout["mesh"]["dim_names"]),
+                tuple(layout["mesh"]["shape"]),
+            )
+            return self.layouts.setdefault(memo, memo)
         if type(layout) is not dict:
             raise CorruptCheckpointError(f"index: {where} has no layout object")
-        specs, mesh = layout.get("sharding_specs"), layout.get("mesh")
+        specs: Any = layout.get("sharding_specs")
+        mesh: Any = layout.get("mesh")
         if type(specs) is not list or type(mesh) is not dict:
             raise CorruptCheckpointError(f"index: {where} has a malformed layout")
-        names, mshape = mesh.get("dim_names"), mesh.get("shape")
+        names: Any = mesh.get("dim_names")
+        mshape: Any = mesh.get("shape")
         if (
             type(names) is not list
             or not _ints(mshape, lo=1)
@@ -266,23 +336,46 @@ class _Parser:
         return done
 
     def tensor(self, key: str, d: Any) -> TensorEntry:
-        data_size = self.data_size
-        if type(d) is not dict:
+        v = self.validate
+        if v and type(d) is not dict:
             raise CorruptCheckpointError(f"index: tensor {key!r} is not an object")
         dataset = d.get("dataset")
-        if type(dataset) is not str:
-            raise CorruptCheckpointError(f"index: tensor {key!r} has no dataset name")
-        check_name(dataset, f"tensor {key!r} dataset")
-        if "/" in dataset or dataset in (".", ".."):
-            raise CorruptCheckpointError(
-                f"index: tensor {key!r} dataset {dataset!r} is not a flat name"
-            )
+        if v:
+            if type(dataset) is not str:
+                raise CorruptCheckpointError(f"index: tensor {key!r} has no dataset name")
+            check_name(dataset, f"tensor {key!r} dataset")
+            if "/" in dataset or dataset in (".", ".."):
+                raise CorruptCheckpointError(
+                    f"index: tensor {key!r} dataset {dataset!r} is not a flat name"
+                )
         dtype = self.dtype(d.get("dtype"), key)
         shape = d.get("shape")
-        if not _ints(shape):
+        if v and not _ints(shape):
             raise CorruptCheckpointError(f"index: tensor {key!r} has a bad shape {shape!r:.80}")
         shape = tuple(shape)
         nbytes = math.prod(shape) * dtype.itemsize
+        offset = d.get("offset")
+        if v:
+            self._check_storage(key, d, shape, nbytes, offset)
+        if nbytes == 0:
+            offset = None
+        specs, names, mshape = self.layout(d.get("layout"), len(shape), key)
+        raw = d.get("slices")
+        if v and type(raw) is not list:
+            raise CorruptCheckpointError(f"index: tensor {key!r} has no slice list")
+        algorithm = self.algorithm
+        if v:
+            slices = tuple(self._slice(key, i, sl, shape) for i, sl in enumerate(raw))
+        else:
+            slices = tuple(
+                SliceEntry(tuple(x["start"]), tuple(x["shape"]), x[algorithm]) for x in raw
+            )
+        return TensorEntry(key, dataset, dtype, shape, offset, specs, names, mshape, slices)
+
+    def _check_storage(
+        self, key: str, d: dict, shape: tuple[int, ...], nbytes: int, offset: Any
+    ) -> None:
+        data_size = self.data_size
         if nbytes > data_size:
             raise CorruptCheckpointError(
                 f"index: tensor {key!r} of shape {shape} needs {nbytes} bytes, more than the "
@@ -292,110 +385,47 @@ class _Parser:
             raise CorruptCheckpointError(
                 f"index: tensor {key!r}.nbytes disagrees with its shape and dtype"
             )
-        offset = d.get("offset")
         if nbytes == 0:
             if offset is not None and type(offset) is not int:
                 raise CorruptCheckpointError(f"index: tensor {key!r}.offset has the wrong type")
-            offset = None
-        else:
-            if type(offset) is not int or offset < 0:
-                raise CorruptCheckpointError(
-                    f"index: tensor {key!r}.offset {offset!r} is not a valid offset"
-                )
-            if offset + nbytes > data_size:
-                raise CorruptCheckpointError(
-                    f"index: tensor {key!r} bytes [{offset}, {offset + nbytes}) lie outside "
-                    f"the data file of {data_size} bytes"
-                )
-        specs, names, mshape = self.layout(d.get("layout"), len(shape), key)
-        raw = d.get("slices")
-        if type(raw) is not list:
-            raise CorruptCheckpointError(f"index: tensor {key!r} has no slice list")
-        slices = []
-        ndim = len(shape)
-        for i, sl in enumerate(raw):
-            start = sl.get("start") if type(sl) is dict else None
-            sshape = sl.get("shape") if type(sl) is dict else None
-            crc = sl.get(self.algorithm) if type(sl) is dict else None
-            if not (_ints(start) and _ints(sshape) and type(crc) is int):
-                raise CorruptCheckpointError(
-                    f"index: tensor {key!r}.slices[{i}] is malformed or holds a bad value"
-                )
-            if len(start) != ndim or len(sshape) != ndim:
-                raise CorruptCheckpointError(
-                    f"index: tensor {key!r}.slices[{i}] rank differs from the tensor's"
-                )
-            if any(a + b > n for a, b, n in zip(start, sshape, shape, strict=True)):
-                raise CorruptCheckpointError(
-                    f"index: tensor {key!r}.slices[{i}] lies outside the tensor's shape {shape}"
-                )
-            if not 0 <= crc < 1 << 32:
-                raise CorruptCheckpointError(
-                    f"index: tensor {key!r}.slices[{i}] has a bad checksum {crc!r}"
-                )
-            slices.append(SliceEntry(tuple(start), tuple(sshape), crc))
-        return TensorEntry(
-            key=key,
-            dataset=dataset,
-            dtype=dtype,
-            shape=shape,
-            offset=offset,
-            sharding_specs=specs,
-            mesh_dim_names=names,
-            mesh_shape=mshape,
-            slices=tuple(slices),
-        )
+            return
+        if type(offset) is not int or offset < 0:
+            raise CorruptCheckpointError(
+                f"index: tensor {key!r}.offset {offset!r} is not a valid offset"
+            )
+        if offset + nbytes > data_size:
+            raise CorruptCheckpointError(
+                f"index: tensor {key!r} bytes [{offset}, {offset + nbytes}) lie outside "
+                f"the data file of {data_size} bytes"
+            )
 
-
-def _parse_trusted(doc: dict) -> CheckpointIndex:
-    """Build the index from a document another rank has already validated."""
-    dtypes: dict[str, np.dtype] = {}
-    layouts: dict[tuple, tuple] = {}
-    tensors = {}
-    algorithm = doc["checksum"]
-    for key, d in doc["tensors"].items():
-        dt = dtypes.get(d["dtype"])
-        if dt is None:
-            dt = dtypes[d["dtype"]] = np.dtype(d["dtype"])
-        lay = d["layout"]
-        memo = (
-            tuple(lay["sharding_specs"]),
-            tuple(lay["mesh"]["dim_names"]),
-            tuple(lay["mesh"]["shape"]),
-        )
-        memo = layouts.setdefault(memo, memo)
-        shape = tuple(d["shape"])
-        tensors[key] = TensorEntry(
-            key,
-            d["dataset"],
-            dt,
-            shape,
-            d["offset"] if d["nbytes"] else None,
-            memo[0],
-            memo[1],
-            memo[2],
-            tuple(
-                SliceEntry(tuple(x["start"]), tuple(x["shape"]), x[algorithm]) for x in d["slices"]
-            ),
-        )
-    df = doc["data_file"]
-    return CheckpointIndex(
-        data_file=df["name"],
-        data_size=df["size"],
-        tensors=tensors,
-        nprocs=doc["nprocs"],
-        created=float(doc["created"]),
-        graph=doc.get("graph"),
-        library=dict(doc.get("library", {})),
-        checksum=doc["checksum"],
-        version=doc["version"],
-    )
+    def _slice(self, key: str, i: int, sl: Any, shape: tuple[int, ...]) -> SliceEntry:
+        start: Any = sl.get("start") if type(sl) is dict else None
+        sshape: Any = sl.get("shape") if type(sl) is dict else None
+        crc: Any = sl.get(self.algorithm) if type(sl) is dict else None
+        if not (_ints(start) and _ints(sshape) and type(crc) is int):
+            raise CorruptCheckpointError(
+                f"index: tensor {key!r}.slices[{i}] is malformed or holds a bad value"
+            )
+        if len(start) != len(shape) or len(sshape) != len(shape):
+            raise CorruptCheckpointError(
+                f"index: tensor {key!r}.slices[{i}] rank differs from the tensor's"
+            )
+        if any(a + b > n for a, b, n in zip(start, sshape, shape, strict=True)):
+            raise CorruptCheckpointError(
+                f"index: tensor {key!r}.slices[{i}] lies outside the tensor's shape {shape}"
+            )
+        if not 0 <= crc < 1 << 32:
+            raise CorruptCheckpointError(
+                f"index: tensor {key!r}.slices[{i}] has a bad checksum {crc!r}"
+            )
+        return SliceEntry(tuple(start), tuple(sshape), crc)
 
 
 def parse_index(
     text: str | bytes, *, source: str = "index", trusted: bool = False
 ) -> CheckpointIndex:
-    """Parse and validate the text of ``P.index.json``.
+    """Parse the text of ``P.index.json``, validating it unless ``trusted``.
 
     Args:
         text: The index file's content.
@@ -406,61 +436,11 @@ def parse_index(
     Raises:
         CorruptCheckpointError: The text is not a valid version-1 index.
     """
-    if trusted:
-        return _parse_trusted(json.loads(text))
-    if len(text) > MAX_INDEX_BYTES:
+    if not trusted and len(text) > MAX_INDEX_BYTES:
         raise CorruptCheckpointError(f"{source}: index larger than {MAX_INDEX_BYTES} bytes")
     try:
         doc = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise CorruptCheckpointError(f"{source}: index is not valid JSON ({e})") from None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
-        raise CorruptCheckpointError(f"{source}: not an hpckpt index")
-    version = _req(doc, "version", int, "index")
-    if version != FORMAT_VERSION:
-        raise CorruptCheckpointError(
-            f"{source}: format version {version!r} is not supported (this hpckpt reads "
-            f"version {FORMAT_VERSION})"
-        )
-    checksum = _req(doc, "checksum", str, "index")
-    if checksum not in ALGORITHMS:
-        raise CorruptCheckpointError(f"{source}: unknown checksum algorithm {checksum!r}")
-    df = _req(doc, "data_file", dict, "index")
-    name = _req(df, "name", str, "data_file")
-    if not DATA_FILE_RE.match(name) or name.startswith("."):
-        raise CorruptCheckpointError(f"{source}: bad data file name {name!r}")
-    size = _req(df, "size", int, "data_file")
-    if size < 0:
-        raise CorruptCheckpointError(f"{source}: bad data file size {size!r}")
-    nprocs = _req(doc, "nprocs", int, "index")
-    created = _req(doc, "created", (int, float), "index")
-    library = doc.get("library", {})
-    if not isinstance(library, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in library.items()
-    ):
-        raise CorruptCheckpointError(f"{source}: bad library versions")
-    graph = doc.get("graph")
-    if graph is not None and not isinstance(graph, dict):
-        raise CorruptCheckpointError(f"{source}: graph is not an object")
-    raw = _req(doc, "tensors", dict, "index")
-    tensors: dict[str, TensorEntry] = {}
-    datasets: set[str] = set()
-    parser = _Parser(size, checksum)
-    for key, entry in raw.items():
-        check_name(key, "tensor key")
-        t = parser.tensor(key, entry)
-        if t.dataset in datasets:
-            raise CorruptCheckpointError(f"{source}: dataset {t.dataset!r} is used twice")
-        datasets.add(t.dataset)
-        tensors[key] = t
-    return CheckpointIndex(
-        data_file=name,
-        data_size=size,
-        tensors=tensors,
-        nprocs=nprocs,
-        created=float(created),
-        graph=graph,
-        library=dict(library),
-        checksum=checksum,
-        version=version,
-    )
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        kind = "nested too deeply" if isinstance(e, RecursionError) else f"not valid JSON ({e})"
+        raise CorruptCheckpointError(f"{source}: index is {kind}") from None
+    return _Parser(source, validate=not trusted).index(doc)

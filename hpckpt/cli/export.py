@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from . import io
-from ._cli_common import (
+from .. import io
+from .common import (
     EXIT_IO,
     EXIT_NOT_FOUND,
     EXIT_OK,
@@ -23,7 +23,7 @@ from ._cli_common import (
     fmt_bytes,
     load,
 )
-from ._cli_progress import Progress
+from .progress import Progress
 
 __all__ = ["add_parser", "export_checkpoint", "run"]
 

@@ -7,8 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from . import io
-from ._cli_common import (
+from .. import io
+from ..io.index import TensorEntry
+from .common import (
     EXIT_DIFFERENT,
     EXIT_OK,
     Loaded,
@@ -20,8 +21,7 @@ from ._cli_common import (
     json_float,
     load,
 )
-from ._cli_progress import Progress
-from .index import TensorEntry
+from .progress import Progress
 
 __all__ = ["add_parser", "compare_arrays", "diff_checkpoints", "run"]
 

@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 
 from ..errors import CorruptCheckpointError, NotFoundError
-from ..index import TensorEntry
+from .index import TensorEntry
 
 __all__ = ["DatasetSpec", "create_data_file", "validate_data_file"]
 
@@ -30,6 +30,31 @@ class DatasetSpec:
     name: str
     dtype: np.dtype
     shape: tuple[int, ...]
+
+
+def file_locking() -> bool | str | None:
+    """HDF5 file locking as ``HDF5_USE_FILE_LOCKING`` asks, read at each open.
+
+    HDF5 reads the variable once, when the library starts; a job that sets it later
+    (or a test) is honoured here by passing h5py's ``locking=`` explicitly.
+    ``None``: not set (HDF5's default).
+    """
+    v = os.environ.get("HDF5_USE_FILE_LOCKING", "").strip().upper()
+    if v in ("FALSE", "0"):
+        return False
+    if v in ("TRUE", "1"):
+        return True
+    if v == "BEST_EFFORT":
+        return "best-effort"
+    return None
+
+
+def open_h5(path: str, mode: str, **kwargs: object) -> h5py.File:
+    """``h5py.File`` honouring ``HDF5_USE_FILE_LOCKING`` (see :func:`file_locking`)."""
+    locking = file_locking()
+    if locking is not None:
+        kwargs["locking"] = locking
+    return h5py.File(path, mode, **kwargs)
 
 
 def _h5type(dtype: np.dtype) -> h5py.h5t.TypeID:
@@ -54,7 +79,7 @@ def create_data_file(
     dcpl.set_obj_track_times(False)
     types: dict[str, h5py.h5t.TypeID] = {}
     offsets: list[int | None] = []
-    with h5py.File(
+    with open_h5(
         path,
         "w",
         alignment_threshold=threshold,
@@ -110,7 +135,7 @@ def validate_data_file(
             f"({'truncated' if size < expected_size else 'grown'})"
         )
     try:
-        f = h5py.File(path, "r")
+        f = open_h5(path, "r")
     except OSError as e:
         raise CorruptCheckpointError(
             f"data file {path!r} is not a readable HDF5 file: {e}"

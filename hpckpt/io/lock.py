@@ -17,11 +17,10 @@ import socket
 import time
 from dataclasses import dataclass
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
+from .paths import LOCK_NAME
 
 __all__ = ["LOCK_NAME", "DirectoryLock"]
-
-LOCK_NAME = ".hpckpt.lock"
 
 
 def _job_id() -> str | None:

@@ -16,15 +16,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .._checksum import checksum, checksum_function
 from ..errors import CorruptCheckpointError
-from ..index import SliceEntry, TensorEntry, slice_byte_range
-from ._mpiio import Piece, contiguous_offset
+from .checksum import checksum, checksum_function
+from .index import SliceEntry, TensorEntry, slice_byte_range
+from .mpiio import Piece, contiguous_offset
 
 __all__ = ["StreamVerifier", "verify_request"]
 
 
-def _contains(start, shape, s: SliceEntry) -> bool:
+def _contains(start: tuple[int, ...], shape: tuple[int, ...], s: SliceEntry) -> bool:
     return all(
         a <= b and b + m <= a + n for a, n, b, m in zip(start, shape, s.start, s.shape, strict=True)
     )

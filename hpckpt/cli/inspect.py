@@ -7,8 +7,9 @@ import collections
 import os
 from typing import Any
 
-from . import io
-from ._cli_common import (
+from .. import io
+from ..graph import SavedGraph
+from .common import (
     EXIT_OK,
     Loaded,
     dump_json,
@@ -23,7 +24,6 @@ from ._cli_common import (
     table,
     tensor_json,
 )
-from .graph import SavedGraph
 
 __all__ = ["add_parser", "inspect_checkpoint", "run"]
 
@@ -94,7 +94,7 @@ def _tree(loaded: Loaded) -> tuple[dict[str, Any], dict[str, int]]:
     paths = _first_paths(graph)
     slots_by_var = _slots_by_var(graph)
     shown: set[int] = set()
-    counts = collections.Counter()
+    counts: collections.Counter[str] = collections.Counter()
 
     def node_doc(n: int, name: str, slot: dict[str, Any] | None = None) -> dict[str, Any]:
         node = graph.nodes[n]

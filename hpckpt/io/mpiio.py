@@ -19,9 +19,12 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
+from typing import cast
 
 import numpy as np
 from mpi4py import MPI
+
+from .._dist import Deadline, allreduce_int
 
 __all__ = [
     "Piece",
@@ -271,7 +274,7 @@ def posix_io(
             streamed = on_chunk is not None and not write and len(runs) == 1
             step = (chunk_bytes or READ_CHUNK_BYTES) if streamed else 1 << 62
             for off, mem in runs:
-                view = memoryview(mem).cast("B")
+                view = mem.data.cast("B")
                 for lo in range(0, len(view), step):
                     hi = min(lo + step, len(view))
                     _transfer(fd, view[lo:hi], off + lo, write)
@@ -307,12 +310,12 @@ def _sieved_read(
             off, mem = runs[i]
             if off > pos:
                 iov.append(scratch[: off - pos])
-            iov.append(memoryview(mem).cast("B"))
+            iov.append(mem.data.cast("B"))
             pos = off + mem.nbytes
             i += 1
         if os.preadv(fd, iov, base) != pos - base:  # short (EOF or a signal): run by run
             for off, mem in runs[first:i]:
-                _transfer(fd, memoryview(mem).cast("B"), off, False)
+                _transfer(fd, mem.data.cast("B"), off, False)
         got = sum(mem.nbytes for _, mem in runs[first:i])
         if on_chunk is not None:
             on_chunk(done, done + got)
@@ -353,7 +356,7 @@ def open_file(
     """
     info = _make_info(hints)
     try:
-        fh = MPI.File.Open(comm, path, mode, info)
+        fh = MPI.File.Open(cast(MPI.Intracomm, comm), path, mode, info)
     finally:
         if info != MPI.INFO_NULL:
             info.Free()
@@ -371,6 +374,7 @@ def collective_io(
     write: bool,
     collective: bool = True,
     max_round_bytes: int = MAX_ROUND_BYTES,
+    deadline: Deadline | None = None,
 ) -> int:
     """Write (or read into) every rank's pieces; returns the number of rounds.
 
@@ -385,7 +389,7 @@ def collective_io(
         rounds = _rounds(split, max_round_bytes, MAX_ROUND_PIECES)
     except Exception as e:
         error, rounds = e, []
-    n = comm.allreduce(len(rounds), op=MPI.MAX)
+    n = allreduce_int(comm, len(rounds), MPI.MAX, deadline)
     empty = np.empty(0, dtype=np.uint8)
     cache = _TypeCache()
     try:

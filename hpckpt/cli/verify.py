@@ -7,8 +7,12 @@ import math
 import os
 from typing import Any
 
-from . import io
-from ._cli_common import (
+from .. import io
+from ..errors import CorruptCheckpointError, NotFoundError
+from ..graph import parse_graph
+from ..io.index import CheckpointIndex, TensorEntry
+from ..io.load import read_index_file
+from .common import (
     EXIT_DAMAGED,
     EXIT_NOT_FOUND,
     EXIT_OK,
@@ -16,15 +20,11 @@ from ._cli_common import (
     dump_json,
     emit,
     fmt_bytes,
-    read_index_file,
     resolve,
     slice_byte_range,
 )
-from ._cli_ls import list_directory
-from ._cli_progress import Progress
-from .errors import CorruptCheckpointError, NotFoundError
-from .graph import parse_graph
-from .index import CheckpointIndex, TensorEntry
+from .ls import list_directory
+from .progress import Progress
 
 __all__ = ["add_parser", "run", "verify_checkpoint"]
 
@@ -157,7 +157,7 @@ def verify_checkpoint(prefix: str, *, progress: bool | None = None) -> dict[str,
     report["checksum"] = index.checksum
     data_present = True
     try:
-        io.load_index_bytes(prefix)  # the data file's HDF5 structure against the index
+        io.load_index(prefix)  # the data file's HDF5 structure against the index
     except NotFoundError as e:
         data_present = False
         fail(str(e))
@@ -173,19 +173,19 @@ def verify_checkpoint(prefix: str, *, progress: bool | None = None) -> dict[str,
     if data_present:
         total = sum(t.nbytes for t in index.tensors.values())
         with Progress(total, "verify", enabled=progress) as bar:
-            for e in index.tensors.values():
-                doc = _check_tensor(prefix, index, e, errors)
+            for entry in index.tensors.values():
+                doc = _check_tensor(prefix, index, entry, errors)
                 report["tensors"].append(doc)
                 report["tensors_checked"] += 1
-                report["slices_checked"] += len(e.slices)
-                report["bytes_read"] += e.nbytes
+                report["slices_checked"] += len(entry.slices)
+                report["bytes_read"] += entry.nbytes
                 if doc["status"] == "bad":
                     report["tensors_bad"] += 1
                 elif doc["status"] != "ok":
                     report["warnings"].append(
-                        f"tensor {e.key!r} is {doc['status']}: its saved slices do not cover it"
+                        f"tensor {entry.key!r} is {doc['status']}: its saved slices do not cover it"
                     )
-                bar.update(e.nbytes)
+                bar.update(entry.nbytes)
     report["ok"] = not errors
     return report
 

@@ -1,14 +1,20 @@
-"""Durable file-system steps: atomic replace, fsync of files and directories."""
+"""File-system steps: bounded reads, atomic replace, fsync of files and directories."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from ..errors import CorruptCheckpointError, NotFoundError
+from .paths import tmp_path
+
 __all__ = [
     "atomic_write",
+    "read_bounded",
+    "read_required",
     "fsync_dir",
     "fsync_path",
     "remove_later",
@@ -46,7 +52,7 @@ def atomic_write(path: str, data: bytes, tmp_suffix: str) -> None:
 
     A reader sees either the old file or the new one, never a partial file.
     """
-    tmp = f"{path}.tmp-{tmp_suffix}"
+    tmp = tmp_path(path, tmp_suffix)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         view = memoryview(data)
@@ -65,6 +71,59 @@ def atomic_write(path: str, data: bytes, tmp_suffix: str) -> None:
         remove_quietly(tmp)
         raise
     fsync_dir(os.path.dirname(path))
+
+
+def read_bounded(path: str, limit: int, what: str) -> bytes | None:
+    """Read a small file that may be hostile: regular files only, at most ``limit`` bytes.
+
+    The file is opened without blocking (a FIFO in its place neither blocks nor is
+    read) and checked with ``fstat`` before a byte is read: anything but a regular
+    file (a FIFO, a device such as ``/dev/zero`` behind a symlink, a directory) and
+    anything larger than ``limit`` is refused.
+
+    Returns:
+        The content, or ``None`` when there is no such file.
+
+    Raises:
+        CorruptCheckpointError: Not a regular file, or larger than ``limit``.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except IsADirectoryError:
+        raise CorruptCheckpointError(f"{what} {path!r} is a directory") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+            raise CorruptCheckpointError(f"{what} {path!r} is {kind}")
+        if st.st_size > limit:
+            raise CorruptCheckpointError(
+                f"{what} {path!r} has {st.st_size} bytes, more than the limit of {limit}"
+            )
+        chunks = []
+        left = limit + 1
+        while left > 0:
+            b = os.read(fd, min(left, 1 << 24))
+            if not b:
+                break
+            chunks.append(b)
+            left -= len(b)
+        data = b"".join(chunks)
+        if len(data) > limit:
+            raise CorruptCheckpointError(f"{what} {path!r} grew beyond the limit of {limit} bytes")
+        return data
+    finally:
+        os.close(fd)
+
+
+def read_required(path: str, limit: int, what: str, missing: str) -> bytes:
+    """:func:`read_bounded` that raises :class:`NotFoundError` (``missing``) when absent."""
+    data = read_bounded(path, limit, what)
+    if data is None:
+        raise NotFoundError(missing)
+    return data
 
 
 def remove_quietly(path: str) -> None:

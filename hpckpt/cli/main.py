@@ -20,13 +20,14 @@ import os
 import sys
 from collections.abc import Sequence
 
-from . import __version__, _cli_diff, _cli_export, _cli_inspect, _cli_ls, _cli_verify
-from ._cli_common import EXIT_DAMAGED, EXIT_IO, EXIT_NOT_FOUND, CliError, dump_json
-from .errors import CheckpointError, CorruptCheckpointError
+from .._version import __version__
+from ..errors import CheckpointError, CorruptCheckpointError
+from . import diff, export, inspect, ls, verify
+from .common import EXIT_DAMAGED, EXIT_IO, EXIT_NOT_FOUND, CliError, dump_json
 
 __all__ = ["build_parser", "main"]
 
-_COMMANDS = (_cli_ls, _cli_inspect, _cli_verify, _cli_diff, _cli_export)
+_COMMANDS = (ls, inspect, verify, diff, export)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import sys
 import time
 from dataclasses import dataclass
@@ -17,12 +16,12 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from . import io
-from .errors import CorruptCheckpointError, NotFoundError
-from .graph import SavedGraph, parse_graph
-from .index import CheckpointIndex, TensorEntry, parse_index, slice_byte_range
-from .io.protocol import INDEX_SUFFIX
-from .reader import resolve_checkpoint
+from .. import io
+from ..errors import CorruptCheckpointError, NotFoundError
+from ..graph import SavedGraph, parse_graph
+from ..io.index import CheckpointIndex, TensorEntry, slice_byte_range
+from ..io.paths import parse_name, step_of
+from ..reader import resolve_checkpoint
 
 __all__ = [
     "EXIT_DAMAGED",
@@ -43,7 +42,6 @@ __all__ = [
     "json_float",
     "load",
     "printable",
-    "read_index_file",
     "resolve",
     "slice_byte_range",
     "step_of",
@@ -61,9 +59,6 @@ EXIT_DIFFERENT = 3
 """``diff --exit-code`` only: the two checkpoints differ."""
 EXIT_IO = 4
 """Any other error: permission denied, disk full when writing, unexpected failure."""
-
-_DATA_RE = re.compile(r"^(?P<prefix>.+)\.data-[0-9a-f]{8,64}\.h5$")
-_STEP_RE = re.compile(r"-(\d+)$")
 
 
 class CliError(Exception):
@@ -99,7 +94,9 @@ def resolve(path: str) -> str:
             return resolve_checkpoint(path)
         except NotFoundError:
             committed = sorted(
-                n[: -len(INDEX_SUFFIX)] for n in _listdir(path) if n.endswith(INDEX_SUFFIX)
+                info.checkpoint
+                for info in map(parse_name, _listdir(path))
+                if info.kind == "index" and info.checkpoint
             )
             if committed:
                 shown = ", ".join(committed[:3]) + (", ..." if len(committed) > 3 else "")
@@ -109,10 +106,9 @@ def resolve(path: str) -> str:
                     f"{os.path.join(path, committed[-1])!r}"
                 ) from None
             raise
-    base = os.path.basename(path)
-    m = _DATA_RE.match(base)
-    if m and not io.checkpoint_exists(path):
-        return os.path.join(os.path.dirname(path), m.group("prefix"))
+    info = parse_name(os.path.basename(path))
+    if info.kind == "data" and info.checkpoint and not io.checkpoint_exists(path):
+        return os.path.join(os.path.dirname(path), info.checkpoint)
     return io.normalize_prefix(path)
 
 
@@ -153,12 +149,11 @@ def load(path: str, *, graph: bool = True) -> Loaded:
     """
     prefix = resolve(path)
     try:
-        text = io.load_index_bytes(prefix)
+        index = io.load_index(prefix)
     except NotFoundError as e:
         if io.checkpoint_exists(prefix):  # committed, but its data file is gone
             raise CorruptCheckpointError(str(e)) from None
         raise
-    index = parse_index(text, source=io.index_path(prefix))
     g = None
     if graph and index.graph is not None:
         try:
@@ -166,30 +161,6 @@ def load(path: str, *, graph: bool = True) -> Loaded:
         except CorruptCheckpointError as e:
             raise CorruptCheckpointError(f"{io.index_path(prefix)}: {e}") from None
     return Loaded(prefix, index, g)
-
-
-def read_index_file(prefix: str) -> tuple[CheckpointIndex, int]:
-    """Parse ``P.index.json`` alone (no HDF5 access); returns the index and its size in bytes.
-
-    Raises:
-        NotFoundError: The index does not exist.
-        CorruptCheckpointError: It is not a valid index.
-    """
-    ip = io.index_path(prefix)
-    try:
-        with open(ip, "rb") as f:
-            text = f.read()
-    except FileNotFoundError:
-        raise NotFoundError(f"no checkpoint at {prefix!r}: {ip!r} does not exist") from None
-    except IsADirectoryError:
-        raise CorruptCheckpointError(f"{ip!r} is a directory") from None
-    return parse_index(text, source=ip), len(text)
-
-
-def step_of(prefix: str) -> int | None:
-    """The N of a checkpoint named ``name-N``, else ``None``."""
-    m = _STEP_RE.search(os.path.basename(prefix))
-    return int(m.group(1)) if m else None
 
 
 def json_float(x: float) -> float | str:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 from typing import Any
 
-from . import io
-from ._cli_common import (
+from .. import io
+from ..errors import CorruptCheckpointError, NotFoundError
+from ..io.load import read_index_file
+from ..io.paths import STATE_FILE, find_leftovers, parse_name
+from ..io.statefile import CheckpointState, read_state, resolve_latest
+from .common import (
     EXIT_DAMAGED,
     EXIT_NOT_FOUND,
     EXIT_OK,
@@ -18,18 +21,11 @@ from ._cli_common import (
     fmt_bytes,
     fmt_time,
     iso_time,
-    read_index_file,
     step_of,
     table,
 )
-from .errors import CorruptCheckpointError, NotFoundError
-from .io.protocol import INDEX_SUFFIX
-from .statefile import STATE_FILE, CheckpointState, read_state
 
 __all__ = ["add_parser", "list_directory", "run"]
-
-_DATA_RE = re.compile(r"^(?P<prefix>.+)\.data-[0-9a-f]{8,64}\.h5$")
-_TMP_RE = re.compile(r"^(?P<target>.+)\.tmp-[0-9a-f]+$")
 
 
 def add_parser(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
@@ -111,42 +107,25 @@ def _checkpoint_info(directory: str, rel: str) -> dict[str, Any]:
 
 
 def _leftovers(directory: str, names: list[str], ckpts: dict[str, dict[str, Any]]) -> list[dict]:
+    def named(ck: str) -> str | None:
+        # A damaged index keeps its data file: report the damage, not an orphan.
+        info = ckpts.get(ck)
+        if info is None or not info["committed"]:
+            return None
+        return info["data_file"] or "\x00damaged"
+
     out = []
-    for n in sorted(names):
-        full = os.path.join(directory, n)
-        m = _DATA_RE.match(n)
-        t = _TMP_RE.match(n)
-        if m:
-            owner = ckpts.get(m.group("prefix"))
-            if owner is not None and owner["committed"] and owner["data_file"] in (None, n):
-                continue  # the committed data file (or owned by a damaged index)
-            if owner is not None and owner["committed"]:
-                reason = f"stale data file of {m.group('prefix')} (not named by its index)"
-            else:
-                reason = f"no index: an interrupted save of {m.group('prefix')}"
-        elif t and (t.group("target").endswith(INDEX_SUFFIX) or t.group("target") == STATE_FILE):
-            reason = f"temporary file of an interrupted commit of {t.group('target')}"
-        else:
-            continue
+    for lo in find_leftovers(names, named):
+        if lo.kind == "data":
+            owner = ckpts.get(parse_name(lo.name).checkpoint or "")
+            if owner is not None and owner["committed"] and owner["data_file"] is None:
+                continue  # owned by a damaged index
         try:
-            size = os.path.getsize(full)
+            size = os.path.getsize(os.path.join(directory, lo.name))
         except OSError:
             continue
-        out.append({"file": n, "size": size, "reason": reason})
+        out.append({"file": lo.name, "size": size, "reason": lo.reason})
     return out
-
-
-def _latest(directory: str, state: CheckpointState | None) -> str | None:
-    """The relative path ``latest_checkpoint`` returns (the state's latest, or walking back)."""
-    if state is None:
-        return None
-    candidates = [p for p, _ in state.checkpoints]
-    if state.latest is not None:
-        candidates = [p for p in candidates if p != state.latest] + [state.latest]
-    for rel in reversed(candidates):
-        if io.checkpoint_exists(os.path.join(directory, rel)):
-            return rel
-    return None
 
 
 def list_directory(directory: str) -> dict[str, Any]:
@@ -179,11 +158,11 @@ def list_directory(directory: str) -> dict[str, Any]:
             info["in_state_file"] = True
             ckpts[state.latest] = info
     for n in names:
-        if n.endswith(INDEX_SUFFIX) and not n.startswith("."):
-            rel = n[: -len(INDEX_SUFFIX)]
-            if rel not in ckpts:
-                ckpts[rel] = _checkpoint_info(directory, rel)
-    latest = _latest(directory, state)
+        name_info = parse_name(n)
+        ck = name_info.checkpoint
+        if name_info.kind == "index" and ck and ck not in ckpts:
+            ckpts[ck] = _checkpoint_info(directory, ck)
+    latest = resolve_latest(directory, state)
     if latest is not None and latest in ckpts:
         ckpts[latest]["latest"] = True
 

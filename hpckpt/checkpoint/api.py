@@ -1,0 +1,278 @@
+"""``Checkpoint`` and ``DTensorCheckpoint``: the public API.
+
+A save walks the live object graph, plans each rank's pieces
+(:mod:`.save_plan`) and hands them to the storage layer's commit protocol
+(:mod:`.core`); ``save`` then updates the state file (:mod:`.state`). A restore
+reads the index, matches the saved graph against live objects and reads each
+matched variable's slice for its *current* layout (:mod:`.restore`).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import numpy as np
+from mpi4py import MPI
+
+from .. import _dist
+from .._dist import Deadline
+from .._gcpause import gc_paused
+from ..errors import CheckpointError
+from ..graph import Module, SavedGraph, Trackable, children_of, is_trackable, parse_graph, wrap
+from ..io import CheckpointState, normalize_prefix, relative_to
+from ..layout import Layout
+from ..mesh import Mesh, default_mesh
+from ..options import CheckpointOptions, check_options
+from ..variable import Variable
+from .core import CheckpointCore
+from .restore import RestoreContext
+from .state import update_state_file
+from .status import CheckpointLoadStatus, InitializationOnlyStatus
+
+__all__ = ["Checkpoint", "DTensorCheckpoint"]
+
+_RESERVED = ("save_counter",)
+
+
+class Checkpoint(Module):
+    """Groups trackable objects, saving and restoring them (``tf.train.Checkpoint``).
+
+    Args:
+        root: The root object; its dependencies become the checkpoint's.
+        **kwargs: Trackable objects (or nests of them) saved under these names.
+
+    Raises:
+        ValueError: A value is not trackable, a name is reserved, or ``root``
+            tracks a different object under a keyword argument's name.
+
+    Every method that touches files is collective over the checkpoint's
+    communicator (``MPI.COMM_WORLD``; the mesh's for :class:`DTensorCheckpoint`).
+    """
+
+    _hpckpt_core: CheckpointCore
+    _hpckpt_save_counter: Variable | None
+    _hpckpt_root: Any
+
+    def __init__(self, root: Any = None, **kwargs: Any) -> None:
+        self._hpckpt_init(MPI.COMM_WORLD, None, root, kwargs)
+
+    def _hpckpt_init(self, comm: MPI.Comm, mesh: Mesh | None, root: Any, kwargs: dict) -> None:
+        object.__setattr__(self, "_hpckpt_core", CheckpointCore(self, comm, mesh))
+        object.__setattr__(self, "_hpckpt_save_counter", None)
+        object.__setattr__(self, "_hpckpt_root", None)
+        if root is not None:
+            root = wrap(root)
+            if not is_trackable(root):
+                raise ValueError(
+                    f"Checkpoint was expecting root to be a trackable object (a Module, "
+                    f"Variable or trackable container), got {root!r:.80}"
+                )
+            object.__setattr__(self, "_hpckpt_root", root)
+        for name, value in kwargs.items():
+            if name in _RESERVED:
+                raise ValueError(f"{name!r} is reserved by Checkpoint and cannot be a keyword")
+            value = wrap(value)
+            if not is_trackable(value):
+                raise ValueError(
+                    f"Checkpoint was expecting {name!r} to be a trackable object (a Module, "
+                    f"Variable or a nest of them), got {value!r:.80}"
+                )
+            if root is not None:
+                existing = dict(children_of(root)).get(name)
+                if existing is not None and existing is not value:
+                    raise ValueError(
+                        f"Cannot create a Checkpoint with keyword argument {name!r}: the root "
+                        f"already tracks a different object under that name"
+                    )
+            setattr(self, name, value)
+
+    # -- graph --
+
+    def _checkpoint_children(self) -> list[tuple[str, Any]]:
+        own = super()._checkpoint_children()
+        if self._hpckpt_root is None:
+            return own
+        names = {n for n, _ in own}
+        return [(n, c) for n, c in children_of(self._hpckpt_root) if n not in names] + own
+
+    def _defer_target(self, name: str) -> Trackable:
+        root = self._hpckpt_root
+        if (
+            isinstance(root, Trackable)
+            and name not in self._hpckpt().children
+            and name not in _RESERVED
+        ):
+            return root
+        return self
+
+    @property
+    def save_counter(self) -> Variable:
+        """An int64 scalar Variable counting saves; created on first access.
+
+        Collective on first access (it may restore a pending value).
+        """
+        sc = self._hpckpt_save_counter
+        if sc is None:
+            core_mesh = self._hpckpt_core.mesh
+            mesh = core_mesh if core_mesh is not None else default_mesh()
+            sc = Variable(np.int64(0), layout=Layout.replicated(mesh, 0), name="save_counter")
+            object.__setattr__(self, "_hpckpt_save_counter", sc)
+            self._track_child("save_counter", sc)
+        return sc
+
+    # -- saving --
+
+    def write(
+        self, file_prefix: str | os.PathLike, options: CheckpointOptions | None = None
+    ) -> str:
+        """Write a checkpoint at ``file_prefix`` (no numbering, no state file).
+
+        Returns:
+            ``file_prefix``.
+
+        Collective: call on all ranks.
+        """
+        options = check_options(options)
+        prefix = normalize_prefix(file_prefix)
+        self._hpckpt_core.write(prefix, options, Deadline(options.timeout, f"write of {prefix!r}"))
+        return prefix
+
+    def save(self, file_prefix: str | os.PathLike, options: CheckpointOptions | None = None) -> str:
+        """Save a numbered checkpoint ``f"{file_prefix}-{n}"`` and update the state file.
+
+        ``n`` is :attr:`save_counter` after it is incremented. On failure the counter
+        is left as it was.
+
+        Returns:
+            The checkpoint's path.
+
+        Collective: call on all ranks.
+        """
+        options = check_options(options)
+        base = normalize_prefix(file_prefix)
+        self.sync()
+        sc = self.save_counter
+        n = int(sc.local) + 1
+        path = f"{base}-{n}"
+        deadline = Deadline(options.timeout, f"save of {path!r}")
+        directory = os.path.dirname(path) or "."
+
+        def update_state(comm: MPI.Comm) -> None:
+            def make_state(state: CheckpointState | None) -> CheckpointState:
+                state = state or CheckpointState()
+                rel = relative_to(directory, path)
+                kept = [(p, t) for p, t in state.checkpoints if p != rel]
+                state.checkpoints = [*kept, (rel, time.time())]
+                state.latest = rel
+                return state
+
+            update_state_file(
+                comm, directory, make_state, deadline, f"state file update for {path!r}"
+            )
+
+        def rollback() -> None:
+            sc.local[...] = n - 1
+
+        sc.local[...] = n
+        try:
+            self._hpckpt_core.write(path, options, deadline, after=update_state, on_error=rollback)
+        except BaseException:
+            rollback()
+            raise
+        return path
+
+    # -- restoring --
+
+    def restore(
+        self, save_path: str | os.PathLike | None, options: CheckpointOptions | None = None
+    ) -> CheckpointLoadStatus | InitializationOnlyStatus:
+        """Restore a checkpoint made by :meth:`save` (it expects ``save_counter``).
+
+        Values are assigned at once to existing objects; values of objects that
+        do not exist yet are restored when they are attached (restore-on-create).
+        ``None`` restores nothing and returns a status whose assertions fail.
+
+        Raises:
+            NotFoundError: No checkpoint at ``save_path``.
+            CheckpointError: On every rank, if anything fails on any rank.
+
+        Collective: call on all ranks.
+        """
+        if save_path is None:
+            return InitializationOnlyStatus()
+        self.save_counter  # noqa: B018 - created so that it is matched
+        return self._restore(save_path, options)
+
+    def read(
+        self, save_path: str | os.PathLike, options: CheckpointOptions | None = None
+    ) -> CheckpointLoadStatus:
+        """Restore a checkpoint made by :meth:`write` (does not expect ``save_counter``).
+
+        Collective: call on all ranks.
+        """
+        if save_path is None:
+            raise ValueError("read() needs a checkpoint path, got None")
+        return self._restore(save_path, options)
+
+    def _restore(
+        self, save_path: str | os.PathLike, options: CheckpointOptions | None
+    ) -> CheckpointLoadStatus:
+        options = check_options(options)
+        prefix = normalize_prefix(save_path)
+        self.sync()
+        with gc_paused():
+            return self._restore_paused(prefix, options)
+
+    def _restore_paused(self, prefix: str, options: CheckpointOptions) -> CheckpointLoadStatus:
+        deadline = Deadline(options.timeout, f"restore of {prefix!r}")
+        core = self._hpckpt_core
+        comm = core.comm
+        index = core.storage.read_index(comm, prefix, deadline)
+
+        def check_graph() -> SavedGraph:
+            if index.graph is None:
+                raise CheckpointError(f"checkpoint {prefix!r} has no object graph")
+            return parse_graph(index.graph, set(index.tensors))
+
+        graph = _dist.run_agreed(comm, f"restore of {prefix!r}", check_graph, deadline)
+        ctx = RestoreContext(comm, prefix, index, graph, options, core.storage)
+        try:
+            ctx.restore_subtree(0, self)
+        except BaseException:
+            ctx.expect_partial = True  # the error says it all; no warning on top
+            raise
+        return CheckpointLoadStatus(ctx, self, self._hpckpt_save_counter)
+
+    def sync(self) -> None:
+        """Wait for a running asynchronous save; raise its error if it failed.
+
+        The error is the same :class:`CheckpointError` on every rank. A no-op when
+        no asynchronous save is running.
+
+        Collective: call on all ranks.
+        """
+        self._hpckpt_core.sync()
+
+    def __repr__(self) -> str:
+        names = [n for n, _ in self._checkpoint_children()]
+        return f"<hpckpt.{type(self).__name__} {names}>"
+
+
+class DTensorCheckpoint(Checkpoint):
+    """A :class:`Checkpoint` over a mesh's communicator.
+
+    The counterpart of ``tf.experimental.dtensor.DTensorCheckpoint``.
+
+    Args:
+        mesh: The mesh; its communicator is the one every method is collective over,
+            and ``save_counter`` is replicated on it.
+        root: The root object.
+        **kwargs: Trackable objects saved under these names.
+    """
+
+    def __init__(self, mesh: Mesh, root: Any = None, **kwargs: Any) -> None:
+        if not isinstance(mesh, Mesh):
+            raise TypeError(f"mesh must be an hpckpt.Mesh, got {type(mesh).__name__}")
+        self._hpckpt_init(mesh.comm, mesh, root, kwargs)

@@ -1,0 +1,232 @@
+"""Restoring: matching a saved object graph against live objects, then reading values.
+
+A :class:`RestoreContext` is one ``restore()`` call. It matches saved nodes to live
+objects breadth-first, reads the values of the matched variables and Python
+states (collectively, each rank its slice for the variable's *current* layout),
+and leaves a :class:`~hpckpt.graph.PendingRestore` in live objects for saved
+children that do not exist yet (restore-on-create).
+
+Call order of a read (collective): every rank plans its requests (agreed); the
+storage layer reads and verifies (agreed); values are assigned; Python states are
+deserialized (agreed).
+"""
+
+from __future__ import annotations
+
+import warnings
+import weakref
+from collections import deque
+from typing import Any
+
+import numpy as np
+from mpi4py import MPI
+
+from .. import _dist
+from .._dist import Deadline
+from .._gcpause import gc_paused
+from ..errors import CheckpointError
+from ..graph import PendingRestore, PythonState, SavedGraph, Trackable, children_of
+from ..io import SHARED_FILE, CheckpointIndex, ReadRequest, Storage
+from ..options import CheckpointOptions, io_options
+from ..variable import Variable
+
+__all__ = ["RestoreContext"]
+
+
+class RestoreContext:
+    """One restore: the saved graph, what has been matched, and pending restores.
+
+    Holds weak references to live objects so that pending restores (queued in
+    live objects) keep it alive exactly as long as something may still match.
+    """
+
+    def __init__(
+        self,
+        comm: MPI.Comm,
+        prefix: str,
+        index: CheckpointIndex,
+        graph: SavedGraph,
+        options: CheckpointOptions,
+        storage: Storage = SHARED_FILE,
+    ) -> None:
+        self.comm = comm
+        self.prefix = prefix
+        self.index = index
+        self.graph = graph
+        self.options = options
+        self.storage = storage
+        self.matched: dict[int, Any] = {}  # node -> weakref (or object)
+        self.matched_ids: dict[int, int] = {}  # id(object) -> node
+        self.pending_slots: list[tuple[int, int, str, int]] = []
+        self.consumed: set[str] = set()
+        self.expect_partial = False
+
+    def _ref(self, obj: Any) -> Any:
+        try:
+            return weakref.ref(obj)
+        except TypeError:
+            return lambda: obj
+
+    def live(self, node: int) -> Any:
+        r = self.matched.get(node)
+        return None if r is None else r()
+
+    def is_matched(self, obj: Any) -> bool:
+        n = self.matched_ids.get(id(obj))
+        return n is not None and self.live(n) is obj
+
+    def restore_subtree(self, node: int, obj: Any) -> None:
+        """Match ``obj`` to saved ``node`` and restore it and its dependencies.
+
+        Collective: call on all ranks (it reads the checkpoint).
+        """
+        with gc_paused():
+            self._restore_subtree(node, obj)
+
+    def _restore_subtree(self, node: int, obj: Any) -> None:
+        reads: list[tuple[int, Variable]] = []
+        states: list[tuple[int, PythonState]] = []
+        queue: deque[tuple[int, Any]] = deque([(node, obj)])
+        nodes = self.graph.nodes
+        while queue:
+            n, o = queue.popleft()
+            if self.live(n) is o:
+                continue
+            self.matched[n] = self._ref(o)
+            self.matched_ids[id(o)] = n
+            saved = nodes[n]
+            if saved.kind == "variable":
+                if isinstance(o, Variable):
+                    reads.append((n, o))
+            elif saved.kind == "python_state":
+                if isinstance(o, PythonState):
+                    states.append((n, o))
+            live_children = dict(children_of(o))
+            for name, c in saved.children:
+                child = live_children.get(name)
+                if child is not None:
+                    queue.append((c, child))
+                elif isinstance(o, Trackable):
+                    o._defer_target(name)._defer(name, PendingRestore(c, self.restore_subtree))
+            for v, slot_name, s in saved.slots:
+                self._match_slot(n, o, v, slot_name, s, queue)
+            for p in [p for p in self.pending_slots if p[1] == n]:
+                owner = self.live(p[0])
+                if owner is not None:
+                    self.pending_slots.remove(p)
+                    self._match_slot(p[0], owner, p[1], p[2], p[3], queue)
+        self._read(reads, states)
+
+    def _match_slot(
+        self,
+        owner_node: int,
+        owner: Any,
+        var_node: int,
+        slot_name: str,
+        slot_node: int,
+        queue: deque,
+    ) -> None:
+        if not isinstance(owner, Trackable):
+            return
+        var = self.live(var_node)
+        if var is None:
+            self.pending_slots.append((owner_node, var_node, slot_name, slot_node))
+            return
+        slot = owner._get_slot(var, slot_name)
+        if slot is not None:
+            queue.append((slot_node, slot))
+        else:
+            owner._defer_slot(var, slot_name, PendingRestore(slot_node, self.restore_subtree))
+
+    def _read(
+        self, reads: list[tuple[int, Variable]], states: list[tuple[int, PythonState]]
+    ) -> None:
+        if not reads and not states:
+            return
+        comm = self.comm
+        what = f"restore of checkpoint {self.prefix!r}"
+        deadline = Deadline(self.options.timeout, what)
+        nodes = self.graph.nodes
+
+        def plan() -> list[ReadRequest]:
+            requests = []
+            for n, v in reads:
+                key = nodes[n].key
+                assert key is not None
+                e = self.index.tensors[key]
+                if e.shape != v.shape:
+                    raise CheckpointError(
+                        f"shape mismatch for {key!r}: the checkpoint has {e.shape}, the "
+                        f"variable {v.name!r} has {v.shape}"
+                    )
+                if e.dtype != v.dtype:
+                    raise CheckpointError(
+                        f"dtype mismatch for {key!r}: the checkpoint has {e.dtype}, the "
+                        f"variable {v.name!r} has {v.dtype}"
+                    )
+                if v.layout.mesh.size != comm.Get_size():
+                    raise ValueError(
+                        f"variable {key!r} lives on a mesh of {v.layout.mesh.size} ranks but "
+                        f"the checkpoint's communicator has {comm.Get_size()}"
+                    )
+                requests.append(
+                    ReadRequest(
+                        e,
+                        v.local_start,
+                        v.local.shape,
+                        out=v.local if self.options.restore_in_place else None,
+                    )
+                )
+            for n, _ in states:
+                key = nodes[n].key
+                assert key is not None
+                e = self.index.tensors[key]
+                if e.dtype != np.uint8 or len(e.shape) != 1:
+                    raise CheckpointError(f"python state {key!r} is not a byte string")
+                requests.append(ReadRequest(e, (0,), e.shape))
+            return requests
+
+        requests = _dist.run_agreed(comm, what, plan, deadline)
+        arrays = self.storage.read(
+            comm,
+            self.prefix,
+            self.index,
+            requests,
+            options=io_options(self.options),
+            deadline=deadline,
+        )
+        for (n, v), a in zip(reads, arrays, strict=False):
+            if a is not v.local:
+                v.local[...] = a
+            self.consumed.add(nodes[n].key)  # type: ignore[arg-type]
+
+        def apply_states() -> None:
+            for (n, s), a in zip(states, arrays[len(reads) :], strict=True):
+                s.deserialize(a.tobytes().decode())
+                self.consumed.add(nodes[n].key)  # type: ignore[arg-type]
+
+        if states:
+            _dist.run_agreed(comm, what, apply_states, deadline)
+
+    def unmatched_keys(self) -> list[str]:
+        return sorted(
+            n.key
+            for i, n in enumerate(self.graph.nodes)
+            if n.key is not None and n.key not in self.consumed
+        )
+
+    def __del__(self) -> None:
+        try:
+            if self.expect_partial or self.comm.Get_rank() != 0:
+                return
+            missing = self.unmatched_keys()
+            if missing:
+                shown = ", ".join(missing[:8]) + (", ..." if len(missing) > 8 else "")
+                warnings.warn(
+                    f"{len(missing)} value(s) in checkpoint {self.prefix!r} were never restored "
+                    f"(no matching object was created): {shown}. Call expect_partial() on the "
+                    "load status to silence this warning.",
+                    stacklevel=1,
+                )
+        except Exception:
+            pass

@@ -1,0 +1,130 @@
+"""Save planning: from the live object graph to each rank's pieces to write.
+
+Call order of :func:`plan_save` (collective): every rank walks the graph and
+builds its tensors (agreed); rank 0's Python-state strings are broadcast; every
+rank checks that it has the same Python-state objects as rank 0 (agreed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from mpi4py import MPI
+
+from .. import _dist, _faults
+from .._dist import Deadline
+from ..errors import CheckpointError
+from ..graph import build_save_graph
+from ..io import SaveTensor
+from ..layout import UNSHARDED, block_range
+from ..variable import Variable
+
+__all__ = ["REPLICA_SPLIT_BYTES", "SavePlan", "plan_save", "write_pieces"]
+
+REPLICA_SPLIT_BYTES = 1 << 20
+
+
+def write_pieces(v: Variable, n: int) -> list[tuple[tuple[int, ...], np.ndarray]]:
+    """This rank's share of ``v`` (the ``n``-th variable saved) to write.
+
+    Each element is written once. A shard held by several replicas is split by
+    rows among them when it has at least ``REPLICA_SPLIT_BYTES``; a smaller one is
+    written whole by one replica, chosen round-robin by ``n``, so that many small
+    replicated tensors spread over the ranks without multiplying their slices.
+    """
+    a = v.local
+    if a.size == 0:
+        return []
+    start = v.local_start
+    index, count = v.layout.replica_position()
+    if count == 1:
+        return [(start, a)]
+    if a.ndim == 0 or a.nbytes < REPLICA_SPLIT_BYTES:
+        return [(start, a)] if index == n % count else []
+    r0, r1 = block_range(a.shape[0], count, index)
+    if r1 <= r0:
+        return []
+    return [((start[0] + r0, *start[1:]), a[r0:r1])]
+
+
+def _replicated_layout(comm: MPI.Comm) -> tuple[tuple[str, ...], tuple[str, ...], tuple[int, ...]]:
+    return ((UNSHARDED,), ("x",), (comm.Get_size(),))
+
+
+@dataclass
+class SavePlan:
+    """What one save writes.
+
+    Attributes:
+        tensors: Every tensor, sorted by key, with this rank's pieces.
+        graph: The object graph as stored in the index.
+    """
+
+    tensors: list[SaveTensor]
+    graph: dict[str, Any]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of this rank's pieces."""
+        return sum(a.nbytes for t in self.tensors for _, a in t.pieces)
+
+
+def plan_save(root: Any, comm: MPI.Comm, deadline: Deadline, what: str) -> SavePlan:
+    """Walk the graph from ``root`` and plan this rank's pieces.
+
+    Raises:
+        CheckpointError: On every rank, if planning failed on any rank or ranks
+            hold different Python-state objects.
+
+    Collective: call on all ranks.
+    """
+
+    def plan() -> tuple[Any, list[SaveTensor], list[str]]:
+        _faults.point("plan", comm.Get_rank())
+        g = build_save_graph(root)
+        tensors = []
+        for n, (key, v) in enumerate(g.variables):
+            if v.layout.mesh.size != comm.Get_size():
+                raise ValueError(
+                    f"variable {key!r} lives on a mesh of {v.layout.mesh.size} ranks but "
+                    f"the checkpoint's communicator has {comm.Get_size()}"
+                )
+            tensors.append(
+                SaveTensor(key, v.dtype, v.shape, v.layout.index_key(), write_pieces(v, n))
+            )
+        strings = []
+        for key, s in g.python_states:
+            value = s.serialize()
+            if not isinstance(value, str):
+                raise TypeError(
+                    f"{type(s).__name__}.serialize() for {key!r} returned "
+                    f"{type(value).__name__}, not str"
+                )
+            strings.append(value)
+        return g, tensors, strings
+
+    g, tensors, strings = _dist.run_agreed(comm, what, plan, deadline)
+    # Python state is saved from rank 0; every rank must have the same objects.
+    keys = [k for k, _ in g.python_states]
+    from_root = _dist.bcast_json(comm, [keys, strings], 0, deadline)
+
+    def same_states() -> None:
+        if from_root[0] != keys:
+            raise CheckpointError(
+                f"{what}: this rank's PythonState objects {keys[:5]} differ from rank 0's "
+                f"{from_root[0][:5]}"
+            )
+
+    _dist.run_agreed(comm, what, same_states, deadline)
+    for (key, _), text in zip(g.python_states, from_root[1], strict=True):
+        data = np.frombuffer(text.encode(), dtype=np.uint8)
+        pieces: list[tuple[tuple[int, ...], np.ndarray]] = (
+            [((0,), data)] if comm.Get_rank() == 0 else []
+        )
+        tensors.append(
+            SaveTensor(key, np.dtype(np.uint8), data.shape, _replicated_layout(comm), pieces)
+        )
+    tensors.sort(key=lambda t: t.key)
+    return SavePlan(tensors, g.to_json())

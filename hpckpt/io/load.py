@@ -1,0 +1,115 @@
+"""Loading a checkpoint on one process (no MPI): the reader, the command line, rank 0.
+
+Every read of an index file goes through :func:`read_index_bytes` (bounded,
+regular files only, never blocks).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from ..errors import CorruptCheckpointError
+from . import hdf5
+from .fsutil import read_required
+from .index import MAX_INDEX_BYTES, CheckpointIndex, TensorEntry, parse_index
+from .paths import data_file_path, index_path, is_data_file_name
+from .verify import verify_request
+
+__all__ = [
+    "load_index",
+    "named_data_file",
+    "read_index_bytes",
+    "read_index_file",
+    "read_tensor_serial",
+    "verify_tensor",
+]
+
+
+def read_index_bytes(prefix: str) -> bytes:
+    """The bytes of ``P.index.json`` (at most ``MAX_INDEX_BYTES``; regular files only).
+
+    Raises:
+        NotFoundError: No committed checkpoint at ``prefix``.
+        CorruptCheckpointError: Not a regular file, or too large.
+    """
+    ip = index_path(prefix)
+    return read_required(
+        ip, MAX_INDEX_BYTES, "index", f"no checkpoint at {prefix!r}: {ip!r} does not exist"
+    )
+
+
+def read_index_file(prefix: str) -> tuple[CheckpointIndex, int]:
+    """Parse ``P.index.json`` alone (no HDF5 access); returns the index and its size in bytes.
+
+    Raises:
+        NotFoundError: The index does not exist.
+        CorruptCheckpointError: It is not a valid index.
+    """
+    text = read_index_bytes(prefix)
+    return parse_index(text, source=index_path(prefix)), len(text)
+
+
+def load_index(prefix: str, *, check_data: bool = True) -> CheckpointIndex:
+    """Read and validate ``P.index.json`` and (``check_data``) the data file's structure.
+
+    Raises:
+        NotFoundError: No committed checkpoint at ``prefix``, or its data file is gone.
+        CorruptCheckpointError: The index or the data file is damaged or hostile.
+    """
+    index, _ = read_index_file(prefix)
+    if check_data:
+        hdf5.validate_data_file(
+            data_file_path(prefix, index.data_file), index.data_size, list(index.tensors.values())
+        )
+    return index
+
+
+def named_data_file(prefix: str) -> str | None:
+    """The data file name the committed index of ``prefix`` names; ``None`` if unreadable."""
+    try:
+        doc = json.loads(read_index_bytes(prefix))
+        name = doc["data_file"]["name"]
+    except (OSError, CorruptCheckpointError, ValueError, RecursionError, KeyError, TypeError):
+        return None
+    return name if isinstance(name, str) and is_data_file_name(name) else None
+
+
+def verify_tensor(entry: TensorEntry, array: np.ndarray, algorithm: str) -> None:
+    """Check every saved slice of a whole (global) tensor against its checksum.
+
+    Args:
+        entry: The tensor's index entry.
+        array: Its global array.
+        algorithm: The index's checksum algorithm (``CheckpointIndex.checksum``).
+
+    Raises:
+        CorruptCheckpointError: A slice's bytes do not match, naming the tensor and byte range.
+    """
+    verify_request(entry, (0,) * len(entry.shape), array, algorithm)
+
+
+def read_tensor_serial(
+    prefix: str, index: CheckpointIndex, entry: TensorEntry, *, verify: bool = True
+) -> np.ndarray:
+    """Read one whole tensor on a single process (no MPI); verify its checksums.
+
+    Raises:
+        CorruptCheckpointError: Short read or checksum mismatch.
+    """
+    if entry.offset is None:
+        return np.empty(entry.shape, dtype=entry.dtype)
+    path = data_file_path(prefix, index.data_file)
+    out = np.empty(entry.shape, dtype=entry.dtype)
+    buf = out.reshape(-1).view(np.uint8)
+    with open(path, "rb", buffering=0) as f:
+        n = os.preadv(f.fileno(), [buf.data], entry.offset) if buf.size else 0
+    if n != buf.size:
+        raise CorruptCheckpointError(
+            f"short read of tensor {entry.key!r}: {n} of {buf.size} bytes at offset {entry.offset}"
+        )
+    if verify:
+        verify_tensor(entry, out, index.checksum)
+    return out
