@@ -11,6 +11,9 @@ name, ...)`` -> ``setattr(obj, name, Variable)``, ``self.evaluate(v)`` -> ``v.nu
 ranks before they are checked, so a failure on one rank never leaves the others hanging.
 """
 
+# TF's own idioms are kept as they are (the port is line by line):
+# ruff: noqa: UP031
+
 from __future__ import annotations
 
 import copy
@@ -526,9 +529,7 @@ class TestCheckpointingTests:
         checkpoint_prefix = os.path.join(shared_dir, "ckpt")
         ckpt_options = hpckpt.CheckpointOptions(enable_async=enable_async_ckpt)
         save_path = checkpoint.save(file_prefix=checkpoint_prefix, options=ckpt_options)
-        load_checkpoint = hpckpt.Checkpoint(
-            a=[V(4.0), V(5.0)], b={"a": V(6.0), "b": V(7.0)}
-        )
+        load_checkpoint = hpckpt.Checkpoint(a=[V(4.0), V(5.0)], b={"a": V(6.0), "b": V(7.0)})
         # When async checkpoint is enabled, we need to first make sure that the
         # checkpoint saving is fully complete before the checkpoint file can be
         # loaded by another checkpoint instance. Calling checkpoint.restore() is a

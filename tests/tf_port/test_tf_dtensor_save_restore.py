@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import collections
 import gc
-import os
 
 import numpy as np
 import pytest

@@ -10,6 +10,9 @@ code, translated as they are: ``_NumpyWrapper.serialize`` returns the ``bytes`` 
 ``numpy.save``, as in TF.
 """
 
+# TF's own idioms are kept as they are (the port is line by line):
+# ruff: noqa: UP008
+
 from __future__ import annotations
 
 import io
@@ -164,9 +167,7 @@ class TestNumpyStateTests:
         second_checkpoint = hpckpt.Checkpoint(numpy_arrays=_NumpyState())
         second_checkpoint.restore(save_path)
         with Agreed():
-            numpy.testing.assert_array_equal(
-                numpy.zeros([3, 4]), second_checkpoint.numpy_arrays.x
-            )
+            numpy.testing.assert_array_equal(numpy.zeros([3, 4]), second_checkpoint.numpy_arrays.x)
 
 
 class TestPythonStateSavebleTests:
