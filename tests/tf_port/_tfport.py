@@ -28,17 +28,15 @@ import hpckpt
 __all__ = [
     "Agreed",
     "V",
+    "agreed_call",
     "all_ranks",
-    "bcast_from_rank0",
     "capture_warnings",
     "chdir",
     "checkpoint_keys",
     "deferred_names",
     "list_objects",
     "listdir0",
-    "on_rank0",
     "trackable_children",
-    "value",
 ]
 
 COMM = MPI.COMM_WORLD
@@ -54,50 +52,33 @@ def V(initial_value: Any, dtype: Any = None, layout: hpckpt.Layout | None = None
     return hpckpt.Variable(np.asarray(arr, dtype=dtype), layout=layout)
 
 
-def value(v: hpckpt.Variable) -> np.ndarray:
-    """``self.evaluate(v)``: the global value (collective for sharded variables)."""
-    return v.numpy()
+def agreed_call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call ``fn`` on every rank; if it raises on any rank, raise on every rank.
 
-
-def bcast_from_rank0(obj: Any) -> Any:
-    return COMM.bcast(obj, root=0)
-
-
-def on_rank0(fn: Callable[[], Any]) -> Any:
-    """Run ``fn`` on rank 0 only; every rank returns its result or raises its error.
-
-    For TF's process-local file helpers (a TF test is one process): running them on
-    every rank at once would race on the same files.
+    For file helpers whose collectiveness is not known yet (``update_checkpoint_state``,
+    ``remove_checkpoint``): a rank-local implementation that fails on some ranks only
+    (say, two ranks removing the same file) must not leave the others waiting. It starts
+    with a barrier: no rank changes the files while another is still reading them (TF's
+    test is one process, where every read precedes the next write).
     """
+    COMM.Barrier()
     result, err = None, None
-    if COMM.rank == 0:
-        try:
-            result = fn()
-        except BaseException as e:  # re-raised on every rank below
-            err = e
-    err = COMM.bcast(err if err is None else _portable(err), root=0)
+    try:
+        result = fn(*args, **kwargs)
+    except Exception as e:
+        err = e
+    failed = COMM.allgather(None if err is None else f"{type(err).__name__}: {err}")
     if err is not None:
         raise err
-    return COMM.bcast(result, root=0)
-
-
-def _portable(e: BaseException) -> BaseException:
-    try:
-        import pickle
-
-        pickle.loads(pickle.dumps(e))
-        return e
-    except Exception:
-        return RuntimeError(f"{type(e).__name__}: {e}")
+    others = [f"rank {r}: {m}" for r, m in enumerate(failed) if m]
+    if others:
+        raise AssertionError(f"{getattr(fn, '__name__', fn)} failed on " + "; ".join(others))
+    return result
 
 
 def listdir0(path: str) -> list[str]:
     """``os.listdir`` as rank 0 sees it (after a barrier), on every rank."""
     COMM.Barrier()
-    if COMM.rank == 0:
-        from hpckpt.io._fsutil import wait_removals
-
-        wait_removals()  # rank 0 deletes old data files in the background
     return COMM.bcast(sorted(os.listdir(path)) if COMM.rank == 0 else None, root=0)
 
 

@@ -10,7 +10,8 @@ have yet (``checkpoint_exists``, ``get_checkpoint_state``, ``update_checkpoint_s
 Their return value is read like TF's ``CheckpointState`` proto (``model_checkpoint_path``,
 ``all_model_checkpoint_paths``, ``all_model_checkpoint_timestamps``,
 ``last_preserved_timestamp``). hpckpt's functions that change files are collective, so the
-ports call them on every rank (a rank-local implementation must tolerate that).
+ports call them on every rank, through ``agreed_call`` (an error on any rank is raised on
+every rank); a rank-local implementation must tolerate being called by every rank.
 
 Time: TF patches ``checkpoint_management.time``. hpckpt reads ``time.time()`` in several
 modules, so the ports patch ``time.time`` itself, identically on every rank
@@ -29,7 +30,7 @@ from unittest import mock
 
 import numpy as np
 import pytest
-from _tfport import V, all_ranks, capture_warnings, chdir
+from _tfport import V, agreed_call, all_ranks, capture_warnings, chdir
 from mpi4py import MPI
 
 import hpckpt
@@ -127,8 +128,11 @@ class TestCheckpointStateTest:
             _mkdir(train_dir)
             abs_path = os.path.join(save_dir, "model-0")
             rel_path = os.path.join("train", "model-2")
-            hpckpt.update_checkpoint_state(
-                train_dir, rel_path, all_model_checkpoint_paths=[abs_path, rel_path]
+            agreed_call(
+                hpckpt.update_checkpoint_state,
+                train_dir,
+                rel_path,
+                all_model_checkpoint_paths=[abs_path, rel_path],
             )
             COMM.Barrier()
             ckpt = hpckpt.get_checkpoint_state(train_dir)
@@ -153,8 +157,11 @@ class TestCheckpointStateTest:
             _mkdir(train_dir)
             abs_path = os.path.join(save_dir, "model-0")
             rel_path = os.path.join("train", "model-2")
-            hpckpt.update_checkpoint_state(
-                train_dir, rel_path, all_model_checkpoint_paths=[abs_path, rel_path]
+            agreed_call(
+                hpckpt.update_checkpoint_state,
+                train_dir,
+                rel_path,
+                all_model_checkpoint_paths=[abs_path, rel_path],
             )
             COMM.Barrier()
             ckpt = hpckpt.get_checkpoint_state(pathlib.Path(train_dir))
@@ -173,7 +180,8 @@ class TestCheckpointStateTest:
             rel_path0 = "model-0"
             # TF: update_checkpoint_state_internal(..., save_relative_paths=True). hpckpt's
             # state file always stores paths relative to the directory.
-            hpckpt.update_checkpoint_state(
+            agreed_call(
+                hpckpt.update_checkpoint_state,
                 save_dir,
                 abs_path2,
                 all_model_checkpoint_paths=[rel_path0, abs_path2],
@@ -277,7 +285,7 @@ class TestSaverUtilsTest:
             path = os.path.join(base_dir, "%s-%s" % (sharded, "V2"))
             ckpt_prefix = checkpoint.save(path)
             assert hpckpt.checkpoint_exists(ckpt_prefix)
-            hpckpt.remove_checkpoint(ckpt_prefix)
+            agreed_call(hpckpt.remove_checkpoint, ckpt_prefix)
             COMM.Barrier()
             assert not hpckpt.checkpoint_exists(ckpt_prefix)
 
