@@ -15,6 +15,7 @@ storage layer's commit protocol runs (:meth:`hpckpt.io.Storage.write`), then
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -45,7 +46,7 @@ class CheckpointCore:
     def __init__(
         self, root: Any, comm: MPI.Comm, mesh: Mesh | None, storage: Storage = SHARED_FILE
     ) -> None:
-        self.root = root
+        self._root = weakref.ref(root)  # no cycle: the Checkpoint is freed by refcounting
         self.comm = comm
         self.mesh = mesh
         self.storage = storage
@@ -104,7 +105,7 @@ class CheckpointCore:
     ) -> bool:
         """Plan and write; returns True when the write went to the background."""
         comm = self.comm
-        plan = plan_save(self.root, comm, deadline, f"write of checkpoint {prefix!r}")
+        plan = plan_save(self._root(), comm, deadline, f"write of checkpoint {prefix!r}")
         iopts = io_options(options)
         storage = self.storage
         if options.enable_async:
