@@ -14,6 +14,9 @@ pickle-based methods):
 * :func:`allreduce_int`, :func:`all_true`, :func:`any_true`: one int64 or flag;
 * :func:`allreduce_max`: an int64 array (the Slurm helpers' decision flags);
 * :func:`allgatherv_array`: a numeric array's raw bytes (``Variable.numpy``);
+* :func:`exchange`: point-to-point raw bytes between the ranks that need them
+  (restores that change the layout: each saved slice is read by one rank and its
+  parts sent to the others);
 * agreement records: JSON bytes, point to point through rank 0 under a timeout.
 
 Outside this module, three kinds of collective call remain, each documented where
@@ -44,6 +47,7 @@ __all__ = [
     "allgatherv_array",
     "allreduce_int",
     "allreduce_max",
+    "exchange",
     "any_true",
     "bcast_bytes",
     "bcast_json",
@@ -104,6 +108,26 @@ class Deadline:
                 )
             pause = min(_POLL_MAX, max(_POLL_SECONDS, (now - spin_end) / 8))
             time.sleep(pause)
+
+    def wait_all(self, requests: list[MPI.Request], comm: MPI.Comm) -> None:
+        """Complete every request; on timeout cancel them and raise :class:`CheckpointError`."""
+        if not requests:
+            return
+        end = self.window()
+        spin_end = time.monotonic() + _SPIN_SECONDS
+        while not MPI.Request.Testall(requests):
+            now = time.monotonic()
+            if now < spin_end:
+                continue
+            if end is not None and now > end:
+                for r in requests:
+                    if r != MPI.REQUEST_NULL:
+                        r.Cancel()
+                raise CheckpointError(
+                    f"{self.what}: timed out after {self.timeout} s waiting for other ranks' "
+                    f"data (this is rank {comm.Get_rank()} of {comm.Get_size()})"
+                )
+            time.sleep(min(_POLL_MAX, max(_POLL_SECONDS, (now - spin_end) / 8)))
 
 
 def _encode(obj: Any) -> np.ndarray:
@@ -193,6 +217,27 @@ def bcast_json(comm: MPI.Comm, obj: Any, root: int = 0, deadline: Deadline | Non
     assert data is not None
     deadline.wait(comm.Ibcast(data, root=root), comm)
     return obj if is_root else _decode(data)
+
+
+def exchange(
+    comm: MPI.Comm,
+    sends: list[tuple[int, Any]],
+    recvs: list[tuple[int, Any]],
+    tag: int,
+    deadline: Deadline | None = None,
+) -> None:
+    """Point-to-point exchange: post every receive and send, then wait for all of them.
+
+    ``sends``/``recvs`` are ``(peer, buffer)`` with buffers as mpi4py takes them (for
+    example ``[MPI.BOTTOM, 1, datatype]``: raw bytes, no pickle). Every rank calls it at
+    the same step, with its own peers (possibly none); each message's two ends must
+    describe the same number of bytes.
+
+    Collective: call on all ranks (each with its own peers).
+    """
+    reqs = [comm.Irecv(buf, source=src, tag=tag) for src, buf in recvs]
+    reqs += [comm.Isend(buf, dest=dst, tag=tag) for dst, buf in sends]
+    (deadline or Deadline(None)).wait_all(reqs, comm)
 
 
 def allreduce_int(

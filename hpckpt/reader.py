@@ -125,7 +125,7 @@ class CheckpointReader:
             e.dataset,
         )
 
-    def get_layout_map(self) -> dict[str, dict]:
+    def get_layout_map(self) -> dict[str, dict | None]:
         """``{key: {"sharding_specs": [...], "mesh": {...}}}``: each tensor's layout at save."""
         return {k: t.layout_dict() for k, t in self._index.tensors.items()}
 

@@ -217,8 +217,4 @@ class Variable:
 def _check_layout(layout: Layout, shape: tuple[int, ...]) -> None:
     if not isinstance(layout, Layout):
         raise TypeError(f"layout must be an hpckpt.Layout, got {type(layout).__name__}")
-    if layout.rank != len(shape):
-        raise ValueError(
-            f"layout {list(layout.sharding_specs)!r} has rank {layout.rank} but the value "
-            f"has shape {shape!r}"
-        )
+    layout.check_shape(shape)

@@ -520,3 +520,21 @@ def test_console_script(good: Path) -> None:
         pytest.skip("the hpckpt console script is not installed beside this interpreter")
     r = subprocess.run([str(script), "ls", str(good)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "ckpt-2" in r.stdout
+
+
+def test_verify_fails_on_a_tensor_its_slices_do_not_cover(good: Path, tmp_path: Path) -> None:
+    """A committed index whose slices leave part of a tensor uncovered is damaged: verify
+    says so (exit 1), and no reader hands the uncovered bytes over."""
+    d = copy_dir(good, tmp_path)
+    prefix = d / "ckpt-2"
+    doc = index_of(prefix)
+    key = next(k for k, t in doc["tensors"].items() if t["slices"] is not None)
+    doc["tensors"][key]["slices"] = []
+    doc["tensors"][key]["checksums"] = ""
+    Path(f"{prefix}.index.json").write_text(json.dumps(doc))
+    r = hp("verify", prefix)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "do not cover it exactly once" in r.stdout
+    assert hpjson("verify", prefix, code=1)["ok"] is False
+    with pytest.raises(hpckpt.CorruptCheckpointError, match="do not cover"):
+        hpckpt.load_checkpoint(str(prefix))

@@ -13,7 +13,7 @@ from mpi4py import MPI
 
 import hpckpt
 from hpckpt import UNSHARDED, Layout
-from hpckpt.io import wait_removals
+from hpckpt.io import load_index, wait_removals
 
 pytestmark = pytest.mark.mpi(min_size=2)
 
@@ -103,12 +103,12 @@ def test_replicated_tensors_are_written_once(shared_dir):
     ckpt.write(prefix)
     with Agreed():
         if comm.rank == 0:
-            index = json.load(open(prefix + ".index.json"))
-            for key, t in index["tensors"].items():
-                cover = np.zeros(t["shape"], dtype=int)
-                for s in t["slices"]:
+            index = load_index(prefix)
+            for key, t in index.tensors.items():
+                cover = np.zeros(t.shape, dtype=int)
+                for s in t.slices:
                     cover[
-                        tuple(slice(a, a + n) for a, n in zip(s["start"], s["shape"], strict=False))
+                        tuple(slice(a, a + n) for a, n in zip(s.start, s.shape, strict=True))
                     ] += 1
                 assert (cover == 1).all(), key  # every element exactly once
 
@@ -340,3 +340,21 @@ def test_direct_io_of_large_pieces_roundtrip(shared_dir):
         and np.array_equal(got["small"], small)
         and np.array_equal(got["cols"], cols)
     )
+
+
+def test_ranks_with_different_layouts_never_commit_a_hole(shared_dir):
+    """One rank builds its Variable with another layout (same shape and dtype): the save
+    fails on every rank, names the ranks that differ, and commits nothing."""
+    comm = MPI.COMM_WORLD
+    mesh = hpckpt.create_mesh([("x", comm.size)])
+    lay = Layout(["x", UNSHARDED], mesh) if comm.rank else Layout([UNSHARDED, "x"], mesh)
+    v = hpckpt.Variable(np.arange(48.0 * comm.size).reshape(8 * comm.size, 6), lay)
+    prefix = os.path.join(shared_dir, "holes")
+    msg = None
+    try:
+        hpckpt.Checkpoint(v=v).write(prefix)
+    except hpckpt.CheckpointError as e:
+        msg = str(e)
+    assert all_ranks(msg is not None and "layouts" in msg), msg
+    assert len(set(comm.allgather(msg))) == 1
+    assert all_ranks(not os.path.exists(prefix + ".index.json"))

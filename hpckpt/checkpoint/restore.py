@@ -175,6 +175,8 @@ class RestoreContext:
                         v.local_start,
                         v.local.shape,
                         out=v.local if self.options.restore_in_place else None,
+                        layout=v.layout.spec(),
+                        mesh_rank=v.layout.mesh.rank,
                     )
                 )
             for n, _ in states:

@@ -17,40 +17,36 @@ from .. import _dist, _faults
 from .._dist import Deadline
 from ..errors import CheckpointError
 from ..graph import build_save_graph
-from ..io import SaveTensor
-from ..layout import UNSHARDED, block_range
+from ..io import SaveTensor, derived_slicing
 from ..variable import Variable
 
-__all__ = ["REPLICA_SPLIT_BYTES", "SavePlan", "plan_save", "write_pieces"]
-
-REPLICA_SPLIT_BYTES = 1 << 20
+__all__ = ["SavePlan", "plan_save", "write_pieces"]
 
 
-def write_pieces(v: Variable, n: int) -> list[tuple[tuple[int, ...], np.ndarray]]:
-    """This rank's share of ``v`` (the ``n``-th variable saved) to write.
+def write_pieces(
+    v: Variable, ordinal: int
+) -> tuple[list[tuple[tuple[int, ...], np.ndarray]], list[int]]:
+    """This rank's share of ``v`` (the ``ordinal``-th variable saved) and its slice numbers.
 
-    Each element is written once. A shard held by several replicas is split by
-    rows among them when it has at least ``REPLICA_SPLIT_BYTES``; a smaller one is
-    written whole by one replica, chosen round-robin by ``n``, so that many small
-    replicated tensors spread over the ranks without multiplying their slices.
+    The slices are those the index derives from the layout (``io.derived_slicing``):
+    each element is written once. A shard held by several replicas is split by rows
+    among them when it is large; a small one is written whole by one replica, chosen
+    round-robin by ``ordinal``, so that many small replicated tensors spread over the
+    ranks.
     """
-    a = v.local
-    if a.size == 0:
-        return []
-    start = v.local_start
-    index, count = v.layout.replica_position()
-    if count == 1:
-        return [(start, a)]
-    if a.ndim == 0 or a.nbytes < REPLICA_SPLIT_BYTES:
-        return [(start, a)] if index == n % count else []
-    r0, r1 = block_range(a.shape[0], count, index)
-    if r1 <= r0:
-        return []
-    return [((start[0] + r0, *start[1:]), a[r0:r1])]
-
-
-def _replicated_layout(comm: MPI.Comm) -> tuple[tuple[str, ...], tuple[str, ...], tuple[int, ...]]:
-    return ((UNSHARDED,), ("x",), (comm.Get_size(),))
+    spec = v.layout.spec()
+    slicing = derived_slicing(v.shape, spec, v.dtype)
+    index, _ = v.layout.replica_position()
+    i = slicing.written_by(v.layout.mesh.coords, index, ordinal)
+    if i is None:
+        return [], []
+    start, shape = slicing.box(i)
+    local = v.local
+    rel = tuple(
+        slice(a - b, a - b + n) for a, b, n in zip(start, v.local_start, shape, strict=True)
+    )
+    piece = local[rel] if rel else local
+    return [(start, np.ascontiguousarray(piece))], [i]
 
 
 @dataclass
@@ -91,9 +87,8 @@ def plan_save(root: Any, comm: MPI.Comm, deadline: Deadline, what: str) -> SaveP
                     f"variable {key!r} lives on a mesh of {v.layout.mesh.size} ranks but "
                     f"the checkpoint's communicator has {comm.Get_size()}"
                 )
-            tensors.append(
-                SaveTensor(key, v.dtype, v.shape, v.layout.index_key(), write_pieces(v, n))
-            )
+            pieces, ids = write_pieces(v, n)
+            tensors.append(SaveTensor(key, v.dtype, v.shape, v.layout.spec(), pieces, ids))
         strings = []
         for key, s in g.python_states:
             value = s.serialize()
@@ -123,8 +118,6 @@ def plan_save(root: Any, comm: MPI.Comm, deadline: Deadline, what: str) -> SaveP
         pieces: list[tuple[tuple[int, ...], np.ndarray]] = (
             [((0,), data)] if comm.Get_rank() == 0 else []
         )
-        tensors.append(
-            SaveTensor(key, np.dtype(np.uint8), data.shape, _replicated_layout(comm), pieces)
-        )
+        tensors.append(SaveTensor(key, np.dtype(np.uint8), data.shape, None, pieces))
     tensors.sort(key=lambda t: t.key)
     return SavePlan(tensors, g.to_json())

@@ -55,7 +55,7 @@ from .statefile import (
     resolve_latest,
     write_state,
 )
-from .write import SaveTensor, write_checkpoint
+from .write import SaveTensor, derived_slicing, write_checkpoint
 
 __all__ = [
     "SHARED_FILE",
@@ -71,6 +71,7 @@ __all__ = [
     "TensorEntry",
     "checkpoint_exists",
     "data_file_path",
+    "derived_slicing",
     "delete_checkpoint_files",
     "index_path",
     "latest_checkpoint",

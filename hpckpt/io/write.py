@@ -2,26 +2,29 @@
 
 Call order (``write_checkpoint`` is collective; inside it):
 
-1. every rank: agree that all ranks save the same tensors (keys, dtypes, shapes);
+1. every rank: agree that all ranks save the same tensors with the same layouts
+   (one reduction of a structure hash; on a mismatch the ranks that differ are named);
 2. rank 0: create ``P.data-<token>.h5`` with every dataset (contiguous, allocated,
    in one deterministic order); the outcome is agreed and the dataset offsets are
    broadcast;
 3. every rank: write its pieces (direct IO or collective MPI-IO, see
    :mod:`.transfer`), checksum them while the disk flushes, sync;
-4. rank 0: gather every rank's outcome and slice checksums; if all succeeded,
-   fsync the data file, write ``P.index.json`` atomically (tmp + fsync + rename +
-   directory fsync) and remove the data files of ``P`` the index does not name;
+4. rank 0: gather every rank's outcome and slice checksums (fixed-size records);
+   check that every saved slice was written exactly once (layout-based tensors) and
+   that per-rank boxes tile each tensor exactly once; if all is well, fsync the data
+   file, write ``P.index.json`` atomically (tmp + fsync + rename + directory fsync)
+   and remove the data files of ``P`` the index does not name;
 5. rank 0 broadcasts the outcome; every rank returns or raises the same error.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
-import zlib
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from mpi4py import MPI
@@ -29,17 +32,19 @@ from mpi4py import MPI
 from .. import _dist, _faults
 from .._dist import Deadline
 from ..errors import CheckpointError
+from ..layout import LayoutSpec
 from . import hdf5
 from .checksum import DEFAULT_ALGORITHM, checksum
 from .cleanup import remove_stale_files
 from .fsutil import atomic_write, fsync_path, remove_quietly
-from .index import CheckpointIndex, SliceEntry, TensorEntry, dataset_name_for_key
+from .index import REPLICA_SPLIT_BYTES, CheckpointIndex, TensorEntry, dataset_name_for_key
 from .mpiio import Piece
 from .options import IOOptions
 from .paths import data_file_name, data_file_path, index_path, new_token
+from .slicing import DerivedSlicing, ListedSlicing, check_exact_cover
 from .transfer import move_pieces
 
-__all__ = ["SaveTensor", "library_versions", "write_checkpoint"]
+__all__ = ["SaveTensor", "derived_slicing", "library_versions", "write_checkpoint"]
 
 
 @dataclass
@@ -48,17 +53,29 @@ class SaveTensor:
 
     Attributes:
         key: The checkpoint key.
-        dtype: The numpy dtype.
+        dtype: The numpy dtype of the stored bytes.
         shape: The global shape.
-        layout: ``(sharding_specs, mesh dim_names, mesh shape)`` at save (tuples).
+        layout: Its layout: the saved slices are derived from it
+            (:func:`derived_slicing`), and ``slice_ids`` names the slice of each
+            piece. ``None``: per-rank boxes, listed in the index (every rank's
+            pieces together must tile the tensor exactly once).
         pieces: ``(start, array)`` hyperslabs this rank writes (C-contiguous arrays).
+        slice_ids: With a layout, the derived slice index of each piece.
+        logical_dtype: The dtype the bytes hold if it is not a numpy dtype.
     """
 
     key: str
     dtype: np.dtype
     shape: tuple[int, ...]
-    layout: tuple[tuple[str, ...], tuple[str, ...], tuple[int, ...]]
+    layout: LayoutSpec | None
     pieces: list[tuple[tuple[int, ...], np.ndarray]]
+    slice_ids: list[int] = field(default_factory=list)
+    logical_dtype: str | None = None
+
+
+def derived_slicing(shape: tuple[int, ...], layout: LayoutSpec, dtype: np.dtype) -> DerivedSlicing:
+    """The slices a save writes for a layout-based tensor (what the index derives)."""
+    return DerivedSlicing(shape, layout, dtype.itemsize, REPLICA_SPLIT_BYTES)
 
 
 def library_versions() -> dict[str, str]:
@@ -78,24 +95,22 @@ def library_versions() -> dict[str, str]:
     }
 
 
-def _checksums(
-    pieces: list[tuple[int, tuple[int, ...], np.ndarray]],
-) -> list[tuple[int, tuple[int, ...], tuple[int, ...], int]]:
-    return [(i, start, a.shape, checksum(a)) for i, start, a in pieces]
+def structure_hash(tensors: Sequence[SaveTensor]) -> int:
+    """A 63-bit hash of what every rank must agree on: keys, dtypes, shapes, layouts."""
+    h = hashlib.blake2b(digest_size=8)
+    for t in tensors:
+        lay = (
+            repr((t.layout.specs, t.layout.dim_names, t.layout.mesh_shape, t.layout.splits))
+            if t.layout
+            else "boxes"
+        )
+        h.update(repr((t.key, t.dtype.str, t.shape, lay, t.logical_dtype)).encode())
+        h.update(b"\x00")
+    return int.from_bytes(h.digest(), "little") & ((1 << 63) - 1)
 
 
-def _slice_rows(
-    slices: list[tuple[int, tuple[int, ...], tuple[int, ...], int]], width: int
-) -> np.ndarray:
-    """This rank's written slices as int64 rows ``[tensor, crc, *start, *shape]`` (padded)."""
-    rows = np.zeros((len(slices), 2 + 2 * width), dtype=np.int64)
-    for r, (i, start, shape, crc) in enumerate(slices):
-        n = len(start)
-        rows[r, 0] = i
-        rows[r, 1] = crc
-        rows[r, 2 : 2 + n] = start
-        rows[r, 2 + width : 2 + width + n] = shape
-    return rows
+def _checksums(pieces: list[tuple[int, int, np.ndarray]]) -> list[int]:
+    return [checksum(a) for _, _, a in pieces]
 
 
 def write_checkpoint(
@@ -109,13 +124,14 @@ def write_checkpoint(
 ) -> int:
     """Write and commit checkpoint ``prefix``; returns the data file's size in bytes.
 
-    ``tensors`` must list the same keys, dtypes and shapes in the same order on
-    every rank; each rank's pieces are its own.
+    ``tensors`` must list the same keys, dtypes, shapes and layouts in the same order
+    on every rank; each rank's pieces are its own.
 
     Collective: call on all ranks.
     """
     what = f"write of checkpoint {prefix!r}"
-    own = [(i, tuple(start), a) for i, t in enumerate(tensors) for start, a in t.pieces if a.size]
+    # (tensor, piece number, array) of every non-empty piece
+    own = [(i, j, a) for i, t in enumerate(tensors) for j, (_, a) in enumerate(t.pieces) if a.size]
     # The checksums run in a worker thread while the written pages are flushed to disk:
     # the sync is waiting on the device, the CRC on the CPU.
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hpckpt-crc")
@@ -125,11 +141,27 @@ def write_checkpoint(
         pool.shutdown(wait=True)
 
 
+def _agree_structure(
+    comm: MPI.Comm, tensors: Sequence[SaveTensor], deadline: Deadline, what: str
+) -> None:
+    h = structure_hash(tensors)
+    lo = _dist.allreduce_int(comm, h, MPI.MIN, deadline)
+    hi = _dist.allreduce_int(comm, h, MPI.MAX, deadline)
+    if lo == hi:
+        return
+    hashes = _dist.allgather_json(comm, h, deadline)
+    odd = [r for r, x in enumerate(hashes) if x != hashes[0]]
+    raise CheckpointError(
+        f"{what}: ranks disagree on the tensors to save, or on their layouts (ranks {odd} "
+        f"differ from rank 0): every rank must save the same keys, dtypes, shapes and layouts"
+    )
+
+
 def _write_and_commit(
     comm: MPI.Comm,
     prefix: str,
     tensors: Sequence[SaveTensor],
-    own: list[tuple[int, tuple[int, ...], np.ndarray]],
+    own: list[tuple[int, int, np.ndarray]],
     pool: ThreadPoolExecutor,
     graph: dict | None,
     options: IOOptions,
@@ -137,14 +169,7 @@ def _write_and_commit(
     what: str,
 ) -> int:
     rank = comm.Get_rank()
-    signature = zlib.crc32(repr([(t.key, t.dtype.str, t.shape) for t in tensors]).encode())
-    sigs = _dist.allgather_json(comm, signature, deadline)
-    if len(set(sigs)) != 1:
-        odd = [r for r, s in enumerate(sigs) if s != sigs[0]]
-        raise CheckpointError(
-            f"{what}: ranks disagree on the tensors to save (ranks {odd} differ from rank 0)"
-        )
-
+    _agree_structure(comm, tensors, deadline, what)
     names = [dataset_name_for_key(t.key) for t in tensors]
 
     def create() -> dict | None:
@@ -154,7 +179,10 @@ def _write_and_commit(
         os.makedirs(os.path.dirname(prefix) or ".", exist_ok=True)
         token = new_token()
         path = data_file_path(prefix, data_file_name(prefix, token))
-        specs = [hdf5.DatasetSpec(n, t.dtype, t.shape) for n, t in zip(names, tensors, strict=True)]
+        specs = [
+            hdf5.DatasetSpec(n, t.dtype, t.shape, t.logical_dtype)
+            for n, t in zip(names, tensors, strict=True)
+        ]
         offsets, size = hdf5.create_data_file(
             path, specs, alignment=options.alignment, threshold=options.alignment_threshold
         )
@@ -172,11 +200,11 @@ def _write_and_commit(
     pieces: list[Piece] = []
     try:
         _faults.point("before_data", rank)
-        for i, start, a in own:
+        for i, j, a in own:
             off = offsets[i]
             if off is None:
                 raise CheckpointError(f"{what}: tensor {tensors[i].key!r} has no storage")
-            pieces.append(Piece(off, tensors[i].shape, start, a))
+            pieces.append(Piece(off, tensors[i].shape, tuple(tensors[i].pieces[j][0]), a))
     except Exception as e:
         exc, pieces = e, []
     crcs: list[Future] = []
@@ -193,24 +221,26 @@ def _write_and_commit(
         _faults.point("after_data", rank)
     except Exception as e:
         exc = exc or e
-    width = max((len(t.shape) for t in tensors), default=0)
-    rows = np.zeros((0, 2 + 2 * width), dtype=np.int64)
+    derived, listed = _records(tensors, own, rank)
     try:
         if exc is None:
-            rows = _slice_rows(crcs[0].result() if crcs else _checksums(own), width)
+            values = crcs[0].result() if crcs else _checksums(own)
+            derived, listed = _records(tensors, own, rank, values)
     except Exception as e:
         exc = e
 
     errors = _dist.gather_json(comm, _dist.failure_record(exc), 0, deadline)
-    gathered = _dist.gather_rows(comm, rows, 0, deadline)
+    got_derived = _dist.gather_rows(comm, derived, 0, deadline)
+    got_listed = _dist.gather_rows(comm, listed, 0, deadline)
     records: list | None = None
     if rank == 0:
-        assert errors is not None and gathered is not None
+        assert errors is not None and got_derived is not None and got_listed is not None
         records = errors
         if all(r is None for r in records):
             try:
                 _faults.point("before_commit", rank)
-                _commit(prefix, data_path, data_name, plan, names, tensors, gathered, graph, comm)
+                entries = _entries(tensors, names, offsets, got_derived, got_listed, what)
+                _commit(prefix, data_path, data_name, plan, entries, graph, comm)
             except Exception as e:
                 exc = e
                 records[0] = _dist.failure_record(e)
@@ -221,35 +251,133 @@ def _write_and_commit(
     return int(plan["size"])
 
 
+def _width(tensors: Sequence[SaveTensor]) -> int:
+    return max((len(t.shape) for t in tensors if t.layout is None), default=0)
+
+
+def _records(
+    tensors: Sequence[SaveTensor],
+    own: list[tuple[int, int, np.ndarray]],
+    rank: int,
+    values: list[int] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """This rank's slice records: ``[tensor, slice, crc, rank]`` for layout-based tensors,
+    ``[tensor, crc, rank, *start, *shape]`` (padded) for listed ones."""
+    width = _width(tensors)
+    derived = np.zeros((0, 4), dtype=np.int64)
+    listed = np.zeros((0, 3 + 2 * width), dtype=np.int64)
+    if values is None:
+        return derived, listed
+    d_rows, l_rows = [], []
+    for (i, j, a), crc in zip(own, values, strict=True):
+        t = tensors[i]
+        if t.layout is not None:
+            d_rows.append([i, t.slice_ids[j], crc, rank])
+        else:
+            start = list(t.pieces[j][0])
+            row = [i, crc, rank] + [0] * (2 * width)
+            row[3 : 3 + len(start)] = start
+            row[3 + width : 3 + width + len(start)] = list(a.shape)
+            l_rows.append(row)
+    if d_rows:
+        derived = np.asarray(d_rows, dtype=np.int64)
+    if l_rows:
+        listed = np.asarray(l_rows, dtype=np.int64)
+    return derived, listed
+
+
+def _entries(
+    tensors: Sequence[SaveTensor],
+    names: list[str],
+    offsets: list[int | None],
+    derived: np.ndarray,
+    listed: np.ndarray,
+    what: str,
+) -> dict[str, TensorEntry]:
+    """Rank 0: build every tensor's index entry; check that every slice was written once."""
+    width = _width(tensors)
+    by_tensor_d: dict[int, np.ndarray] = {}
+    if len(derived):
+        order = np.argsort(derived[:, 0], kind="stable")
+        derived = derived[order]
+        cuts = np.flatnonzero(np.diff(derived[:, 0])) + 1
+        for part in np.split(derived, cuts):
+            by_tensor_d[int(part[0, 0])] = part
+    by_tensor_l: dict[int, np.ndarray] = {}
+    if len(listed):
+        order = np.argsort(listed[:, 0], kind="stable")
+        listed = listed[order]
+        cuts = np.flatnonzero(np.diff(listed[:, 0])) + 1
+        for part in np.split(listed, cuts):
+            by_tensor_l[int(part[0, 0])] = part
+    entries: dict[str, TensorEntry] = {}
+    for i, t in enumerate(tensors):
+        nd = len(t.shape)
+        if t.layout is not None:
+            slicing = derived_slicing(t.shape, t.layout, t.dtype)
+            rows = by_tensor_d.get(i, np.zeros((0, 4), dtype=np.int64))
+            crcs = np.zeros(len(slicing), dtype=np.uint32)
+            seen = np.zeros(len(slicing), dtype=np.int64)
+            ids = rows[:, 1]
+            if np.any(ids < 0) or np.any(ids >= len(slicing)):
+                raise CheckpointError(f"{what}: tensor {t.key!r}: a slice number out of range")
+            np.add.at(seen, ids, 1)
+            crcs[ids] = rows[:, 2].astype(np.uint32)
+            sizes = slicing.nonempty()
+            if np.any(seen[sizes] != 1) or np.any(seen[~sizes] != 0):
+                missing = np.flatnonzero(sizes & (seen == 0)).tolist()
+                twice = np.flatnonzero(seen > 1).tolist()
+                raise CheckpointError(
+                    f"{what}: tensor {t.key!r} would be committed with holes or overlaps "
+                    f"(slices never written: {missing[:8]}, written more than once: {twice[:8]})"
+                )
+            entries[t.key] = TensorEntry(
+                t.key,
+                names[i],
+                t.dtype,
+                t.shape,
+                offsets[i],
+                t.layout,
+                slicing,
+                crcs,
+                t.logical_dtype,
+            )
+        else:
+            rows = by_tensor_l.get(i, np.zeros((0, 3 + 2 * width), dtype=np.int64))
+            starts = rows[:, 3 : 3 + nd]
+            shapes = rows[:, 3 + width : 3 + width + nd]
+            problem = check_exact_cover(t.shape, starts, shapes)
+            if problem is not None:
+                ranks = sorted({int(r) for r in rows[:, 2]})
+                raise CheckpointError(
+                    f"{what}: the boxes of tensor {t.key!r} written by ranks {ranks} do not tile "
+                    f"its shape {t.shape} exactly once ({problem})"
+                )
+            listed_slicing = ListedSlicing(starts, shapes)
+            crcs = rows[:, 1].astype(np.uint32)
+            entries[t.key] = TensorEntry(
+                t.key,
+                names[i],
+                t.dtype,
+                t.shape,
+                offsets[i],
+                None,
+                listed_slicing,
+                crcs,
+                t.logical_dtype,
+            )
+    return entries
+
+
 def _commit(
     prefix: str,
     data_path: str,
     data_name: str,
     plan: dict,
-    names: list[str],
-    tensors: Sequence[SaveTensor],
-    rows: np.ndarray,
+    entries: dict[str, TensorEntry],
     graph: dict | None,
     comm: MPI.Comm,
 ) -> None:
-    per_tensor: list[list[SliceEntry]] = [[] for _ in tensors]
-    width = (rows.shape[1] - 2) // 2
-    for row in rows.tolist():
-        i = row[0]
-        n = len(tensors[i].shape)
-        per_tensor[i].append(
-            SliceEntry(tuple(row[2 : 2 + n]), tuple(row[2 + width : 2 + width + n]), row[1])
-        )
-    entries = {}
-    offsets = plan["offsets"]
-    for i, t in enumerate(tensors):
-        specs, dim_names, mesh_shape = t.layout
-        sl = per_tensor[i]
-        if len(sl) > 1:
-            sl.sort(key=lambda s: s.start)
-        entries[t.key] = TensorEntry(
-            t.key, names[i], t.dtype, t.shape, offsets[i], specs, dim_names, mesh_shape, tuple(sl)
-        )
     index = CheckpointIndex(
         data_file=data_name,
         data_size=int(plan["size"]),
