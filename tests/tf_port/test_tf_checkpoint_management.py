@@ -168,9 +168,6 @@ class TestCheckpointStateTest:
             assert ckpt.model_checkpoint_path == rel_path
 
     # ports CheckpointStateTest.testUpdateCheckpointStateSaveRelativePaths
-    @pytest.mark.xfail(
-        strict=True, reason=missing("update_checkpoint_state", "get_checkpoint_state")
-    )
     def test_update_checkpoint_state_save_relative_paths(self, shared_dir):
         save_dir = self._get_test_dir(shared_dir, "update_checkpoint_state")
         with chdir(save_dir):
@@ -205,12 +202,6 @@ class TestCheckpointStateTest:
             assert ckpt.all_model_checkpoint_paths[0] == abs_path0
 
     # ports CheckpointStateTest.testCheckPointStateFailsWhenIncomplete
-    @pytest.mark.xfail(
-        strict=True,
-        reason=missing("get_checkpoint_state")
-        + "; besides, hpckpt reports a damaged state file with CorruptCheckpointError, which "
-        "is not a ValueError (TF raises ValueError)",
-    )
     def test_check_point_state_fails_when_incomplete(self, shared_dir):
         save_dir = self._get_test_dir(shared_dir, "checkpoint_state_fails_when_incomplete")
         with chdir(save_dir):
@@ -220,7 +211,6 @@ class TestCheckpointStateTest:
                 hpckpt.get_checkpoint_state(save_dir)
 
     # ports CheckpointStateTest.testCheckPointCompletesRelativePaths
-    @pytest.mark.xfail(strict=True, reason=missing("get_checkpoint_state"))
     def test_check_point_completes_relative_paths(self, shared_dir):
         save_dir = self._get_test_dir(shared_dir, "checkpoint_completes_relative_paths")
         with chdir(save_dir):
@@ -264,7 +254,6 @@ class TestSaverUtilsTest:
 
     # ports SaverUtilsTest.testCheckpointExists (TF's loop over the V1/V2 file formats
     # has no analogue: hpckpt has one format)
-    @pytest.mark.xfail(strict=True, reason=missing("checkpoint_exists"))
     def test_checkpoint_exists(self, base_dir):
         for sharded in (False, True):
             checkpoint = hpckpt.Checkpoint(v=_variable(sharded))
@@ -278,7 +267,6 @@ class TestSaverUtilsTest:
             assert hpckpt.checkpoint_exists(ckpt_prefix)
 
     # ports SaverUtilsTest.testRemoveCheckpoint (TF also passes the format version)
-    @pytest.mark.xfail(strict=True, reason=missing("checkpoint_exists", "remove_checkpoint"))
     def test_remove_checkpoint(self, base_dir):
         for sharded in (False, True):
             checkpoint = hpckpt.Checkpoint(v=_variable(sharded))
@@ -292,7 +280,6 @@ class TestSaverUtilsTest:
 
 class TestCheckpointManagerTest:
     # ports CheckpointManagerTest.testDeletion
-    @pytest.mark.xfail(strict=True, reason=missing("checkpoint_exists"))
     def test_deletion(self, shared_dir):
         checkpoint = hpckpt.Checkpoint()
         manager = hpckpt.CheckpointManager(checkpoint, shared_dir, max_to_keep=3)
@@ -306,7 +293,6 @@ class TestCheckpointManagerTest:
         assert not hpckpt.checkpoint_exists(first_path)
 
     # ports CheckpointManagerTest.testKeepAll
-    @pytest.mark.xfail(strict=True, reason=missing("checkpoint_exists"))
     def test_keep_all(self, shared_dir):
         checkpoint = hpckpt.Checkpoint()
         # (TF names the directory after the execution mode)
@@ -340,7 +326,6 @@ class TestCheckpointManagerTest:
         assert not hpckpt.checkpoint_exists(first_path)
 
     # ports CheckpointManagerTest.testSaveRestoreState
-    @pytest.mark.xfail(strict=True, reason=missing("get_checkpoint_state", "checkpoint_exists"))
     def test_save_restore_state(self, shared_dir, patched_time):
         mock_time = patched_time
         directory = shared_dir
@@ -409,14 +394,6 @@ class TestCheckpointManagerTest:
         assert [fifth_name, sixth_name] == third_manager.checkpoints
 
     # ports CheckpointManagerTest.testContinueFromUnmanaged
-    @pytest.mark.xfail(
-        strict=True,
-        reason="a new CheckpointManager takes over the checkpoints that Checkpoint.save() "
-        "listed in the state file (manager.checkpoints == [unusual_prefix-2, ckpt-3] after "
-        "its first save, and unusual_prefix-1 is deleted), where TF manages only its own "
-        "saves ([ckpt-3]) and never deletes the unmanaged ones; besides, "
-        + missing("checkpoint_exists"),
-    )
     def test_continue_from_unmanaged(self, shared_dir):
         directory = shared_dir
         prefix = os.path.join(directory, "unusual_prefix")
@@ -441,15 +418,6 @@ class TestCheckpointManagerTest:
         assert hpckpt.checkpoint_exists(fifth_path)
 
     # ports CheckpointManagerTest.testClockReset
-    @pytest.mark.xfail(
-        strict=True,
-        reason=missing("get_checkpoint_state", "checkpoint_exists")
-        + "; besides, a manager created while time.time() is behind the state file's "
-        "last_preserved_timestamp neither warns ('behind the last preserved checkpoint "
-        "timestamp') nor resets that timestamp, and keeps managing (and may delete) the "
-        "checkpoints listed with later times, where TF leaves them alone "
-        "(manager.checkpoints == [])",
-    )
     def test_clock_reset(self, shared_dir, patched_time):
         mock_time = patched_time
         directory = shared_dir
@@ -499,7 +467,6 @@ class TestCheckpointManagerTest:
         assert [5020.0] == list(state.all_model_checkpoint_timestamps)
 
     # ports CheckpointManagerTest.testCustomNumbering
-    @pytest.mark.xfail(strict=True, reason=missing("get_checkpoint_state"))
     def test_custom_numbering(self, shared_dir):
         directory = shared_dir
         step = V(0, dtype=np.int64)
@@ -590,7 +557,6 @@ class TestCheckpointManagerTest:
         assert str(directory / "ckpt_name-1") == cp_dir
 
     # ports CheckpointManagerTest.testCheckpointInterval
-    @pytest.mark.xfail(strict=True, reason=missing("checkpoint_exists"))
     def test_checkpoint_interval(self, shared_dir):
         v = V(1.0)
         step_counter = V(0)
@@ -631,11 +597,6 @@ class TestCheckpointManagerTest:
         assert hpckpt.checkpoint_exists(path)
 
     # ports CheckpointManagerTest.testCheckpointIntervalWithLastCheckpointStep
-    @pytest.mark.xfail(
-        strict=True,
-        reason="CheckpointManager has no last_checkpoint_step parameter (TypeError); TF "
-        "starts the checkpoint_interval count from it; besides, " + missing("checkpoint_exists"),
-    )
     def test_checkpoint_interval_with_last_checkpoint_step(self, shared_dir):
         v = V(1.0)
         step_counter = V(1)

@@ -24,13 +24,7 @@ from mpi4py import MPI
 
 import hpckpt
 
-pytestmark = [
-    pytest.mark.mpi(min_size=1),
-    pytest.mark.timeout(120),
-    pytest.mark.xfail(
-        strict=True, reason="hpckpt.CheckpointView does not exist (requested by the open issue)"
-    ),
-]
+pytestmark = [pytest.mark.mpi(min_size=1), pytest.mark.timeout(120)]
 
 COMM = MPI.COMM_WORLD
 

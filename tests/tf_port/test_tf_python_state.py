@@ -105,7 +105,6 @@ class _NumpyWrapper(hpckpt.PythonState):
 
 class TestNumpyStateTests:
     # ports NumpyStateTests.testWrapper
-    @pytest.mark.xfail(strict=True, reason=BYTES_STATE)
     def test_wrapper(self, shared_dir):
         prefix = os.path.join(shared_dir, "ckpt")
         root = hpckpt.Checkpoint(numpy=_NumpyWrapper(numpy.array([1.0])))
@@ -117,7 +116,6 @@ class TestNumpyStateTests:
             assert [1.0] == root.numpy.array
 
     # ports NumpyStateTests.testSaveRestoreNumpyState
-    @pytest.mark.xfail(strict=True, reason=BYTES_STATE)
     def test_save_restore_numpy_state(self, shared_dir):
         prefix = os.path.join(shared_dir, "ckpt")
         save_state = _NumpyState()
@@ -153,7 +151,6 @@ class TestNumpyStateTests:
             assert 4 == load_state.c
 
     # ports NumpyStateTests.testDocstringExample
-    @pytest.mark.xfail(strict=True, reason=BYTES_STATE)
     def test_docstring_example(self, shared_dir):
         arrays = _NumpyState()
         checkpoint = hpckpt.Checkpoint(numpy_arrays=arrays)
