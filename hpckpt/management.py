@@ -137,7 +137,9 @@ def remove_checkpoint(checkpoint_prefix: str | os.PathLike) -> None:
     remove_checkpoint_files(normalize_prefix(checkpoint_prefix))
 
 
-def _wait(directory: str, last: str | None, seconds_to_sleep: float, timeout: float | None) -> str | None:
+def _wait(
+    directory: str, last: str | None, seconds_to_sleep: float, timeout: float | None
+) -> str | None:
     log.info("Waiting for new checkpoint at %s", directory)
     stop = None if timeout is None else time.time() + timeout
     while True:
@@ -230,7 +232,11 @@ def checkpoints_iterator(
             if timeout_fn is None:
                 log.info("Timed out waiting for a checkpoint in %s", directory)
                 return
-            done = _on_root(comm, f"timeout_fn of checkpoints_iterator({directory!r})", lambda: bool(timeout_fn()))
+            done = _on_root(
+                comm,
+                f"timeout_fn of checkpoints_iterator({directory!r})",
+                lambda: bool(timeout_fn()),
+            )
             if done:
                 return
             continue

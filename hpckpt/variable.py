@@ -216,7 +216,9 @@ class Variable:
         (and mesh), shape and name. Local: each rank copies its own shard."""
         new = Variable.__new__(type(self))
         memo[id(self)] = new
-        new._init(np.array(self._local, order="C", copy=True), self._layout, self._shape, self._name)
+        new._init(
+            np.array(self._local, order="C", copy=True), self._layout, self._shape, self._name
+        )
         return new
 
     def __repr__(self) -> str:

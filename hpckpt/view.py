@@ -48,10 +48,12 @@ class CheckpointView:
 
     def _node(self, node_id: int) -> Any:
         nodes = self._graph.nodes
-        if isinstance(node_id, bool) or not isinstance(node_id, int) or not 0 <= node_id < len(nodes):
-            raise ValueError(
-                f"node_id must be an int in [0, {len(nodes)}), got {node_id!r}"
-            )
+        if (
+            isinstance(node_id, bool)
+            or not isinstance(node_id, int)
+            or not 0 <= node_id < len(nodes)
+        ):
+            raise ValueError(f"node_id must be an int in [0, {len(nodes)}), got {node_id!r}")
         return nodes[node_id]
 
     def children(self, node_id: int) -> dict[str, int]:

@@ -281,7 +281,9 @@ class Checkpoint(Module):
         new = cls.__new__(cls)
         memo[id(self)] = new
         core = self._hpckpt_core
-        object.__setattr__(new, "_hpckpt_core", CheckpointCore(new, core.comm, core.mesh, core.storage))
+        object.__setattr__(
+            new, "_hpckpt_core", CheckpointCore(new, core.comm, core.mesh, core.storage)
+        )
         for name, value in self.__dict__.items():
             if name != "_hpckpt_core":
                 object.__setattr__(new, name, copy.deepcopy(value, memo))

@@ -130,8 +130,6 @@ def plan_save(root: Any, comm: MPI.Comm, deadline: Deadline, what: str) -> SaveP
         pieces: list[tuple[tuple[int, ...], np.ndarray]] = (
             [((0,), np.frombuffer(data[i], dtype=np.uint8))] if is_root else []
         )
-        tensors.append(
-            SaveTensor(key, np.dtype(np.uint8), (n,), _replicated_layout(comm), pieces)
-        )
+        tensors.append(SaveTensor(key, np.dtype(np.uint8), (n,), _replicated_layout(comm), pieces))
     tensors.sort(key=lambda t: t.key)
     return SavePlan(tensors, g.to_json())

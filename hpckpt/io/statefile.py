@@ -11,9 +11,8 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, field
-
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from ..errors import CorruptCheckpointError, InvalidStateFileError
 from .fsutil import atomic_write, read_bounded
