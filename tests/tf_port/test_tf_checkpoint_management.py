@@ -4,18 +4,16 @@ Source: tensorflow/tensorflow, that file at commit 0304934138cbfabd338ec432a630a
 Every test keeps TF's name (snake_case) and class, and names the TF test it ports.
 TF tests that are not here are listed, with the reason, in SKIPPED.md.
 
-Translation: ``checkpoint_management.X`` -> ``hpckpt.X``. The helpers that hpckpt does not
-have yet (``checkpoint_exists``, ``get_checkpoint_state``, ``update_checkpoint_state``,
-``remove_checkpoint``) are called by TF's names; they are requested by an open issue.
-Their return value is read like TF's ``CheckpointState`` proto (``model_checkpoint_path``,
+Translation: ``checkpoint_management.X`` -> ``hpckpt.X`` (``checkpoint_exists``,
+``get_checkpoint_state``, ``update_checkpoint_state``, ``remove_checkpoint``). The state
+is read like TF's ``CheckpointState`` proto (``model_checkpoint_path``,
 ``all_model_checkpoint_paths``, ``all_model_checkpoint_timestamps``,
-``last_preserved_timestamp``). hpckpt's functions that change files are collective, so the
-ports call them on every rank, through ``agreed_call`` (an error on any rank is raised on
-every rank); a rank-local implementation must tolerate being called by every rank.
+``last_preserved_timestamp``). The helpers that change files run on one process; the
+ports call them on every rank at once, through ``agreed_call`` (an error on any rank is
+raised on every rank): they must be, and are, idempotent and atomic.
 
-Time: TF patches ``checkpoint_management.time``. hpckpt reads ``time.time()`` in several
-modules, so the ports patch ``time.time`` itself, identically on every rank
-(an injectable clock is planned).
+Time: TF patches ``checkpoint_management.time``. The ports patch ``time.time`` itself,
+identically on every rank (the manager reads it at each call unless given ``clock=``).
 """
 
 # TF's own idioms are kept as they are (the port is line by line):
@@ -40,11 +38,13 @@ pytestmark = [pytest.mark.mpi(min_size=1), pytest.mark.timeout(120)]
 COMM = MPI.COMM_WORLD
 
 
-def missing(*names: str) -> str:
-    """The xfail reason of a test that calls helpers hpckpt does not have yet."""
-    listed = " and ".join(f"hpckpt.{n}" for n in names)
-    verb = "does" if len(names) == 1 else "do"
-    return f"{listed} {verb} not exist (requested by the open issue)"
+OUTSIDE_DIRECTORY = (
+    "deliberate difference (docs/api.md, Differences from TensorFlow): hpckpt's state file "
+    "records paths relative to its directory, which must contain them (a moved directory "
+    "still resolves, and no state file can make a manager delete files elsewhere), so "
+    "update_checkpoint_state raises ValueError for TF's absolute path outside the "
+    "directory (save_dir/model-0 for the directory save_dir/train), which TF records as it is"
+)
 
 
 def _mkdir(path) -> str:
@@ -115,10 +115,7 @@ class TestCheckpointStateTest:
     # ports CheckpointStateTest.testUpdateCheckpointState
     @pytest.mark.xfail(
         strict=True,
-        reason=missing("update_checkpoint_state", "get_checkpoint_state")
-        + "; besides, hpckpt's state file holds only paths inside its directory (stored "
-        "relative), while TF's test records an absolute path outside it (save_dir/model-0 "
-        "for the directory save_dir/train), which TF keeps as it is",
+        reason=OUTSIDE_DIRECTORY,
     )
     def test_update_checkpoint_state(self, shared_dir):
         save_dir = self._get_test_dir(shared_dir, "update_checkpoint_state")
@@ -144,10 +141,7 @@ class TestCheckpointStateTest:
     # ports CheckpointStateTest.testFSPath
     @pytest.mark.xfail(
         strict=True,
-        reason=missing("update_checkpoint_state", "get_checkpoint_state")
-        + "; besides, hpckpt's state file holds only paths inside its directory (stored "
-        "relative), while TF's test records an absolute path outside it (save_dir/model-0 "
-        "for the directory save_dir/train), which TF keeps as it is",
+        reason=OUTSIDE_DIRECTORY,
     )
     def test_fs_path(self, shared_dir):
         save_dir = self._get_test_dir(shared_dir, "fspath")

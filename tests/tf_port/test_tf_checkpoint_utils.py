@@ -13,8 +13,7 @@ file. The hpckpt counterpart saves the same variables in an object graph through
 ``CheckpointManager`` (``checkpoint_name="model"``, ``checkpoint_number=0``), so each name
 becomes the object-graph key ``var1/.ATTRIBUTES/VARIABLE_VALUE`` and the listing also holds
 ``save_counter``. ``load_variable``, ``checkpoints_iterator`` and ``wait_for_new_checkpoint``
-are called by TF's names (``hpckpt.load_variable`` and ``hpckpt.checkpoints_iterator`` are
-requested by an open issue). These readers are rank-local; every rank calls them.
+are called by TF's names. These readers run on one process; every rank calls them.
 """
 
 # TF's own idioms are kept as they are (the port is line by line):
@@ -36,7 +35,6 @@ import hpckpt
 pytestmark = [pytest.mark.mpi(min_size=1), pytest.mark.timeout(120)]
 
 COMM = MPI.COMM_WORLD
-MISSING = "hpckpt.{} does not exist (requested by the open issue)"
 
 
 def _key(name: str) -> str:
@@ -84,9 +82,9 @@ class TestCheckpointsTest:
     def test_no_tensor(self, shared_dir):
         checkpoint_dir = shared_dir
         _, _, _, _ = _create_checkpoints(checkpoint_dir)
-        # TF: errors_impl.OpError (NotFoundError: key not in checkpoint). hpckpt's reader
-        # raises KeyError for an unknown key; either kind of "not found" is accepted.
-        with pytest.raises((hpckpt.NotFoundError, KeyError)):
+        # TF: errors_impl.OpError (NotFoundError: key not in checkpoint). hpckpt raises
+        # KeyNotFoundError, a NotFoundError that is also a KeyError.
+        with pytest.raises(hpckpt.NotFoundError):
             np.testing.assert_array_equal(hpckpt.load_variable(checkpoint_dir, _key("var5")), [])
 
     # ports CheckpointsTest.testGetTensor

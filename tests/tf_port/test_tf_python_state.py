@@ -26,11 +26,6 @@ import hpckpt
 
 pytestmark = [pytest.mark.mpi(min_size=1), pytest.mark.timeout(120)]
 
-BYTES_STATE = (
-    "PythonState.serialize() may not return bytes: the save raises TypeError ('returned "
-    "bytes, not str'); TF's PythonState saves bytes, and DESIGN.md allows str | bytes"
-)
-
 
 class _NumpyState(hpckpt.Module):
     """A checkpointable object whose NumPy array attributes are saved/restored.
