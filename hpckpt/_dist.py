@@ -306,7 +306,8 @@ def raise_failures(
     * :class:`CorruptCheckpointError` if any rank saw a damaged checkpoint;
     * :class:`NotFoundError` if every failing rank saw a missing file;
     * the original ``ValueError``/``TypeError`` if every rank failed with that same
-      error (a bad argument, checked identically everywhere);
+      error (a bad argument, checked identically everywhere), unless it is a
+      ``CheckpointError``;
     * :class:`CheckpointValueError` (a ``CheckpointError`` that is also a ``ValueError``)
       if every failing rank raised a ``ValueError``;
     * :class:`CheckpointError` naming each failing rank and its cause otherwise.
@@ -330,6 +331,7 @@ def raise_failures(
         and len(failed) == comm.Get_size()
         and len({(f[1], f[2]) for _, f in failed}) == 1
         and isinstance(exc, (ValueError, TypeError))
+        and not isinstance(exc, CheckpointError)
     ):
         raise exc
     if kinds == {"value"}:

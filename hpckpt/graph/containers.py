@@ -56,7 +56,7 @@ def wrap(value: Any) -> Any:
         # Subclasses (defaultdict, Counter, ...) keep their behaviour untouched; they
         # may not hold trackables, which their mutations could not track.
         items = value.values() if isinstance(value, dict) else value
-        if any(is_trackable(v) for v in items):
+        if any(_holds_trackables(v) for v in items):
             raise ValueError(
                 f"cannot track a {type(value).__name__}: use a plain list or dict for "
                 "Variables and trackables"
@@ -93,6 +93,12 @@ def _wrap_tuple(value: tuple) -> tuple:
 
 def _needs_wrap(v: Any) -> bool:
     return type(v) in (list, dict, collections.OrderedDict)
+
+
+def _holds_trackables(value: Any) -> bool:
+    if isinstance(value, (Trackable, Variable)):
+        return True
+    return isinstance(value, tuple) and any(_holds_trackables(v) for v in value)
 
 
 def is_trackable(value: Any) -> bool:
