@@ -274,6 +274,15 @@ class Checkpoint(Module):
         """
         self._hpckpt_core.sync()
 
+    def __copy__(self) -> Checkpoint:
+        """A new checkpoint over the same communicator with the same objects. Local."""
+        new = super().__copy__()
+        core = self._hpckpt_core
+        object.__setattr__(
+            new, "_hpckpt_core", CheckpointCore(new, core.comm, core.mesh, core.storage)
+        )
+        return new  # type: ignore[return-value]
+
     def __deepcopy__(self, memo: dict[int, Any]) -> Checkpoint:
         """A new checkpoint over the same communicator (and mesh) with deep copies of
         its objects: new Variables with new buffers, on the same meshes. Local."""

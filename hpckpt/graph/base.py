@@ -32,6 +32,12 @@ class _TrackState:
     deferred_slots: dict[tuple[int, str], list[PendingRestore]] = field(default_factory=dict)
     restore_uid: int = 0  # the restore() call that last assigned this object's value
 
+    def copy(self) -> _TrackState:
+        """A state for a shallow copy: the same dependencies and slots, its own dicts."""
+        new = _TrackState(dict(self.children))
+        new.slots = {k: (v, dict(slots)) for k, (v, slots) in self.slots.items()}
+        return new
+
     def __deepcopy__(self, memo: dict[int, Any]) -> _TrackState:
         """A copy for a deep-copied trackable: its dependencies and slots, copied.
 
@@ -58,6 +64,16 @@ class Trackable:
     graph walk and the restore layer call them on any trackable; they are not
     meant for application code.
     """
+
+    def __copy__(self) -> Trackable:
+        """A shallow copy: the same dependencies, tracked apart from the original's."""
+        cls = type(self)
+        new = cls.__new__(cls)
+        new.__dict__.update(self.__dict__)
+        st = self.__dict__.get("_hpckpt_state")
+        if st is not None:
+            new.__dict__["_hpckpt_state"] = st.copy()
+        return new
 
     def _hpckpt(self) -> _TrackState:
         st = self.__dict__.get("_hpckpt_state")
