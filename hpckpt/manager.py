@@ -168,9 +168,9 @@ class CheckpointManager:
 
         It adopts the entries saved after the last preserved timestamp (those of an
         earlier manager), not the others (``Checkpoint.save``'s, or those preserved by
-        ``keep_checkpoint_every_n_hours``), which it never deletes. A clock behind
-        the last preserved timestamp is reset to it, with a warning: nothing is
-        adopted, so nothing found here is deleted.
+        ``keep_checkpoint_every_n_hours``), which it never deletes. When the clock is
+        behind the last preserved timestamp, that timestamp is set back to the clock's
+        time, with a warning: nothing is adopted, so nothing found here is deleted.
         """
         if state is None:
             # slightly in the past: a manager re-created at once still adopts its saves
