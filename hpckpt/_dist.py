@@ -37,7 +37,14 @@ from typing import Any, TypeVar
 import numpy as np
 from mpi4py import MPI
 
-from .errors import CheckpointError, CorruptCheckpointError, NotFoundError, RankFailure
+from .errors import (
+    CheckpointError,
+    CheckpointValueError,
+    CorruptCheckpointError,
+    InvalidStateFileError,
+    NotFoundError,
+    RankFailure,
+)
 
 __all__ = [
     "Deadline",
@@ -309,13 +316,19 @@ def allgatherv_array(
 def _failure_of(exc: BaseException | None) -> list[str] | None:
     if exc is None:
         return None
-    if isinstance(exc, CorruptCheckpointError):
+    if isinstance(exc, InvalidStateFileError):
+        kind = "statefile"
+    elif isinstance(exc, CorruptCheckpointError):
         kind = "corrupt"
     elif isinstance(exc, NotFoundError):
         kind = "notfound"
+    elif isinstance(exc, CheckpointValueError):
+        kind = "value"
     elif isinstance(exc, CheckpointError):
         kind = "checkpoint"
-    elif isinstance(exc, (ValueError, TypeError)):
+    elif isinstance(exc, ValueError):
+        kind = "value"
+    elif isinstance(exc, TypeError):
         kind = "argument"
     else:
         kind = "other"
@@ -334,10 +347,14 @@ def raise_failures(
 
     Returns if every record is ``None``. Otherwise raises, identically on every rank:
 
+    * :class:`InvalidStateFileError` if every failing rank saw an invalid state file;
     * :class:`CorruptCheckpointError` if any rank saw a damaged checkpoint;
     * :class:`NotFoundError` if every failing rank saw a missing file;
     * the original ``ValueError``/``TypeError`` if every rank failed with that same
-      error (a bad argument, checked identically everywhere);
+      error (a bad argument, checked identically everywhere), unless it is a
+      ``CheckpointError``;
+    * :class:`CheckpointValueError` (a ``CheckpointError`` that is also a ``ValueError``)
+      if every failing rank raised a ``ValueError``;
     * :class:`CheckpointError` naming each failing rank and its cause otherwise.
     """
     failed = [(r, f) for r, f in enumerate(records) if f is not None]
@@ -348,17 +365,22 @@ def raise_failures(
     if "timeout" in kinds:
         late = [r for r, f in failed if f[0] == "timeout"]
         raise CheckpointError(f"{what} timed out: rank(s) {late} did not arrive", failures) from exc
-    if "corrupt" in kinds:
+    if kinds == {"statefile"}:
+        raise InvalidStateFileError(f"{what} failed", failures) from exc
+    if kinds & {"corrupt", "statefile"}:
         raise CorruptCheckpointError(f"{what} failed", failures) from exc
     if kinds == {"notfound"}:
         raise NotFoundError(failures[0].message) from exc
     if (
-        kinds == {"argument"}
+        kinds <= {"argument", "value"}
         and len(failed) == comm.Get_size()
         and len({(f[1], f[2]) for _, f in failed}) == 1
         and isinstance(exc, (ValueError, TypeError))
+        and not isinstance(exc, CheckpointError)
     ):
         raise exc
+    if kinds == {"value"}:
+        raise CheckpointValueError(f"{what} failed", failures) from exc
     raise CheckpointError(f"{what} failed", failures) from exc
 
 

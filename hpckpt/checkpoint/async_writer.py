@@ -15,6 +15,8 @@ from collections.abc import Callable
 import numpy as np
 from mpi4py import MPI
 
+from ..errors import WriteCallbackError
+
 __all__ = ["AsyncWriter", "StagingArea", "async_supported"]
 
 
@@ -103,7 +105,8 @@ class AsyncWriter:
             self._thread = None
         err, self._error = self._error, None
         if err is not None:
-            if self._on_error is not None:
+            # a failed write callback comes after the commit: nothing to undo
+            if self._on_error is not None and not isinstance(err, WriteCallbackError):
                 self._on_error()
             self._on_error = None
             raise err

@@ -9,10 +9,16 @@ children that do not exist yet (restore-on-create).
 Call order of a read (collective): every rank plans its requests (agreed); the
 storage layer reads and verifies (agreed); values are assigned; Python states are
 deserialized (agreed).
+
+As in TensorFlow, the most recent ``restore()`` call wins: every restore gets an
+increasing number (the same on every rank: restores are collective), each value
+assigned records it, and a pending restore of an older call does not overwrite
+a value assigned by a newer one.
 """
 
 from __future__ import annotations
 
+import itertools
 import warnings
 import weakref
 from collections import deque
@@ -24,13 +30,29 @@ from mpi4py import MPI
 from .. import _dist
 from .._dist import Deadline
 from .._gcpause import gc_paused
-from ..errors import CheckpointError
+from ..errors import CheckpointError, CheckpointValueError
 from ..graph import PendingRestore, PythonState, SavedGraph, Trackable, children_of
 from ..io import SHARED_FILE, CheckpointIndex, ReadRequest, Storage
 from ..options import CheckpointOptions, io_options
 from ..variable import Variable
 
 __all__ = ["RestoreContext"]
+
+_UIDS = itertools.count(1)  # restore() calls, in order (collective: the same on every rank)
+
+
+def _restore_uid(obj: Any) -> int:
+    """The number of the restore that last assigned ``obj``'s value (0: none)."""
+    if isinstance(obj, Trackable):
+        return obj._hpckpt().restore_uid
+    return int(getattr(obj, "_hpckpt_restore_uid", 0))
+
+
+def _set_restore_uid(obj: Any, uid: int) -> None:
+    if isinstance(obj, Trackable):
+        obj._hpckpt().restore_uid = uid
+    else:
+        obj._hpckpt_restore_uid = uid
 
 
 class RestoreContext:
@@ -60,6 +82,8 @@ class RestoreContext:
         self.pending_slots: list[tuple[int, int, str, int]] = []
         self.consumed: set[str] = set()
         self.expect_partial = False
+        self.uid = next(_UIDS)
+        self.with_values = graph.with_values()
 
     def _ref(self, obj: Any) -> Any:
         try:
@@ -101,12 +125,16 @@ class RestoreContext:
             elif saved.kind == "python_state":
                 if isinstance(o, PythonState):
                     states.append((n, o))
-            live_children = dict(children_of(o))
+            if isinstance(o, Trackable) and not o._restorable():
+                # a list changed in a way that renamed its items: matching its items by
+                # name would put values on the wrong objects; they stay unrestored
+                continue
+            live_children = dict(children_of(o, check=False))
             for name, c in saved.children:
                 child = live_children.get(name)
                 if child is not None:
                     queue.append((c, child))
-                elif isinstance(o, Trackable):
+                elif isinstance(o, Trackable) and c in self.with_values:
                     o._defer_target(name)._defer(name, PendingRestore(c, self.restore_subtree))
             for v, slot_name, s in saved.slots:
                 self._match_slot(n, o, v, slot_name, s, queue)
@@ -133,6 +161,8 @@ class RestoreContext:
             self.pending_slots.append((owner_node, var_node, slot_name, slot_node))
             return
         slot = owner._get_slot(var, slot_name)
+        if slot is None:
+            slot = owner._create_slot_for_restore(var, slot_name)
         if slot is not None:
             queue.append((slot_node, slot))
         else:
@@ -141,12 +171,18 @@ class RestoreContext:
     def _read(
         self, reads: list[tuple[int, Variable]], states: list[tuple[int, PythonState]]
     ) -> None:
+        # The most recent restore() wins: skip what a newer restore already assigned.
+        nodes = self.graph.nodes
+        for n, o in [*reads, *states]:
+            if _restore_uid(o) > self.uid:
+                self.consumed.add(nodes[n].key)  # type: ignore[arg-type]
+        reads = [(n, v) for n, v in reads if _restore_uid(v) <= self.uid]
+        states = [(n, s) for n, s in states if _restore_uid(s) <= self.uid]
         if not reads and not states:
             return
         comm = self.comm
         what = f"restore of checkpoint {self.prefix!r}"
         deadline = Deadline(self.options.timeout, what)
-        nodes = self.graph.nodes
 
         def plan() -> list[ReadRequest]:
             requests = []
@@ -155,12 +191,12 @@ class RestoreContext:
                 assert key is not None
                 e = self.index.tensors[key]
                 if e.shape != v.shape:
-                    raise CheckpointError(
+                    raise CheckpointValueError(
                         f"shape mismatch for {key!r}: the checkpoint has {e.shape}, the "
                         f"variable {v.name!r} has {v.shape}"
                     )
                 if e.dtype != v.dtype:
-                    raise CheckpointError(
+                    raise CheckpointValueError(
                         f"dtype mismatch for {key!r}: the checkpoint has {e.dtype}, the "
                         f"variable {v.name!r} has {v.dtype}"
                     )
@@ -200,11 +236,14 @@ class RestoreContext:
         for (n, v), a in zip(reads, arrays, strict=False):
             if a is not v.local:
                 v.local[...] = a
+            _set_restore_uid(v, self.uid)
             self.consumed.add(nodes[n].key)  # type: ignore[arg-type]
 
         def apply_states() -> None:
             for (n, s), a in zip(states, arrays[len(reads) :], strict=True):
-                s.deserialize(a.tobytes().decode())
+                raw = a.tobytes()
+                s.deserialize(raw if nodes[n].binary else raw.decode())
+                _set_restore_uid(s, self.uid)
                 self.consumed.add(nodes[n].key)  # type: ignore[arg-type]
 
         if states:

@@ -77,7 +77,7 @@ def plan_save(root: Any, comm: MPI.Comm, deadline: Deadline, what: str) -> SaveP
     Collective: call on all ranks.
     """
 
-    def plan() -> tuple[Any, list[SaveTensor], list[str]]:
+    def plan() -> tuple[Any, list[SaveTensor], list[bytes], list[bool]]:
         _faults.point("plan", comm.Get_rank())
         g = build_save_graph(root)
         tensors = []
@@ -89,21 +89,24 @@ def plan_save(root: Any, comm: MPI.Comm, deadline: Deadline, what: str) -> SaveP
                 )
             pieces, ids = write_pieces(v, n)
             tensors.append(SaveTensor(key, v.dtype, v.shape, v.layout.spec(), pieces, ids))
-        strings = []
+        data, binary = [], []
         for key, s in g.python_states:
             value = s.serialize()
-            if not isinstance(value, str):
+            if not isinstance(value, (str, bytes)):
                 raise TypeError(
                     f"{type(s).__name__}.serialize() for {key!r} returned "
-                    f"{type(value).__name__}, not str"
+                    f"{type(value).__name__}, not str or bytes"
                 )
-            strings.append(value)
-        return g, tensors, strings
+            binary.append(isinstance(value, bytes))
+            data.append(value if isinstance(value, bytes) else value.encode())
+        return g, tensors, data, binary
 
-    g, tensors, strings = _dist.run_agreed(comm, what, plan, deadline)
-    # Python state is saved from rank 0; every rank must have the same objects.
+    g, tensors, data, binary = _dist.run_agreed(comm, what, plan, deadline)
+    # Python state is saved from rank 0 (its lengths and kinds are broadcast); every
+    # rank must have the same objects.
     keys = [k for k, _ in g.python_states]
-    from_root = _dist.bcast_json(comm, [keys, strings], 0, deadline)
+    mine = [keys, [len(d) for d in data], binary]
+    from_root = _dist.bcast_json(comm, mine, 0, deadline)
 
     def same_states() -> None:
         if from_root[0] != keys:
@@ -113,11 +116,15 @@ def plan_save(root: Any, comm: MPI.Comm, deadline: Deadline, what: str) -> SaveP
             )
 
     _dist.run_agreed(comm, what, same_states, deadline)
-    for (key, _), text in zip(g.python_states, from_root[1], strict=True):
-        data = np.frombuffer(text.encode(), dtype=np.uint8)
+    binary_keys = {k for k, b in zip(keys, from_root[2], strict=True) if b}
+    for node in g.nodes:
+        node.binary = node.key in binary_keys
+    is_root = comm.Get_rank() == 0
+    for i, (key, _) in enumerate(g.python_states):
+        n = int(from_root[1][i])
         pieces: list[tuple[tuple[int, ...], np.ndarray]] = (
-            [((0,), data)] if comm.Get_rank() == 0 else []
+            [((0,), np.frombuffer(data[i], dtype=np.uint8))] if is_root else []
         )
-        tensors.append(SaveTensor(key, np.dtype(np.uint8), data.shape, None, pieces))
+        tensors.append(SaveTensor(key, np.dtype(np.uint8), (n,), None, pieces))
     tensors.sort(key=lambda t: t.key)
     return SavePlan(tensors, g.to_json())

@@ -21,7 +21,8 @@ file per checkpoint: :data:`SHARED_FILE`). Call order, for every implementation:
   :meth:`Storage.write`, :meth:`Storage.read_index`, :meth:`Storage.read`;
 * one process (no MPI; rank 0 inside a job): :func:`load_index`,
   :func:`read_tensor_serial`, the state file (:func:`read_state`,
-  :func:`write_state`), :func:`delete_checkpoint_files`, :func:`remove_orphans`,
+  :func:`write_state`, :func:`state_from_paths`), :func:`delete_checkpoint_files`,
+  :func:`remove_checkpoint_files`, :func:`remove_orphans`,
   :class:`DirectoryLock`.
 """
 
@@ -34,7 +35,7 @@ import numpy as np
 from mpi4py import MPI
 
 from .._dist import Deadline
-from .cleanup import delete_checkpoint_files, remove_orphans
+from .cleanup import delete_checkpoint_files, remove_checkpoint_files, remove_orphans
 from .fsutil import wait_removals
 from .index import CheckpointIndex, SliceEntry, TensorEntry
 from .load import load_index, read_index_file, read_tensor_serial, verify_tensor
@@ -53,6 +54,7 @@ from .statefile import (
     latest_checkpoint,
     read_state,
     resolve_latest,
+    state_from_paths,
     write_state,
 )
 from .write import SaveTensor, derived_slicing, write_checkpoint
@@ -81,8 +83,10 @@ __all__ = [
     "read_state",
     "read_tensor_serial",
     "relative_to",
+    "remove_checkpoint_files",
     "remove_orphans",
     "resolve_latest",
+    "state_from_paths",
     "verify_tensor",
     "wait_removals",
     "write_state",
