@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .io.options import IOOptions
+from .io import IO_MODES, IOOptions, parse_compression
 
 __all__ = ["CheckpointOptions", "call_write_callback", "check_options", "io_options"]
 
@@ -58,10 +58,12 @@ class CheckpointOptions:
             whose span in the file is at most twice their size: one ``preadv``
             per span, the gaps into a scratch buffer). ``False``: every rank moves all its
             pieces with ``pwrite``/``preadv`` (no MPI-IO).
-        mpi_info: MPI-IO hints passed to ``MPI.File.Open`` (e.g.
-            ``{"cb_nodes": "4", "romio_cb_write": "enable"}``). File striping
-            hints do not apply (rank 0 creates the file): stripe the directory
-            with ``lfs setstripe`` instead.
+        mpi_info: MPI-IO hints passed to ``MPI.File.Open`` and to parallel HDF5's
+            ``mpio`` driver (e.g. ``{"cb_nodes": "4", "romio_cb_write": "enable"}``).
+            File striping hints (``striping_factor``, ``striping_unit``) take
+            effect only where the file is created collectively (``io="hdf5"`` and
+            compression); with the other paths rank 0 creates the file: stripe
+            the directory with ``lfs setstripe`` instead.
         verify_checksums: On restore, check the checksum of every saved slice
             that the read covers.
         timeout: Seconds to wait for other ranks at each agreement step; on
@@ -78,8 +80,30 @@ class CheckpointOptions:
             this many bytes bypass MPI-IO aggregation (see ``collective``).
             ``None``: everything goes through collective MPI-IO.
         alignment: Datasets of at least ``alignment_threshold`` bytes start at a
-            multiple of this many bytes (match the file system block or stripe).
+            multiple of this many bytes. ``None`` (default): ``striping_unit`` if
+            set, else the file system's stripe size (Lustre: the directory's
+            layout) or block size, at least 1 MiB (see docs/guide.md).
         alignment_threshold: See ``alignment``.
+        io: How the data moves (every path writes the same format, and reads
+            every checkpoint): ``"auto"`` (default; per piece, by measurement:
+            direct ``pwrite``/``preadv`` of contiguous runs of at least
+            ``direct_io_threshold`` bytes, collective MPI-IO for the rest),
+            ``"mpiio"`` (everything through two-phase collective MPI-IO),
+            ``"hdf5"`` (parallel HDF5: the file is created with the ``mpio``
+            driver and collective metadata, every dataset written and read by
+            ``H5Dwrite``/``H5Dread`` in collective transfer mode) or ``"posix"``
+            (per-rank ``pwrite``/``preadv`` only; what ``collective=False`` means).
+        compression: ``None`` (default), ``"gzip"`` (level 4), ``"gzip:N"`` or
+            ``"shuffle+gzip:N"`` (``N`` = 0-9): tensors of at least 1 KiB with at
+            least one dimension are stored as chunked datasets with HDF5's
+            shuffle and deflate filters, written through parallel HDF5's
+            collective filtered IO (so with ``io="auto"`` or ``"hdf5"``).
+            Restores read them on any layout and rank count, whatever ``io``;
+            checksums cover the uncompressed values.
+        striping_factor: With ``io="hdf5"`` or compression, the MPI-IO hint
+            ``striping_factor`` at file creation (Lustre: the stripe count).
+        striping_unit: Likewise ``striping_unit`` (Lustre: the stripe size in
+            bytes); also the default ``alignment``.
         async_memory_budget: Most bytes one rank may hold for an asynchronous
             snapshot; a save that needs more runs synchronously. The snapshot's
             buffers are kept for the next asynchronous save (so that it copies
@@ -100,8 +124,12 @@ class CheckpointOptions:
     timeout: float | None = None
     restore_in_place: bool = field(default=True, kw_only=True)
     direct_io_threshold: int | None = field(default=1 << 20, kw_only=True)
-    alignment: int = field(default=1 << 20, kw_only=True)
+    alignment: int | None = field(default=None, kw_only=True)
     alignment_threshold: int = field(default=1 << 20, kw_only=True)
+    io: str = field(default="auto", kw_only=True)
+    compression: str | None = field(default=None, kw_only=True)
+    striping_factor: int | None = field(default=None, kw_only=True)
+    striping_unit: int | None = field(default=None, kw_only=True)
     async_memory_budget: int | None = field(default=None, kw_only=True)
     write_callbacks: tuple[Callable[..., Any], ...] = field(default=(), kw_only=True)
 
@@ -141,21 +169,49 @@ class CheckpointOptions:
         t = self.direct_io_threshold
         if t is not None and (isinstance(t, bool) or not isinstance(t, int) or t < 1):
             raise ValueError(f"direct_io_threshold must be a positive int or None, got {t!r}")
-        for name in ("alignment", "alignment_threshold"):
+        for name in ("alignment", "alignment_threshold", "striping_factor", "striping_unit"):
             v = getattr(self, name)
+            if v is None and name != "alignment_threshold":
+                continue
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
+        self._check_io()
+
+    def _check_io(self) -> None:
+        if not isinstance(self.io, str) or self.io not in IO_MODES:
+            raise ValueError(
+                f"io must be one of {', '.join(repr(m) for m in IO_MODES)}, got {self.io!r:.80}"
+            )
+        if not self.collective and self.io not in ("auto", "posix"):
+            raise ValueError(
+                f"collective=False means io='posix' and contradicts io={self.io!r}"
+            )
+        pipeline = parse_compression(self.compression)  # TypeError/ValueError naming it
+        mode = self.io if self.collective else "posix"
+        if pipeline is not None and mode in ("posix", "mpiio"):
+            raise ValueError(
+                f"compression={self.compression!r} writes through parallel HDF5's collective "
+                f"filtered IO and cannot be combined with io={mode!r}"
+                + (" (collective=False)" if not self.collective else "")
+                + ": use io='auto' or io='hdf5'"
+            )
 
 
 def io_options(options: CheckpointOptions) -> IOOptions:
     """The storage layer's options for ``options``."""
+    io = options.io if options.collective else "posix"
     return IOOptions(
-        collective=options.collective,
+        collective=io != "posix",
         mpi_info=options.mpi_info,
         verify_checksums=options.verify_checksums,
-        direct_io_threshold=options.direct_io_threshold,
+        # "mpiio": every piece through two-phase collective MPI-IO
+        direct_io_threshold=None if io == "mpiio" else options.direct_io_threshold,
         alignment=options.alignment,
         alignment_threshold=options.alignment_threshold,
+        io=io,
+        compression=parse_compression(options.compression),
+        striping_factor=options.striping_factor,
+        striping_unit=options.striping_unit,
     )
 
 

@@ -9,6 +9,10 @@ Modules:
 * :mod:`.fsutil` — bounded reads, atomic replace, fsync, background removal;
 * :mod:`.hdf5` — creating and validating the HDF5 data file;
 * :mod:`.mpiio`, :mod:`.transfer` — moving pieces with MPI-IO or ``pwrite``/``preadv``;
+* :mod:`.phdf5` — parallel HDF5: the data file created, written and read collectively
+  (``io="hdf5"``, compression), with :mod:`.h5capi` (HDF5 calls h5py does not wrap),
+  :mod:`.filters` (compression pipelines, chunk shapes) and :mod:`.striping` (the file
+  system's stripe or block size, striping hints);
 * :mod:`.verify` — checksum verification of what a read covers;
 * :mod:`.write`, :mod:`.read` — the collective write (commit protocol) and read paths;
 * :mod:`.load` — single-process loading (reader, command line);
@@ -40,7 +44,8 @@ from .fsutil import wait_removals
 from .index import CheckpointIndex, SliceEntry, TensorEntry
 from .load import load_index, read_index_file, read_tensor_serial, verify_tensor
 from .lock import DirectoryLock
-from .options import IOOptions
+from .filters import Compression, parse_compression
+from .options import IO_MODES, IOOptions
 from .paths import (
     checkpoint_exists,
     data_file_path,
@@ -60,9 +65,11 @@ from .statefile import (
 from .write import SaveTensor, derived_slicing, write_checkpoint
 
 __all__ = [
+    "IO_MODES",
     "SHARED_FILE",
     "CheckpointIndex",
     "CheckpointState",
+    "Compression",
     "DirectoryLock",
     "IOOptions",
     "ReadRequest",
@@ -79,6 +86,7 @@ __all__ = [
     "latest_checkpoint",
     "load_index",
     "normalize_prefix",
+    "parse_compression",
     "read_index_file",
     "read_state",
     "read_tensor_serial",

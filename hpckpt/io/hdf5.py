@@ -16,9 +16,17 @@ import h5py
 import numpy as np
 
 from ..errors import CorruptCheckpointError, NotFoundError
+from .filters import Compression
 from .index import TensorEntry
 
-__all__ = ["DatasetSpec", "create_data_file", "validate_data_file"]
+__all__ = [
+    "DatasetSpec",
+    "create_data_file",
+    "h5type",
+    "open_h5",
+    "read_dataset",
+    "validate_data_file",
+]
 
 FORMAT_ATTR = "hpckpt_format_version"
 DTYPE_ATTR = "hpckpt_dtype"
@@ -29,13 +37,17 @@ class DatasetSpec:
     """A dataset to create: flat name, dtype and global shape.
 
     ``logical_dtype`` (e.g. ``"bfloat16"``) names what the stored unsigned integers
-    hold; it becomes the dataset's ``hpckpt_dtype`` attribute.
+    hold; it becomes the dataset's ``hpckpt_dtype`` attribute. ``chunks`` and
+    ``compression`` (set together) make a chunked, filtered dataset (see
+    :mod:`.filters`; only the parallel HDF5 path of :mod:`.phdf5` creates those).
     """
 
     name: str
     dtype: np.dtype
     shape: tuple[int, ...]
     logical_dtype: str | None = None
+    chunks: tuple[int, ...] | None = None
+    compression: Compression | None = None
 
 
 def file_locking() -> bool | str | None:
@@ -63,7 +75,8 @@ def open_h5(path: str, mode: str, **kwargs: object) -> h5py.File:
     return h5py.File(path, mode, **kwargs)
 
 
-def _h5type(dtype: np.dtype) -> h5py.h5t.TypeID:
+def h5type(dtype: np.dtype) -> h5py.h5t.TypeID:
+    """The HDF5 type a dataset of ``dtype`` is stored with."""
     return h5py.h5t.py_create(dtype, logical=True)
 
 
@@ -96,7 +109,7 @@ def create_data_file(
         for spec in specs:
             tid = types.get(spec.dtype.str)
             if tid is None:
-                tid = types[spec.dtype.str] = _h5type(spec.dtype)
+                tid = types[spec.dtype.str] = h5type(spec.dtype)
             space = (
                 h5py.h5s.create_simple(spec.shape)
                 if spec.shape
@@ -125,8 +138,9 @@ def validate_data_file(
 
     Refuses: a missing or resized file, anything but hard links to datasets at the
     root (external or soft links, groups), datasets that are not contiguous, are
-    filtered, virtual or stored externally, and datasets whose shape, dtype or
-    offset disagree with the index. Several ranks may share the datasets to check
+    filtered, virtual or stored externally (except compressed tensors: chunked
+    with exactly the chunk shape and filters the index records), and datasets
+    whose shape, dtype or offset disagree with the index. Several ranks may share the datasets to check
     (``check_links`` on one of them).
 
     Raises:
@@ -180,8 +194,12 @@ def _check_dataset(
     # A defined offset means contiguous storage inside this file: HDF5 has none for
     # chunked (so filtered), compact, virtual and externally stored datasets.
     # Empty tensors have no storage to compare, so their creation properties are read.
+    # Compressed tensors (the index names their filters) must be chunked with exactly
+    # the recorded chunk shape and filter pipeline.
     off = None
-    if t.nbytes:
+    if t.filters is not None:
+        _check_chunked(dsid, t, where)
+    elif t.nbytes:
         off = dsid.get_offset()
         if off is None:
             raise CorruptCheckpointError(
@@ -202,7 +220,7 @@ def _check_dataset(
         )
     want = types.get(t.dtype.str)
     if want is None:
-        want = types[t.dtype.str] = _h5type(t.dtype)
+        want = types[t.dtype.str] = h5type(t.dtype)
     if not dsid.get_type().equal(want):
         try:
             dt = dsid.dtype
@@ -210,9 +228,58 @@ def _check_dataset(
             raise CorruptCheckpointError(f"{where} has an unsupported HDF5 type") from None
         if not _dtype_matches(np.dtype(dt), t.dtype):
             raise CorruptCheckpointError(f"{where} has dtype {dt}, the index says {t.dtype}")
+    if t.filters is not None:
+        return
     if t.nbytes and off != t.offset:
         raise CorruptCheckpointError(f"{where} is at offset {off}, the index says {t.offset}")
     if t.nbytes and dsid.get_storage_size() != t.nbytes:
         raise CorruptCheckpointError(
             f"{where} stores {dsid.get_storage_size()} bytes, expected {t.nbytes}"
         )
+
+
+def _check_chunked(dsid: h5py.h5d.DatasetID, t: TensorEntry, where: str) -> None:
+    """A compressed tensor's dataset: chunked as recorded, exactly the recorded filters."""
+    assert t.filters is not None
+    dcpl = dsid.get_create_plist()
+    if dcpl.get_layout() != h5py.h5d.CHUNKED:
+        raise CorruptCheckpointError(
+            f"{where} is not chunked storage, but the index says it is compressed"
+        )
+    if dcpl.get_external_count() != 0:
+        raise CorruptCheckpointError(f"{where} uses external storage")
+    chunks = tuple(int(c) for c in dcpl.get_chunk())
+    if chunks != t.chunks:
+        raise CorruptCheckpointError(
+            f"{where} has chunks {chunks}, the index says {t.chunks}"
+        )
+    got = []
+    for i in range(dcpl.get_nfilters()):
+        code, _flags, values, _name = dcpl.get_filter(i)
+        got.append((int(code), tuple(int(x) for x in values)))
+    want = t.filters.hdf5_filters(t.dtype.itemsize)
+    if got != want:
+        raise CorruptCheckpointError(
+            f"{where} has filters {got} (HDF5 filter id, values), the index says "
+            f"{want} ({t.filters.spec})"
+        )
+
+
+def read_dataset(path: str, entry: TensorEntry, out: np.ndarray) -> None:
+    """Read a whole dataset into ``out`` (C-contiguous, the entry's shape and dtype) with
+    serial HDF5: the way compressed tensors are read outside an MPI job.
+
+    Raises:
+        CorruptCheckpointError: HDF5 cannot read it (a damaged chunk that does not inflate).
+    """
+    try:
+        with open_h5(path, "r") as f:
+            dsid = h5py.h5d.open(f.id, entry.dataset.encode())
+            try:
+                dsid.read(h5py.h5s.ALL, h5py.h5s.ALL, out)
+            finally:
+                dsid.close()
+    except (OSError, KeyError, ValueError) as e:
+        raise CorruptCheckpointError(
+            f"cannot read tensor {entry.key!r} (dataset {entry.dataset!r}) from {path!r}: {e}"
+        ) from None

@@ -25,6 +25,7 @@ import numpy as np
 from ..errors import CorruptCheckpointError
 from ..layout import LayoutSpec
 from .checksum import DEFAULT_ALGORITHM
+from .filters import Compression
 from .slicing import ListedSlicing, Slicing
 
 __all__ = [
@@ -79,13 +80,18 @@ class TensorEntry:
         slicing: Its saved slices (derived from ``layout`` or listed).
         logical_dtype: The dtype the bytes hold when it is not a numpy dtype
             (``"bfloat16"``, ...), else ``None``.
+        filters: The filter pipeline of a compressed (chunked) dataset, else
+            ``None`` (contiguous). A compressed tensor's ``offset`` is ``None``.
+        chunks: The chunk shape of a compressed dataset, else ``None``.
     """
 
     __slots__ = (
         "_crc_array",
         "_crc_packed",
+        "chunks",
         "dataset",
         "dtype",
+        "filters",
         "key",
         "layout",
         "logical_dtype",
@@ -105,7 +111,12 @@ class TensorEntry:
         slicing: Slicing,
         checksums: np.ndarray | str,
         logical_dtype: str | None = None,
+        *,
+        filters: Compression | None = None,
+        chunks: tuple[int, ...] | None = None,
     ) -> None:
+        self.filters = filters
+        self.chunks = chunks
         self.key = key
         self.dataset = dataset
         self.dtype = dtype
@@ -208,6 +219,9 @@ class TensorEntry:
         d["checksums"] = self.packed_checksums()
         if self.logical_dtype is not None:
             d["logical_dtype"] = self.logical_dtype
+        if self.filters is not None:
+            d["filters"] = self.filters.to_json()
+            d["chunks"] = list(self.chunks or ())
         return d
 
     def _fields(self) -> tuple:
@@ -227,6 +241,8 @@ class TensorEntry:
             sl,
             self.checksums.tolist(),
             self.logical_dtype,
+            self.filters,
+            self.chunks,
         )
 
     def __eq__(self, other: object) -> bool:
@@ -291,7 +307,10 @@ class CheckpointIndex:
 def slice_byte_range(
     entry: TensorEntry, start: tuple[int, ...], shape: tuple[int, ...]
 ) -> tuple[int, int]:
-    """The file bytes ``[lo, hi)`` spanned by a hyperslab of a tensor (row-major storage)."""
+    """The file bytes ``[lo, hi)`` spanned by a hyperslab of a tensor (row-major storage).
+
+    For a compressed (chunked) tensor: the range within its uncompressed values.
+    """
     base = entry.offset or 0
     isz = entry.dtype.itemsize
     if not entry.shape:

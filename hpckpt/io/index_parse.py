@@ -18,6 +18,7 @@ import numpy as np
 from ..errors import CorruptCheckpointError
 from ..layout import LayoutSpec, validate_specs, validate_splits
 from .checksum import ALGORITHMS
+from .filters import Compression, pipeline_from_json
 from .index import (
     CHECKSUM_ALGORITHM,
     FORMAT_NAME,
@@ -218,7 +219,9 @@ class _Parser:
             self.layouts[(memo,)] = done
         return done
 
-    def _common(self, key: str, d: Any) -> tuple[str, np.dtype, tuple[int, ...], int, int | None]:
+    def _common(
+        self, key: str, d: Any
+    ) -> tuple[str, np.dtype, tuple[int, ...], int, int | None, Compression | None, Any]:
         v = self.validate
         if v and type(d) is not dict:
             raise CorruptCheckpointError(f"index: tensor {key!r} is not an object")
@@ -238,15 +241,26 @@ class _Parser:
         shape = tuple(shape)
         nbytes = math.prod(shape) * dtype.itemsize
         offset = d.get("offset")
-        if v:
+        filters: Compression | None = None
+        chunks = None
+        if self.version >= 2 and "filters" in d:  # compressed: a chunked dataset
+            chunks = d.get("chunks")
+            if v:
+                self._check_chunked(key, d, shape, dtype, nbytes, offset, chunks)
+            try:
+                filters = pipeline_from_json(d["filters"])
+            except ValueError as e:
+                raise CorruptCheckpointError(f"index: tensor {key!r}: {e}") from None
+            chunks = tuple(chunks)
+        elif v:
             self._check_storage(key, d, shape, nbytes, offset)
         if nbytes == 0:
             offset = None
-        return dataset, dtype, shape, nbytes, offset
+        return dataset, dtype, shape, nbytes, offset, filters, chunks
 
     def tensor_v2(self, key: str, d: Any) -> TensorEntry:
         v = self.validate
-        dataset, dtype, shape, _, offset = self._common(key, d)
+        dataset, dtype, shape, _, offset, filters, chunks = self._common(key, d)
         lid = d.get("layout")
         layout: LayoutSpec | None = None
         if lid is not None:
@@ -291,7 +305,19 @@ class _Parser:
             raise CorruptCheckpointError(
                 f"index: tensor {key!r} has a bad logical dtype {logical!r:.40}"
             )
-        entry = TensorEntry(key, dataset, dtype, shape, offset, layout, slicing, crcs, logical)
+        entry = TensorEntry(
+            key,
+            dataset,
+            dtype,
+            shape,
+            offset,
+            layout,
+            slicing,
+            crcs,
+            logical,
+            filters=filters,
+            chunks=chunks,
+        )
         if v:
             entry.checksums  # noqa: B018 - decodes and checks the packed array
         return entry
@@ -330,7 +356,7 @@ class _Parser:
 
     def tensor_v1(self, key: str, d: Any) -> TensorEntry:
         v = self.validate
-        dataset, dtype, shape, _, offset = self._common(key, d)
+        dataset, dtype, shape, _, offset, _, _ = self._common(key, d)
         layout = self.layout(d.get("layout"), f"tensor {key!r}")
         if v and layout.ndim != len(shape):
             raise CorruptCheckpointError(
@@ -378,6 +404,41 @@ class _Parser:
             raise CorruptCheckpointError(
                 f"index: tensor {key!r} bytes [{offset}, {offset + nbytes}) lie outside "
                 f"the data file of {data_size} bytes"
+            )
+
+    def _check_chunked(
+        self,
+        key: str,
+        d: dict,
+        shape: tuple[int, ...],
+        dtype: np.dtype,
+        nbytes: int,
+        offset: Any,
+        chunks: Any,
+    ) -> None:
+        """A compressed tensor: a chunked dataset (no offset) with a valid chunk shape.
+
+        Its size may exceed the data file's (that is the point of compression)."""
+        if d.get("nbytes") != nbytes or type(d.get("nbytes")) is not int:
+            raise CorruptCheckpointError(
+                f"index: tensor {key!r}.nbytes disagrees with its shape and dtype"
+            )
+        if offset is not None:
+            raise CorruptCheckpointError(
+                f"index: tensor {key!r} is compressed (chunked) but names an offset {offset!r:.40}"
+            )
+        if not shape or nbytes == 0:
+            raise CorruptCheckpointError(
+                f"index: tensor {key!r} of shape {shape} cannot be compressed (chunked)"
+            )
+        if (
+            not _ints(chunks, lo=1)
+            or len(chunks) != len(shape)
+            or any(c > n for c, n in zip(chunks, shape, strict=True))
+            or math.prod(chunks) * dtype.itemsize >= 1 << 32
+        ):
+            raise CorruptCheckpointError(
+                f"index: tensor {key!r} has a bad chunk shape {chunks!r:.80} for shape {shape}"
             )
 
     def _slice_v1(

@@ -25,9 +25,14 @@ def mismatch(entry: TensorEntry, i: int) -> CorruptCheckpointError:
     """The error for saved slice ``i`` of ``entry`` failing its checksum."""
     start, shape = entry.slicing.box(i)
     lo, hi = slice_byte_range(entry, start, shape)
+    where = (
+        f"uncompressed bytes [{lo}, {hi}) of a {entry.filters.spec} dataset"
+        if entry.filters is not None
+        else f"file bytes [{lo}, {hi})"
+    )
     return CorruptCheckpointError(
         f"checksum mismatch in tensor {entry.key!r} (dataset {entry.dataset!r}), slice start "
-        f"{list(start)} shape {list(shape)}, file bytes [{lo}, {hi})"
+        f"{list(start)} shape {list(shape)}, {where}"
     )
 
 

@@ -6,9 +6,11 @@ Call order (``write_checkpoint`` is collective; inside it):
    (one reduction of a structure hash; on a mismatch the ranks that differ are named);
 2. rank 0: create ``P.data-<token>.h5`` with every dataset (contiguous, allocated,
    in one deterministic order); the outcome is agreed and the dataset offsets are
-   broadcast;
+   broadcast. With parallel HDF5 (``io="hdf5"`` or compression) rank 0 only picks
+   the token and the alignment, and every rank creates the file in step 3;
 3. every rank: write its pieces (direct IO or collective MPI-IO, see
-   :mod:`.transfer`), checksum them while the disk flushes, sync;
+   :mod:`.transfer`; or parallel HDF5's collective ``H5Dwrite``, see :mod:`.phdf5`),
+   checksum them while the disk flushes, sync;
 4. rank 0: gather every rank's outcome and slice checksums (fixed-size records);
    check that every saved slice was written exactly once (layout-based tensors) and
    that per-rank boxes tile each tensor exactly once; if all is well, fsync the data
@@ -33,7 +35,7 @@ from .. import _dist, _faults
 from .._dist import Deadline
 from ..errors import CheckpointError
 from ..layout import LayoutSpec
-from . import hdf5
+from . import hdf5, phdf5
 from .checksum import DEFAULT_ALGORITHM, checksum
 from .cleanup import remove_stale_files
 from .fsutil import atomic_write, fsync_path, remove_quietly
@@ -42,6 +44,7 @@ from .mpiio import Piece
 from .options import IOOptions
 from .paths import data_file_name, data_file_path, index_path, new_token
 from .slicing import DerivedSlicing, ListedSlicing, check_exact_cover
+from .striping import resolve_alignment
 from .transfer import move_pieces
 
 __all__ = ["SaveTensor", "derived_slicing", "library_versions", "write_checkpoint"]
@@ -172,19 +175,26 @@ def _write_and_commit(
     _agree_structure(comm, tensors, deadline, what)
     names = [dataset_name_for_key(t.key) for t in tensors]
 
+    parallel = options.parallel_hdf5  # io="hdf5" or compression: see io/phdf5.py
+
     def create() -> dict | None:
-        _faults.point("create", rank)
+        if not parallel:
+            _faults.point("create", rank)
         if rank != 0:
             return None
-        os.makedirs(os.path.dirname(prefix) or ".", exist_ok=True)
+        directory = os.path.dirname(prefix) or "."
+        os.makedirs(directory, exist_ok=True)
+        alignment = resolve_alignment(options.alignment, options.striping_unit, directory)
         token = new_token()
+        if parallel:  # every rank creates the file in phdf5.write_file
+            return {"token": token, "alignment": alignment}
         path = data_file_path(prefix, data_file_name(prefix, token))
         specs = [
             hdf5.DatasetSpec(n, t.dtype, t.shape, t.logical_dtype)
             for n, t in zip(names, tensors, strict=True)
         ]
         offsets, size = hdf5.create_data_file(
-            path, specs, alignment=options.alignment, threshold=options.alignment_threshold
+            path, specs, alignment=alignment, threshold=options.alignment_threshold
         )
         return {"token": token, "offsets": offsets, "size": size}
 
@@ -192,35 +202,55 @@ def _write_and_commit(
     plan = _dist.bcast_json(comm, plan, 0, deadline)
     data_name = data_file_name(prefix, plan["token"])
     data_path = data_file_path(prefix, data_name)
-    offsets: list[int | None] = plan["offsets"]
+    crcs: list[Future] = []
+    specs: list[hdf5.DatasetSpec] | None = None
 
     # Every rank makes every collective call below even after a local failure
     # (with nothing to write), so that a failure is agreed on, never a hang.
     exc: BaseException | None = None
-    pieces: list[Piece] = []
-    try:
-        _faults.point("before_data", rank)
-        for i, j, a in own:
-            off = offsets[i]
-            if off is None:
-                raise CheckpointError(f"{what}: tensor {tensors[i].key!r} has no storage")
-            pieces.append(Piece(off, tensors[i].shape, tuple(tensors[i].pieces[j][0]), a))
-    except Exception as e:
-        exc, pieces = e, []
-    crcs: list[Future] = []
-    try:
-        move_pieces(
+    if parallel:  # --- io dispatch (issue 14): parallel HDF5 creates and writes the file ---
+        specs = phdf5.dataset_specs(tensors, names, options.compression)
+        offsets, exc = phdf5.write_file(
             comm,
             data_path,
-            pieces,
+            specs,
+            [t.pieces for t in tensors],
             options,
-            write=True,
+            alignment=int(plan["alignment"]),
             deadline=deadline,
+            what=what,
             on_written=lambda: crcs.append(pool.submit(_checksums, own)),
         )
-        _faults.point("after_data", rank)
-    except Exception as e:
-        exc = exc or e
+        try:
+            _faults.point("after_data", rank)
+            plan["size"] = os.path.getsize(data_path)
+        except Exception as e:
+            exc = exc or e
+    else:  # --- direct pwrite / collective MPI-IO at the contiguous datasets' offsets ---
+        offsets = plan["offsets"]
+        pieces: list[Piece] = []
+        try:
+            _faults.point("before_data", rank)
+            for i, j, a in own:
+                off = offsets[i]
+                if off is None:
+                    raise CheckpointError(f"{what}: tensor {tensors[i].key!r} has no storage")
+                pieces.append(Piece(off, tensors[i].shape, tuple(tensors[i].pieces[j][0]), a))
+        except Exception as e:
+            exc, pieces = e, []
+        try:
+            move_pieces(
+                comm,
+                data_path,
+                pieces,
+                options,
+                write=True,
+                deadline=deadline,
+                on_written=lambda: crcs.append(pool.submit(_checksums, own)),
+            )
+            _faults.point("after_data", rank)
+        except Exception as e:
+            exc = exc or e
     derived, listed = _records(tensors, own, rank)
     try:
         if exc is None:
@@ -239,7 +269,7 @@ def _write_and_commit(
         if all(r is None for r in records):
             try:
                 _faults.point("before_commit", rank)
-                entries = _entries(tensors, names, offsets, got_derived, got_listed, what)
+                entries = _entries(tensors, names, offsets, got_derived, got_listed, what, specs)
                 _commit(prefix, data_path, data_name, plan, entries, graph, comm)
             except Exception as e:
                 exc = e
@@ -293,8 +323,12 @@ def _entries(
     derived: np.ndarray,
     listed: np.ndarray,
     what: str,
+    specs: Sequence[hdf5.DatasetSpec] | None = None,
 ) -> dict[str, TensorEntry]:
-    """Rank 0: build every tensor's index entry; check that every slice was written once."""
+    """Rank 0: build every tensor's index entry; check that every slice was written once.
+
+    ``specs`` (parallel HDF5 saves) give the chunk shape and filters of compressed tensors.
+    """
     width = _width(tensors)
     by_tensor_d: dict[int, np.ndarray] = {}
     if len(derived):
@@ -341,6 +375,7 @@ def _entries(
                 slicing,
                 crcs,
                 t.logical_dtype,
+                **_storage(specs, i),
             )
         else:
             rows = by_tensor_l.get(i, np.zeros((0, 3 + 2 * width), dtype=np.int64))
@@ -365,8 +400,16 @@ def _entries(
                 listed_slicing,
                 crcs,
                 t.logical_dtype,
+                **_storage(specs, i),
             )
     return entries
+
+
+def _storage(specs: Sequence[hdf5.DatasetSpec] | None, i: int) -> dict:
+    """The chunk shape and filters of tensor ``i``'s dataset (none: contiguous)."""
+    if specs is None or specs[i].chunks is None:
+        return {}
+    return {"chunks": specs[i].chunks, "filters": specs[i].compression}
 
 
 def _commit(
