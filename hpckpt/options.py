@@ -183,9 +183,7 @@ class CheckpointOptions:
                 f"io must be one of {', '.join(repr(m) for m in IO_MODES)}, got {self.io!r:.80}"
             )
         if not self.collective and self.io not in ("auto", "posix"):
-            raise ValueError(
-                f"collective=False means io='posix' and contradicts io={self.io!r}"
-            )
+            raise ValueError(f"collective=False means io='posix' and contradicts io={self.io!r}")
         pipeline = parse_compression(self.compression)  # TypeError/ValueError naming it
         mode = self.io if self.collective else "posix"
         if pipeline is not None and mode in ("posix", "mpiio"):

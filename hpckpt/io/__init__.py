@@ -40,11 +40,11 @@ from mpi4py import MPI
 
 from .._dist import Deadline
 from .cleanup import delete_checkpoint_files, remove_checkpoint_files, remove_orphans
+from .filters import Compression, parse_compression
 from .fsutil import wait_removals
 from .index import CheckpointIndex, SliceEntry, TensorEntry
 from .load import load_index, read_index_file, read_tensor_serial, verify_tensor
 from .lock import DirectoryLock
-from .filters import Compression, parse_compression
 from .options import IO_MODES, IOOptions
 from .paths import (
     checkpoint_exists,

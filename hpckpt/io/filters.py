@@ -21,6 +21,7 @@ Which tensors are compressed: those with at least one dimension and at least
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections.abc import Sequence
@@ -165,7 +166,7 @@ def chunk_shape(
     ext = [max(1, int(n)) for n in shape]
     for d, b in enumerate(bounds or ()):
         if b is not None and len(b) > 1:
-            largest = max(int(hi) - int(lo) for lo, hi in zip(b[:-1], b[1:], strict=True))
+            largest = max(int(hi) - int(lo) for lo, hi in itertools.pairwise(b))
             ext[d] = max(1, min(ext[d], largest))
     for d in range(len(ext)):
         if math.prod(ext) * itemsize <= target:

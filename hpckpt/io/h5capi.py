@@ -21,6 +21,7 @@ import re
 import threading
 
 import h5py
+from mpi4py import MPI
 
 from ..errors import CheckpointError
 
@@ -30,6 +31,7 @@ __all__ = [
     "get_collective_metadata",
     "library",
     "library_path",
+    "mpi_file_hints",
     "no_collective_cause",
     "set_collective_metadata",
     "set_individual_io",
@@ -69,7 +71,7 @@ def _mapped_candidates() -> list[str]:
 
 
 def _load() -> tuple[ctypes.CDLL, str]:
-    import h5py.h5  # noqa: F401  (maps the library h5py links into this process)
+    import h5py.h5
 
     want = tuple(h5py.version.hdf5_version_tuple[:3])
     names = _mapped_candidates()
@@ -82,7 +84,10 @@ def _load() -> tuple[ctypes.CDLL, str]:
         try:
             lib = ctypes.CDLL(p)
             major, minor, rel = ctypes.c_uint(), ctypes.c_uint(), ctypes.c_uint()
-            if lib.H5get_libversion(ctypes.byref(major), ctypes.byref(minor), ctypes.byref(rel)) < 0:
+            if (
+                lib.H5get_libversion(ctypes.byref(major), ctypes.byref(minor), ctypes.byref(rel))
+                < 0
+            ):
                 continue
             got = (major.value, minor.value, rel.value)
         except (OSError, AttributeError):
@@ -109,6 +114,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         ("H5Pget_all_coll_metadata_ops", [hid, ctypes.POINTER(hbool)]),
         ("H5Pget_coll_metadata_write", [hid, ctypes.POINTER(hbool)]),
         ("H5Pset_dxpl_mpio_collective_opt", [hid, ctypes.c_int]),
+        ("H5Fget_vfd_handle", [hid, hid, ctypes.POINTER(ctypes.c_void_p)]),
         ("H5Pget_mpio_actual_io_mode", [hid, ctypes.POINTER(ctypes.c_int)]),
         (
             "H5Pget_mpio_no_collective_cause",
@@ -186,3 +192,22 @@ def no_collective_cause(dxpl: h5py.h5p.PropDXID) -> tuple[int, int]:
         "no collective cause",
     )
     return int(local.value), int(glob.value)
+
+
+def mpi_file_hints(fid: h5py.h5f.FileID) -> dict[str, str]:
+    """The hints of the ``MPI_File`` under a file opened with the ``mpio`` driver, as the
+    MPI library holds them (``MPI_File_get_info`` on HDF5's own handle)."""
+    handle = ctypes.c_void_p()
+    fapl = fid.get_access_plist()
+    _check(library().H5Fget_vfd_handle(fid.id, fapl.id, ctypes.byref(handle)), "H5Fget_vfd_handle")
+    if not handle.value:
+        return {}
+    raw = ctypes.cast(handle, ctypes.POINTER(ctypes.c_void_p)).contents.value or 0
+    fh = MPI.File.fromhandle(raw)  # a view of HDF5's handle: never closed here
+    info = fh.Get_info()
+    try:
+        return {
+            info.Get_nthkey(i): info.Get(info.Get_nthkey(i)) or "" for i in range(info.Get_nkeys())
+        }
+    finally:
+        info.Free()

@@ -140,8 +140,8 @@ def validate_data_file(
     root (external or soft links, groups), datasets that are not contiguous, are
     filtered, virtual or stored externally (except compressed tensors: chunked
     with exactly the chunk shape and filters the index records), and datasets
-    whose shape, dtype or offset disagree with the index. Several ranks may share the datasets to check
-    (``check_links`` on one of them).
+    whose shape, dtype or offset disagree with the index. Several ranks may share
+    the datasets to check (``check_links`` on one of them).
 
     Raises:
         NotFoundError: The data file is missing.
@@ -250,9 +250,7 @@ def _check_chunked(dsid: h5py.h5d.DatasetID, t: TensorEntry, where: str) -> None
         raise CorruptCheckpointError(f"{where} uses external storage")
     chunks = tuple(int(c) for c in dcpl.get_chunk())
     if chunks != t.chunks:
-        raise CorruptCheckpointError(
-            f"{where} has chunks {chunks}, the index says {t.chunks}"
-        )
+        raise CorruptCheckpointError(f"{where} has chunks {chunks}, the index says {t.chunks}")
     got = []
     for i in range(dcpl.get_nfilters()):
         code, _flags, values, _name = dcpl.get_filter(i)

@@ -83,7 +83,8 @@ class IOStats:
         calls: ``H5Dwrite``/``H5Dread`` calls this rank made.
         collective_metadata: ``(all_coll_metadata_ops, coll_metadata_write)`` of the
             last file opened, read back from its access property list.
-        hints: The MPI-IO hints that file's access property list holds.
+        hints: The MPI-IO hints of that file, as the MPI library holds them for
+            HDF5's own ``MPI_File`` handle.
         alignment: ``(threshold, alignment)`` of that file.
     """
 
@@ -171,16 +172,7 @@ def _record_file(fid: h5py.h5f.FileID) -> None:
     LAST.collective_metadata = h5capi.get_collective_metadata(apl)
     threshold, alignment = apl.get_alignment()
     LAST.alignment = (int(threshold), int(alignment))
-    _, info = apl.get_fapl_mpio()
-    hints: dict[str, str] = {}
-    if info != MPI.INFO_NULL:
-        try:
-            for i in range(info.Get_nkeys()):
-                k = info.Get_nthkey(i)
-                hints[k] = info.Get(k) or ""
-        finally:
-            info.Free()
-    LAST.hints = hints
+    LAST.hints = h5capi.mpi_file_hints(fid)
 
 
 def _creation_list(spec: DatasetSpec, cache: dict[Any, h5py.h5p.PropDCID]) -> h5py.h5p.PropDCID:
@@ -279,7 +271,7 @@ def _plan_rounds(
         local[i] = len(pieces)
         small = chunked or threshold is None
         for start, a in pieces:
-            if small:
+            if small or threshold is None:
                 break
             if a.nbytes < threshold or (
                 a.ndim and contiguous_offset(shape, tuple(start), a.shape) is None
@@ -294,9 +286,7 @@ def _plan_rounds(
     return counts, individual
 
 
-def _own(
-    pieces: Pieces, what: str
-) -> list[tuple[Sequence[int], np.ndarray]]:
+def _own(pieces: Pieces, what: str) -> list[tuple[Sequence[int], np.ndarray]]:
     out = []
     for start, a in pieces:
         if not a.size:
@@ -490,7 +480,10 @@ def _move(
     """
     shapes = [(tuple(s.shape), _chunked(s)) for s in specs]
     counts, individual = _plan_rounds(
-        comm, shapes, mine if exc is None else [[] for _ in specs], options.direct_io_threshold,
+        comm,
+        shapes,
+        mine if exc is None else [[] for _ in specs],
+        options.direct_io_threshold,
         deadline,
     )
     coll, indiv = _transfer_lists()
@@ -555,7 +548,9 @@ def read_pieces(
     if not _dist.any_true(comm, any(mine), deadline):
         return
     LAST.__init__()  # type: ignore[misc]
-    fapl = _dist.run_agreed(comm, what, lambda: _file_access(comm, options.mpi_info, None), deadline)
+    fapl = _dist.run_agreed(
+        comm, what, lambda: _file_access(comm, options.mpi_info, None), deadline
+    )
     fid = _open(comm, path, fapl, create=False, deadline=deadline, what=what)
     exc: BaseException | None = None
     try:
