@@ -110,9 +110,11 @@ def make_vars(values, lays, zero=False):
     }
 
 
-def restore(path, values, lays, options=None):
+def restore(path, values, lays, options=None, saved=False):
+    """Read ``path`` (``saved``: a ``save()``d one, with its counter) into fresh variables."""
     vs = make_vars(values, lays, zero=True)
-    hpckpt.Checkpoint(**vs).read(path, options=options).assert_consumed()
+    ckpt = hpckpt.Checkpoint(**vs)
+    (ckpt.restore if saved else ckpt.read)(path, options=options).assert_consumed()
     return {k: v.numpy() for k, v in vs.items()}
 
 
@@ -334,11 +336,11 @@ def test_a_failure_on_one_rank_is_agreed_and_loses_nothing(shared_dir, phase, op
     assert all(m is not None and f"rank {bad}" in m for m in msgs), msgs
     assert len(set(msgs)) == 1
     assert all_ranks(mgr.latest_checkpoint == first)
-    got = restore(first, values, lays)
+    got = restore(first, values, lays, saved=True)
     assert all_ranks(same(got, values) == [])
     # and the next save works (no rank is left inside a collective call)
     again = mgr.save(options=opts)
-    assert all_ranks(same(restore(again, values, lays, opts), values) == [])
+    assert all_ranks(same(restore(again, values, lays, opts, saved=True), values) == [])
     if comm.rank == 0:
         wait_removals()
 

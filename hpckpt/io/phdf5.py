@@ -147,23 +147,43 @@ def _info(hints: dict[str, str] | None) -> MPI.Info:
 
 
 def _file_access(
-    comm: MPI.Comm, hints: dict[str, str] | None, alignment: tuple[int, int] | None
+    comm: MPI.Comm,
+    hints: dict[str, str] | None,
+    alignment: tuple[int, int] | None,
+    deadline: Deadline,
+    what: str,
 ) -> h5py.h5p.PropFAID:
-    """An ``mpio`` file access list with collective metadata reads and writes."""
-    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
-    info = _info(hints)
-    try:
-        fapl.set_fapl_mpio(comm, info)  # HDF5 keeps duplicates of both
-    finally:
-        if info != MPI.INFO_NULL:
-            info.Free()
-    if alignment is not None:
-        fapl.set_alignment(*alignment)
-    h5capi.set_collective_metadata(fapl, ops=True, write=True)
-    locking = file_locking()
-    if locking is not None:
-        fapl.set_file_locking(bool(locking), locking == "best-effort")
-    return fapl
+    """An ``mpio`` file access list with collective metadata reads and writes; agreed.
+
+    ``H5Pset_fapl_mpio`` duplicates the communicator (``MPI_Comm_dup``, a collective
+    call MPI cannot bound): everything that may fail on one rank is done and agreed
+    on first, so that every rank makes that call or none does.
+
+    Collective: call on all ranks.
+    """
+
+    def check() -> MPI.Info:
+        h5capi.library()  # a missing parallel HDF5 fails here, on every rank
+        return _info(hints)
+
+    info = _dist.run_agreed(comm, what, check, deadline)
+
+    def build() -> h5py.h5p.PropFAID:
+        try:
+            fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+            fapl.set_fapl_mpio(comm, info)  # collective; HDF5 keeps duplicates of both
+        finally:
+            if info != MPI.INFO_NULL:
+                info.Free()
+        if alignment is not None:
+            fapl.set_alignment(*alignment)
+        h5capi.set_collective_metadata(fapl, ops=True, write=True)
+        locking = file_locking()
+        if locking is not None:
+            fapl.set_file_locking(bool(locking), locking == "best-effort")
+        return fapl
+
+    return _dist.run_agreed(comm, what, build, deadline)
 
 
 def _record_file(fid: h5py.h5f.FileID) -> None:
@@ -342,14 +362,14 @@ def write_file(
         # compressed chunks (at most CHUNK_TARGET_BYTES before deflate) are never padded
         threshold = max(threshold, 2 * CHUNK_TARGET_BYTES)
 
-    def prepare() -> tuple[h5py.h5p.PropFAID, list[h5py.h5p.PropDCID]]:
+    def prepare() -> list[h5py.h5p.PropDCID]:
         _faults.point("create", rank)
-        hints = striping_hints(options.striping_factor, options.striping_unit, options.mpi_info)
-        fapl = _file_access(comm, hints, (threshold, alignment))
         cache: dict[Any, h5py.h5p.PropDCID] = {}
-        return fapl, [_creation_list(s, cache) for s in specs]
+        return [_creation_list(s, cache) for s in specs]
 
-    fapl, dcpls = _dist.run_agreed(comm, what, prepare, deadline)
+    dcpls = _dist.run_agreed(comm, what, prepare, deadline)
+    hints = striping_hints(options.striping_factor, options.striping_unit, options.mpi_info)
+    fapl = _file_access(comm, hints, (threshold, alignment), deadline, what)
     fid = _open(comm, path, fapl, create=True, deadline=deadline, what=what)
     offsets: list[int | None] = []
     dsids: list[h5py.h5d.DatasetID] = []
@@ -548,9 +568,7 @@ def read_pieces(
     if not _dist.any_true(comm, any(mine), deadline):
         return
     LAST.__init__()  # type: ignore[misc]
-    fapl = _dist.run_agreed(
-        comm, what, lambda: _file_access(comm, options.mpi_info, None), deadline
-    )
+    fapl = _file_access(comm, options.mpi_info, None, deadline, what)
     fid = _open(comm, path, fapl, create=False, deadline=deadline, what=what)
     exc: BaseException | None = None
     try:
