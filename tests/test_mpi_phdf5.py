@@ -38,7 +38,7 @@ def meshes():
     return hpckpt.create_mesh([("x", two[0]), ("y", two[1])]), hpckpt.create_mesh([("r", size)])
 
 
-def model_values():
+def model_values(small=60):
     size = MPI.COMM_WORLD.Get_size()
     rng = np.random.default_rng(14)
     vals = {
@@ -59,7 +59,7 @@ def model_values():
         "u16": np.arange(11, dtype=np.uint16),
         "empty": np.zeros((0, 4), dtype=np.float32),
     }
-    for i in range(60):  # many small tensors
+    for i in range(small):  # many small tensors
         vals[f"small{i:02d}"] = np.arange(i % 7 + 1, dtype=np.float64) + i
     return vals
 
@@ -179,16 +179,18 @@ READERS = ["auto", "mpiio", "posix", "hdf5"]
 @pytest.mark.parametrize("writer", list(WRITERS))
 def test_every_path_reads_every_other_paths_checkpoints(shared_dir, writer):
     mesh, flat = meshes()
-    values = model_values()
+    values = model_values(small=4)
     path = hpckpt.Checkpoint(**make_vars(values, layouts(mesh, flat))).write(
         os.path.join(shared_dir, writer), options=WRITERS[writer]
     )
-    for reader in READERS:
-        for name, lays in (("saved", layouts(mesh, flat)), ("other", other_layouts(values))):
-            for in_place in (True, False):
-                opts = hpckpt.CheckpointOptions(io=reader, restore_in_place=in_place)
-                bad = same(restore(path, values, lays, opts), values)
-                assert all_ranks(not bad), (writer, reader, name, in_place, bad)
+    for i, reader in enumerate(READERS):
+        for j, (name, lays) in enumerate(
+            (("saved", layouts(mesh, flat)), ("other", other_layouts(values)))
+        ):
+            in_place = (i + j) % 2 == 0  # straight into the variables, or staged
+            opts = hpckpt.CheckpointOptions(io=reader, restore_in_place=in_place)
+            bad = same(restore(path, values, lays, opts), values)
+            assert all_ranks(not bad), (writer, reader, name, in_place, bad)
 
 
 def test_compressed_checkpoints_are_chunked_filtered_and_bit_identical_after_a_reshard(
@@ -196,7 +198,7 @@ def test_compressed_checkpoints_are_chunked_filtered_and_bit_identical_after_a_r
 ):
     comm = MPI.COMM_WORLD
     mesh, flat = meshes()
-    values = model_values()
+    values = model_values(small=4)
     path = hpckpt.Checkpoint(**make_vars(values, layouts(mesh, flat))).write(
         os.path.join(shared_dir, "z"), options=GZIP
     )
@@ -347,7 +349,7 @@ def test_a_failure_on_one_rank_is_agreed_and_loses_nothing(shared_dir, phase, op
 
 def test_async_save_through_parallel_hdf5(shared_dir):
     mesh, flat = meshes()
-    values = model_values()
+    values = model_values(small=4)
     lays = layouts(mesh, flat)
     vs = make_vars(values, lays)
     ckpt = hpckpt.Checkpoint(**vs)

@@ -303,7 +303,9 @@ def test_lustre_layout_xattrs_are_parsed():
 def test_lfs_getstripe_outputs_are_parsed():
     old = "stripe_count:  4 stripe_size:   4194304 pattern:       raid0 stripe_offset: -1\n"
     assert striping.parse_lfs_getstripe(old) == (4 << 20, 4)
-    yaml = "/lustre/run\n  lmm_stripe_count:  -1\n  lmm_stripe_size:   1048576\n  lmm_pattern: raid0\n"
+    yaml = (
+        "/lustre/run\n  lmm_stripe_count:  -1\n  lmm_stripe_size:   1048576\n  lmm_pattern: raid0\n"
+    )
     assert striping.parse_lfs_getstripe(yaml) == (1 << 20, -1)
     pfl = (
         "  lcm_layout_gen:    0\n  lcm_entry_count:   2\n    lcme_id: N/A\n"
