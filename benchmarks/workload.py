@@ -23,6 +23,7 @@ __all__ = [
     "Workload",
     "big_matrices",
     "factor_2d",
+    "heat_field",
     "make_mesh",
     "model",
     "relayout",
@@ -169,16 +170,40 @@ def make_mesh(ctx: RunContext, kind: str) -> hpckpt.Mesh:
     raise ValueError(f"unknown mesh kind {kind!r} (use 1d or 2d)")
 
 
+def heat_field(
+    shape: tuple[int, int], rows: slice, cols: slice, seed: int, dtype: np.dtype
+) -> np.ndarray:
+    """A block of a smooth 2-D temperature field, as a heat solver holds one.
+
+    Three hot spots diffused for a while: the heat equation's solution from point
+    sources (Gaussians whose width grows with time) on a unit square, plus a cold
+    linear background, computed in float64 and stored in ``dtype``. Values depend on
+    the global position only, so every decomposition sees the same field.
+    """
+    rng = np.random.default_rng(seed)
+    y = (np.arange(rows.start, rows.stop, dtype=np.float64) + 0.5) / shape[0]
+    x = (np.arange(cols.start, cols.stop, dtype=np.float64) + 0.5) / shape[1]
+    u = 0.2 + 0.1 * x[None, :] + 0.05 * y[:, None]
+    for _ in range(3):
+        cy, cx = rng.uniform(0.2, 0.8, 2)
+        width = rng.uniform(0.01, 0.05)  # 4 D t
+        u = u + np.exp(-((y[:, None] - cy) ** 2 + (x[None, :] - cx) ** 2) / width)
+    return u.astype(dtype)
+
+
 def _new_variable(
     shape: tuple[int, ...],
     layout: hpckpt.Layout,
     dtype: np.dtype,
     name: str,
     seed: int,
+    data: str = "random",
 ) -> Tensor:
     """A Variable whose shard values depend on ``seed`` and the shard's position only.
 
     Replicas (ranks holding the same hyperslab) therefore hold identical values.
+    ``data``: ``"random"`` (uniform floats: incompressible mantissas) or ``"smooth"``
+    (:func:`heat_field`, for 2-D float tensors).
     """
     v = hpckpt.Variable.from_local(
         np.empty(layout.local_shape(shape), dtype=dtype), layout, shape, name=name
@@ -187,7 +212,12 @@ def _new_variable(
         [seed, zlib.crc32(name.encode())] + [s.start for s in layout.local_slices(shape)]
     )
     if v.local.size:
-        if dtype.kind == "f" and dtype.itemsize in (4, 8):
+        if data == "smooth" and dtype.kind == "f" and len(shape) == 2:
+            rs, cs = layout.local_slices(shape)
+            v.local[...] = heat_field(
+                (shape[0], shape[1]), rs, cs, zlib.crc32(name.encode()) + seed, dtype
+            )
+        elif dtype.kind == "f" and dtype.itemsize in (4, 8):
             rng.random(out=v.local.reshape(-1), dtype=dtype.type)
         else:
             v.local[...] = rng.integers(0, 100, size=v.local.shape).astype(dtype)
@@ -205,11 +235,12 @@ def big_matrices(
     mesh_kind: str = "1d",
     dtype: str = "float32",
     seed: int = 0,
+    data: str = "random",
 ) -> Workload:
     """``nvars`` matrices of ``total_bytes`` in all, sharded on every mesh dimension.
 
     On a 1-D mesh rows are split over ``x``; on a 2-D mesh rows over ``x`` and
-    columns over ``y``.
+    columns over ``y``. ``data``: ``"random"`` or ``"smooth"`` (a heat field).
 
     Collective: call on all ranks.
     """
@@ -220,8 +251,8 @@ def big_matrices(
     rows = max(1, per_var // (cols * dt.itemsize))
     specs = ["x", hpckpt.UNSHARDED] if mesh_kind == "1d" else ["x", "y"]
     layout = hpckpt.Layout(specs, mesh)
-    tensors = [_new_variable((rows, cols), layout, dt, f"w{i}", seed) for i in range(nvars)]
-    desc = f"{nvars} x ({rows}, {cols}) {dt.name}, layout {specs} on mesh {mesh}"
+    tensors = [_new_variable((rows, cols), layout, dt, f"w{i}", seed, data) for i in range(nvars)]
+    desc = f"{nvars} x ({rows}, {cols}) {dt.name} ({data}), layout {specs} on mesh {mesh}"
     return Workload(mesh, tensors, desc)
 
 

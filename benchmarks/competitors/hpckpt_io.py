@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -59,6 +60,11 @@ class HpckptCompetitor(Competitor):
 
     def save(self) -> None:
         self.ckpt.write(self.prefix, options=self.options)
+
+    def file_bytes(self) -> int:
+        """The size of the last save's data file (its index names it and its size)."""
+        with open(self.prefix + ".index.json", "rb") as f:
+            return int(json.load(f)["data_file"]["size"])
 
     def restore(self) -> None:
         self.ckpt.read(self.prefix, options=self.options)

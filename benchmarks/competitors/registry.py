@@ -16,7 +16,18 @@ from .numpy_files import NpySaveCompetitor, NpzCompetitor
 from .raw import MpiioCompetitor, PosixCompetitor, RawPlan
 from .torch_dcp import TorchDcpCompetitor, even_shards, torch_available
 
-__all__ = ["DESCRIPTIONS", "RAW", "build"]
+__all__ = ["DESCRIPTIONS", "IO_VARIANTS", "RAW", "build"]
+
+IO_VARIANTS: dict[str, dict] = {
+    "hpckpt-mpiio": {"io": "mpiio"},
+    "hpckpt-posix": {"io": "posix"},
+    "hpckpt-hdf5": {"io": "hdf5"},
+    "hpckpt-hdf5-2phase": {"io": "hdf5", "direct_io_threshold": None},
+    "hpckpt-gzip": {"compression": "gzip:1"},
+    "hpckpt-shuffle-gzip": {"compression": "shuffle+gzip:1"},
+    "hpckpt-shuffle-gzip4": {"compression": "shuffle+gzip:4"},
+}
+"""hpckpt with each io mode and compression (issue 14), by competitor name."""
 
 
 class _Builder:
@@ -53,6 +64,14 @@ class _Builder:
             "hpckpt-indep": lambda: HpckptCompetitor(
                 ctx, wl, "hpckpt-indep", hpckpt.CheckpointOptions(mpi_info=info, collective=False)
             ),
+            **{
+                name: (
+                    lambda name=name, kw=kw: HpckptCompetitor(
+                        ctx, wl, name, hpckpt.CheckpointOptions(mpi_info=info, **kw)
+                    )
+                )
+                for name, kw in IO_VARIANTS.items()
+            },
             "mpiio": lambda: MpiioCompetitor(ctx, wl, self.plan()),
             "posix": lambda: PosixCompetitor(ctx, wl, self.plan()),
             "h5py": lambda: H5pyCompetitor(ctx, wl),

@@ -52,6 +52,12 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("--cols", type=int, default=4096, help="matrix columns (default 4096)")
     p.add_argument("--dtype", default="float32", help="element type (default float32)")
+    p.add_argument(
+        "--data",
+        choices=("random", "smooth"),
+        default="random",
+        help="random floats (default; incompressible) or a smooth heat field (compresses)",
+    )
     add_common_options(p, competitors=DEFAULT_COMPETITORS)
     p.set_defaults(func=run)
 
@@ -82,7 +88,13 @@ def run(args: argparse.Namespace) -> int:
         )
         for size in args.sizes:
             wl = big_matrices(
-                ctx, size, args.nvars, cols=args.cols, mesh_kind=args.mesh, dtype=args.dtype
+                ctx,
+                size,
+                args.nvars,
+                cols=args.cols,
+                mesh_kind=args.mesh,
+                dtype=args.dtype,
+                data=args.data,
             )
             label = f"{format_size(wl.total_bytes)} on {ctx.size} ranks"
             ctx.log(f"== {label}: {wl.description}")
@@ -96,7 +108,12 @@ def run(args: argparse.Namespace) -> int:
                 "mesh": args.mesh,
                 "cold": args.cold,
             }
+            case["data"] = args.data
             new = make_rows(samples, case=case, nbytes=wl.total_bytes, reference=fastest_raw)
+            files = {c.name: c.file_bytes() for c in competitors if hasattr(c, "file_bytes")}
+            for row in new:  # bytes on disk: what compression saves
+                if row["competitor"] in files and row["op"] == "save":
+                    row["file_bytes"] = files[row["competitor"]]
             rows += new
             if ctx.rank == 0:
                 markdown_table(new, COLUMNS)
