@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import zlib
 
 import h5py
@@ -396,3 +397,59 @@ def test_hints_and_alignment_reach_the_mpi_file(shared_dir):
     )
     assert all_ranks(phdf5.LAST.hints.get("striping_factor") == "1")
     assert all_ranks(phdf5.LAST.alignment == (1 << 20, 4096))
+
+
+@pytest.fixture
+def small_disk(shared_dir):
+    """A real 2 MiB file system (tmpfs) that a checkpoint does not fit in."""
+    comm = MPI.COMM_WORLD
+    mnt = os.path.join(shared_dir, "disk")
+    err = None
+    if comm.rank == 0:
+        os.mkdir(mnt)
+        r = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", mnt], capture_output=True, text=True
+        )
+        err = None if r.returncode == 0 else (r.stderr.strip() or f"mount exit {r.returncode}")
+    err = comm.bcast(err)
+    if err:
+        pytest.skip(f"cannot mount a 2 MiB tmpfs here (needs root): {err}")
+    yield mnt
+    comm.Barrier()
+    if comm.rank == 0:
+        subprocess.run(["umount", mnt], check=False)
+
+
+@pytest.mark.parametrize("options", ["hdf5", "gzip"])
+def test_a_full_disk_is_an_agreed_error_not_a_hang(small_disk, options):
+    """Collective HDF5 writes on a file system without room: the same CheckpointError on
+    every rank (HDF5's collective flush would wait forever if some ranks' metadata writes
+    failed), the previous checkpoint intact, and the next save that fits works."""
+    comm = MPI.COMM_WORLD
+    mesh, flat = meshes()
+    opts = WRITERS[options]
+    small = {"s": np.arange(1000.0)}
+    big = dict(small, b=np.random.default_rng(5).random((600, 1000)))  # 4.8 MB
+    lays = {"s": Layout(["r"], flat), "b": Layout(["r", UNSHARDED], flat)}
+    first = hpckpt.Checkpoint(**make_vars(small, lays)).write(
+        os.path.join(small_disk, "ok"), options=opts
+    )
+    msg = None
+    try:
+        hpckpt.Checkpoint(**make_vars(big, lays)).write(
+            os.path.join(small_disk, "full"), options=opts
+        )
+    except hpckpt.CheckpointError as e:
+        msg = str(e)
+    msgs = comm.allgather(msg)
+    assert all(m is not None for m in msgs) and len(set(msgs)) == 1, msgs
+    assert "No space left on device" in msgs[0], msgs[0]
+    assert all_ranks(same(restore(first, small, lays, opts), small) == [])
+    if comm.rank == 0:
+        wait_removals()
+    left = comm.bcast(sorted(os.listdir(small_disk)) if comm.rank == 0 else None)
+    assert not [n for n in left if n.startswith("full")], left
+    again = hpckpt.Checkpoint(**make_vars(small, lays)).write(
+        os.path.join(small_disk, "again"), options=opts
+    )
+    assert all_ranks(same(restore(again, small, lays, opts), small) == [])

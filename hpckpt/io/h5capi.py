@@ -19,6 +19,7 @@ import ctypes.util
 import os
 import re
 import threading
+from collections.abc import Iterator
 
 import h5py
 from mpi4py import MPI
@@ -74,13 +75,17 @@ def _load() -> tuple[ctypes.CDLL, str]:
     import h5py.h5
 
     want = tuple(h5py.version.hdf5_version_tuple[:3])
-    names = _mapped_candidates()
-    for n in ("hdf5_openmpi", "hdf5_mpich", "hdf5"):
-        p = ctypes.util.find_library(n)
-        if p:
-            names.append(p)
+
+    def candidates() -> Iterator[str]:
+        yield from _mapped_candidates()
+        # find_library may run ldconfig or a compiler: only when nothing is mapped
+        for n in ("hdf5_openmpi", "hdf5_mpich", "hdf5"):
+            p = ctypes.util.find_library(n)
+            if p:
+                yield p
+
     tried = []
-    for p in names:
+    for p in candidates():
         try:
             lib = ctypes.CDLL(p)
             major, minor, rel = ctypes.c_uint(), ctypes.c_uint(), ctypes.c_uint()

@@ -61,6 +61,7 @@ from .filters import CHUNK_TARGET_BYTES, Compression, chunk_shape, compressible
 from .hdf5 import DTYPE_ATTR, FORMAT_ATTR, DatasetSpec, file_locking, h5type
 from .mpiio import contiguous_offset
 from .options import IOOptions
+from .space import METADATA_MARGIN, METADATA_PER_DATASET, check_free_space, reservation, reserve
 from .striping import striping_hints
 
 __all__ = ["LAST", "IOStats", "dataset_specs", "read_pieces", "write_file"]
@@ -364,6 +365,8 @@ def write_file(
 
     def prepare() -> list[h5py.h5p.PropDCID]:
         _faults.point("create", rank)
+        if rank == 0:
+            check_free_space(path, METADATA_MARGIN + METADATA_PER_DATASET * len(specs))
         cache: dict[Any, h5py.h5p.PropDCID] = {}
         return [_creation_list(s, cache) for s in specs]
 
@@ -384,23 +387,41 @@ def write_file(
     except BaseException:
         _close(dsids, fid)
         raise
-    mine: list[list[tuple[Sequence[int], np.ndarray]]] = [[] for _ in specs]
+    # Reserve the file's blocks before any data moves: HDF5's collective flush and close
+    # diverge between ranks when a metadata write fails on some (a full disk), and then
+    # wait forever; with the blocks reserved, no write inside HDF5 can run out of space.
     try:
-        _faults.point("before_data", rank)
-        mine = [_own(p, what) for p in pieces]
+        if rank == 0:
+            reserve(path, reservation(specs, offsets))
     except Exception as e:
         exc = e
-    exc = _move(comm, dsids, specs, mine, options, deadline, write=True, exc=exc)
-    try:
-        if exc is None:
-            _faults.point("mid_data", rank)
-    except Exception as e:
-        exc = e
-    if exc is None and on_written is not None:
+    failed = _dist.any_true(comm, exc is not None, deadline)
+    if not failed:
+        mine: list[list[tuple[Sequence[int], np.ndarray]]] = [[] for _ in specs]
         try:
-            on_written()
+            _faults.point("before_data", rank)
+            mine = [_own(p, what) for p in pieces]
         except Exception as e:
             exc = e
+        exc = _move(comm, dsids, specs, mine, options, deadline, write=True, exc=exc)
+        try:
+            if exc is None:
+                _faults.point("mid_data", rank)
+        except Exception as e:
+            exc = e
+        if exc is None and on_written is not None:
+            try:
+                on_written()
+            except Exception as e:
+                exc = e
+        failed = _dist.any_true(comm, exc is not None, deadline)
+    if failed and rank == 0:
+        # The file is discarded: give its blocks back first, so that the metadata
+        # the collective close still writes finds room even on a full disk.
+        try:
+            os.truncate(path, 0)
+        except OSError:
+            pass
     try:
         h5py.h5f.flush(fid, h5py.h5f.SCOPE_GLOBAL)  # collective: metadata, then MPI_File_sync
     except Exception as e:
