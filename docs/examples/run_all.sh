@@ -33,6 +33,7 @@ mpi 4 guide_variables.py
 mpi 4 guide_checkpoint.py
 mpi "$NP" guide_manager.py
 mpi "$NP" guide_async.py
+mpi 4 guide_io_modes.py
 mpi "$NP" guide_resume.py save
 mpi 3 guide_resume.py restore
 serial guide_resume.py restore
