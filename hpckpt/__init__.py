@@ -1,8 +1,10 @@
 """hpckpt: TensorFlow-style object-based checkpointing for MPI jobs on parallel HDF5.
 
 Ranks form a Cartesian mesh, every tensor has a layout over it, each rank writes
-its slice of every tensor into one shared HDF5 file with collective MPI-IO, and
-rank 0 commits the object-graph index and the checkpoint state file.
+its slice of every tensor into one shared HDF5 file (collective MPI-IO and direct
+``pwrite`` by default; parallel HDF5's collective ``H5Dwrite`` with ``io="hdf5"`` and
+for compression), and rank 0 commits the object-graph index and the checkpoint state
+file.
 """
 
 from . import optimizers
