@@ -36,12 +36,16 @@ def write_pieces(
     """
     spec = v.layout.spec()
     slicing = derived_slicing(v.shape, spec, v.dtype)
-    index, _ = v.layout.replica_position()
+    index, count = v.layout.replica_position()
+    local = v.local
+    if count == 1:  # a shard held by this rank alone: the whole of it, one slice
+        if not local.size and v.shape:
+            return [], []
+        return [(v.local_start, local)], [slicing.shard_index(v.layout.mesh.coords)]
     i = slicing.written_by(v.layout.mesh.coords, index, ordinal)
     if i is None:
         return [], []
     start, shape = slicing.box(i)
-    local = v.local
     rel = tuple(
         slice(a - b, a - b + n) for a, b, n in zip(start, v.local_start, shape, strict=True)
     )
@@ -88,7 +92,18 @@ def plan_save(root: Any, comm: MPI.Comm, deadline: Deadline, what: str) -> SaveP
                     f"the checkpoint's communicator has {comm.Get_size()}"
                 )
             pieces, ids = write_pieces(v, n)
-            tensors.append(SaveTensor(key, v.dtype, v.shape, v.layout.spec(), pieces, ids))
+            tensors.append(
+                SaveTensor(
+                    key,
+                    v.dtype,
+                    v.shape,
+                    v.layout.spec(),
+                    pieces,
+                    ids,
+                    mesh_rank=v.layout.mesh.rank,
+                    ordinal=n,
+                )
+            )
         data, binary = [], []
         for key, s in g.python_states:
             value = s.serialize()
