@@ -358,3 +358,50 @@ def test_ranks_with_different_layouts_never_commit_a_hole(shared_dir):
     assert all_ranks(msg is not None and "layouts" in msg), msg
     assert len(set(comm.allgather(msg))) == 1
     assert all_ranks(not os.path.exists(prefix + ".index.json"))
+
+
+def test_plan_cache_reuses_the_structure_and_notices_any_change(shared_dir):
+    """Saves of the same structure reuse rank 0's file template and every rank's offsets;
+    any change (a tensor, a shape, an option) on all ranks makes a fresh plan; every
+    checkpoint restores bit-identically and is a plain HDF5 file."""
+    from hpckpt.io import write as w
+
+    comm = MPI.COMM_WORLD
+    mesh = hpckpt.create_mesh([("x", comm.size)])
+
+    def model(extra=False, rows=12):
+        vs = {
+            "a": hpckpt.Variable(
+                np.arange(rows * 5.0).reshape(rows, 5), Layout(["x", UNSHARDED], mesh)
+            ),
+            "b": hpckpt.Variable(np.arange(7, dtype=np.int32)),
+        }
+        if extra:
+            vs["c"] = hpckpt.Variable(np.ones((3, 2), np.float32))
+        return vs
+
+    cases = [
+        (model(), None),
+        (model(), None),  # a cache hit
+        (model(extra=True), None),  # one more tensor
+        (model(rows=13), None),  # another shape
+        (model(rows=13), hpckpt.CheckpointOptions(alignment=4096)),  # another option
+        (model(rows=13), hpckpt.CheckpointOptions(alignment=4096)),  # a hit again
+    ]
+    hits = []
+    for n, (vs, opts) in enumerate(cases):
+        before = set(w._PLANS)
+        p = hpckpt.Checkpoint(**vs).write(os.path.join(shared_dir, f"c{n}"), options=opts)
+        hits.append(set(w._PLANS) == before)
+        fresh = {k: hpckpt.Variable(np.zeros_like(v.numpy()), v.layout) for k, v in vs.items()}
+        hpckpt.Checkpoint(**fresh).read(p).assert_consumed()
+        want = {k: v.numpy() for k, v in vs.items()}
+        got = {k: v.numpy() for k, v in fresh.items()}
+        with Agreed():
+            for k in vs:
+                assert np.array_equal(got[k], want[k]), (n, k)
+            if comm.rank == 0:
+                data = load_index(p).data_file
+                with h5py.File(os.path.join(shared_dir, data), "r") as f:
+                    assert np.array_equal(f["a"][...], want["a"])
+    assert all_ranks(hits == [False, True, False, False, False, True]), hits

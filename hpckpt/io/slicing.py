@@ -25,7 +25,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from ..layout import LayoutSpec, block_range
+from ..layout import Blocks, LayoutSpec, block_range
 
 __all__ = [
     "Box",
@@ -35,6 +35,7 @@ __all__ = [
     "TargetGrid",
     "TargetList",
     "Targets",
+    "block_of",
     "box_intersection",
     "cached_slicing",
     "check_exact_cover",
@@ -53,6 +54,15 @@ def mesh_coords(rank: int, mesh_shape: Sequence[int]) -> list[int]:
         rank, c = divmod(rank, d)
         out.append(c)
     return out[::-1]
+
+
+def block_of(n: int, parts: int, i: int) -> int:
+    """The block (of ``block_range(n, parts, .)``) that holds element ``i`` (non-empty)."""
+    base, rem = divmod(n, parts)
+    big = rem * (base + 1)
+    if i < big:
+        return i // (base + 1)
+    return rem + (i - big) // base
 
 
 def volume(shape: Sequence[int]) -> int:
@@ -159,7 +169,12 @@ class DerivedSlicing:
         self.replicas = spec.replicas()
         largest = 1
         for n, b in zip(shape, self.grid.bounds, strict=True):
-            largest *= n if b is None else max((y - x for x, y in itertools.pairwise(b)), default=0)
+            if b is None:
+                largest *= n
+            elif isinstance(b, Blocks):
+                largest *= b.largest()
+            else:
+                largest *= max((y - x for x, y in itertools.pairwise(b)), default=0)
         split = self.replicas > 1 and len(shape) >= 1 and largest * itemsize >= split_bytes
         self.sub = self.replicas if split else 1
         self.count = self.grid.ncells * self.sub
@@ -213,7 +228,16 @@ class DerivedSlicing:
         out = []
         for cell in self.grid.cells_meeting(box):
             base = self.grid.linear(cell) * self.sub
-            for s in range(self.sub):
+            if self.sub == 1:
+                out.append(base)
+                continue
+            # the sub-blocks (rows split among replicas) that meet the box's rows
+            cstart, cshape = self.grid.cell_box(cell)
+            lo = max(box[0][0], cstart[0]) - cstart[0]
+            hi = min(box[0][0] + box[1][0], cstart[0] + cshape[0]) - cstart[0]
+            first = block_of(cshape[0], self.sub, lo)
+            last = block_of(cshape[0], self.sub, hi - 1)
+            for s in range(first, last + 1):
                 b = self.box(base + s)
                 if volume(b[1]) and box_intersection(b, box) is not None:
                     out.append(base + s)

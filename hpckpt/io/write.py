@@ -20,6 +20,7 @@ Call order (``write_checkpoint`` is collective; inside it):
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -42,6 +43,7 @@ from .mpiio import Piece
 from .options import IOOptions
 from .paths import data_file_name, data_file_path, index_path, new_token
 from .slicing import DerivedSlicing, ListedSlicing, cached_slicing, check_exact_cover
+from .template import FileTemplate, capture, create_from
 from .transfer import move_pieces
 
 __all__ = ["SaveTensor", "derived_slicing", "library_versions", "write_checkpoint"]
@@ -79,6 +81,11 @@ class SaveTensor:
     logical_dtype: str | None = None
     mesh_rank: int | None = None
     ordinal: int = 0
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the whole tensor."""
+        return math.prod(self.shape) * self.dtype.itemsize
 
 
 def derived_slicing(shape: tuple[int, ...], layout: LayoutSpec, dtype: np.dtype) -> DerivedSlicing:
@@ -149,14 +156,32 @@ def write_checkpoint(
         pool.shutdown(wait=True)
 
 
+@dataclass
+class _CachedPlan:
+    """What a save with the same structure can reuse (every rank: offsets; rank 0: template)."""
+
+    offsets: list[int | None]
+    size: int
+    template: FileTemplate | None = None
+
+
+# the plan of the last save of each structure (a few: a job saves one or two structures)
+_PLANS: dict[int, _CachedPlan] = {}
+_MAX_PLANS = 4
+
+
 def _agree_structure(
-    comm: MPI.Comm, tensors: Sequence[SaveTensor], deadline: Deadline, what: str
-) -> None:
-    h = structure_hash(tensors)
-    lo = _dist.allreduce_int(comm, h, MPI.MIN, deadline)
-    hi = _dist.allreduce_int(comm, h, MPI.MAX, deadline)
-    if lo == hi:
-        return
+    comm: MPI.Comm, tensors: Sequence[SaveTensor], options: IOOptions, deadline: Deadline, what: str
+) -> tuple[int, bool]:
+    """Agree that every rank saves the same structure; returns its hash and whether every
+    rank holds a cached plan for it (one reduction)."""
+    h = structure_hash(tensors) ^ hash((options.alignment, options.alignment_threshold)) & (
+        (1 << 63) - 1
+    )
+    cached = h in _PLANS
+    got = _dist.allreduce_max(comm, np.array([h, -h, 0 if cached else 1], dtype=np.int64), deadline)
+    if got[0] == -got[1]:
+        return h, not got[2]
     hashes = _dist.allgather_json(comm, h, deadline)
     odd = [r for r, x in enumerate(hashes) if x != hashes[0]]
     raise CheckpointError(
@@ -177,7 +202,7 @@ def _write_and_commit(
     what: str,
 ) -> int:
     rank = comm.Get_rank()
-    _agree_structure(comm, tensors, deadline, what)
+    h, cached = _agree_structure(comm, tensors, options, deadline, what)
     names = [dataset_name_for_key(t.key) for t in tensors]
 
     def create() -> dict | None:
@@ -187,6 +212,10 @@ def _write_and_commit(
         os.makedirs(os.path.dirname(prefix) or ".", exist_ok=True)
         token = new_token()
         path = data_file_path(prefix, data_file_name(prefix, token))
+        hit = _PLANS.get(h) if cached else None
+        if hit is not None and hit.template is not None:
+            create_from(path, hit.template)  # the same structure as last time
+            return {"token": token}
         specs = [
             hdf5.DatasetSpec(n, t.dtype, t.shape, t.logical_dtype)
             for n, t in zip(names, tensors, strict=True)
@@ -194,10 +223,20 @@ def _write_and_commit(
         offsets, size = hdf5.create_data_file(
             path, specs, alignment=options.alignment, threshold=options.alignment_threshold
         )
+        raw = [(o, t.nbytes) for o, t in zip(offsets, tensors, strict=True) if o is not None]
+        tpl = capture(path, raw, size)
+        _remember(h, _CachedPlan(offsets, size, tpl))
         return {"token": token, "offsets": offsets, "size": size}
 
     plan = _dist.run_agreed(comm, what, create, deadline)
-    plan = _dist.bcast_json(comm, plan, 0, deadline)
+    if cached:  # every rank knows the offsets: only the token travels
+        token = _dist.bcast_json(comm, plan["token"] if plan is not None else None, 0, deadline)
+        hit = _PLANS[h]
+        plan = {"token": token, "offsets": hit.offsets, "size": hit.size}
+    else:
+        plan = _dist.bcast_json(comm, plan, 0, deadline)
+        if rank != 0:
+            _remember(h, _CachedPlan(plan["offsets"], plan["size"]))
     data_name = data_file_name(prefix, plan["token"])
     data_path = data_file_path(prefix, data_name)
     offsets: list[int | None] = plan["offsets"]
@@ -302,6 +341,13 @@ def _rows_from_layouts(
     if any(int(ptr[k]) != len(crcs[k]) for k in range(nranks)):
         raise CheckpointError(f"{what}: ranks sent more checksums than their layouts say")
     return np.concatenate(parts) if parts else np.zeros((0, 4), dtype=np.int64)
+
+
+def _remember(h: int, plan: _CachedPlan) -> None:
+    _PLANS.pop(h, None)
+    while len(_PLANS) >= _MAX_PLANS:
+        _PLANS.pop(next(iter(_PLANS)))
+    _PLANS[h] = plan
 
 
 def _width(tensors: Sequence[SaveTensor]) -> int:
