@@ -92,7 +92,9 @@ def _build(kind: str, ranks: int, tensors: int) -> Any:
         sl = derived_slicing(shape, spec, dt)
         crcs = rng.integers(0, 1 << 32, len(sl), dtype=np.uint32)
         key = f"model/layers/{t}/weight/.ATTRIBUTES/VARIABLE_VALUE"
-        entries[key] = TensorEntry(key, f"model.layers.{t}.weight", dt, shape, offset, spec, sl, crcs)
+        entries[key] = TensorEntry(
+            key, f"model.layers.{t}.weight", dt, shape, offset, spec, sl, crcs
+        )
         offset += math.prod(shape) * isz
     return CheckpointIndex(
         "ckpt-1.data-0123456789abcdef.h5", offset, entries, ranks, time.time(), graph=None
@@ -122,10 +124,10 @@ def measure(kind: str, ranks: int, tensors: int) -> dict[str, Any]:
     index = _build(kind, ranks, n)
     text, enc = _timed(index.to_json)
     nbytes = len(text)
-    _, val = _timed(lambda: parse_index(text))
+    _, val = _timed(lambda t=text: parse_index(t))
     gc.collect()
     tracemalloc.start()
-    parsed, trusted = _timed(lambda: parse_index(text, trusted=True))
+    parsed, trusted = _timed(lambda t=text: parse_index(t, trusted=True))
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     # per tensor without its slices: the record with an empty checksum string
