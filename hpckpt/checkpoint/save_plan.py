@@ -17,7 +17,7 @@ from .. import _dist, _faults
 from .._dist import Deadline
 from ..errors import CheckpointError
 from ..graph import build_save_graph
-from ..io import SaveTensor, derived_slicing
+from ..io import SaveTensor, derived_slicing, use_rows
 from ..variable import Variable
 
 __all__ = ["SavePlan", "plan_save", "write_pieces"]
@@ -35,14 +35,16 @@ def write_pieces(
     ranks.
     """
     spec = v.layout.spec()
-    slicing = derived_slicing(v.shape, spec, v.dtype)
-    index, count = v.layout.replica_position()
     local = v.local
+    if use_rows(v.shape, spec, v.dtype):  # strided shards: the io layer aggregates rows
+        return [(v.local_start, local)], []
+    slicing = derived_slicing(v.shape, spec, v.dtype)
+    _, count = v.layout.replica_position()
     if count == 1:  # a shard held by this rank alone: the whole of it, one slice
         if not local.size and v.shape:
             return [], []
         return [(v.local_start, local)], [slicing.shard_index(v.layout.mesh.coords)]
-    i = slicing.written_by(v.layout.mesh.coords, index, ordinal)
+    i = slicing.written_by(v.layout.mesh.coords, ordinal)
     if i is None:
         return [], []
     start, shape = slicing.box(i)
@@ -102,6 +104,7 @@ def plan_save(root: Any, comm: MPI.Comm, deadline: Deadline, what: str) -> SaveP
                     ids,
                     mesh_rank=v.layout.mesh.rank,
                     ordinal=n,
+                    rows=use_rows(v.shape, v.layout.spec(), v.dtype),
                 )
             )
         data, binary = [], []

@@ -57,7 +57,7 @@ from .statefile import (
     state_from_paths,
     write_state,
 )
-from .write import SaveTensor, derived_slicing, write_checkpoint
+from .write import SaveTensor, derived_slicing, use_rows, write_checkpoint
 
 __all__ = [
     "SHARED_FILE",
@@ -74,6 +74,7 @@ __all__ = [
     "checkpoint_exists",
     "data_file_path",
     "derived_slicing",
+    "use_rows",
     "delete_checkpoint_files",
     "index_path",
     "latest_checkpoint",

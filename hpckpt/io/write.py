@@ -35,18 +35,32 @@ from .._dist import Deadline
 from ..errors import CheckpointError
 from ..layout import LayoutSpec
 from . import hdf5
-from .checksum import DEFAULT_ALGORITHM, checksum
+from .aggregate import BandTask, write_bands
+from .checksum import DEFAULT_ALGORITHM, checksum, checksum_function
 from .cleanup import remove_stale_files
 from .fsutil import atomic_write, fsync_path, remove_quietly
 from .index import REPLICA_SPLIT_BYTES, CheckpointIndex, TensorEntry, dataset_name_for_key
 from .mpiio import Piece
 from .options import IOOptions
 from .paths import data_file_name, data_file_path, index_path, new_token
-from .slicing import DerivedSlicing, ListedSlicing, cached_slicing, check_exact_cover
+from .slicing import (
+    DerivedSlicing,
+    ListedSlicing,
+    cached_slicing,
+    check_exact_cover,
+    strided_shards,
+    volume,
+)
 from .template import FileTemplate, capture, create_from
 from .transfer import move_pieces
 
-__all__ = ["SaveTensor", "derived_slicing", "library_versions", "write_checkpoint"]
+__all__ = [
+    "SaveTensor",
+    "derived_slicing",
+    "library_versions",
+    "use_rows",
+    "write_checkpoint",
+]
 
 
 @dataclass
@@ -70,6 +84,8 @@ class SaveTensor:
             only; otherwise it gathers a record per slice.
         ordinal: The ``ordinal`` the pieces were chosen with (``DerivedSlicing.written_by``:
             small replicated shards are written by the replica ``ordinal % replicas``).
+        rows: Saved in row bands (:mod:`.aggregate`): ``pieces`` is then this rank's
+            whole shard, which the ranks sharing its rows exchange before writing.
     """
 
     key: str
@@ -81,6 +97,7 @@ class SaveTensor:
     logical_dtype: str | None = None
     mesh_rank: int | None = None
     ordinal: int = 0
+    rows: bool = False
 
     @property
     def nbytes(self) -> int:
@@ -88,9 +105,24 @@ class SaveTensor:
         return math.prod(self.shape) * self.dtype.itemsize
 
 
-def derived_slicing(shape: tuple[int, ...], layout: LayoutSpec, dtype: np.dtype) -> DerivedSlicing:
+def derived_slicing(
+    shape: tuple[int, ...], layout: LayoutSpec, dtype: np.dtype, rows: bool = False
+) -> DerivedSlicing:
     """The slices a save writes for a layout-based tensor (what the index derives)."""
-    return cached_slicing(tuple(shape), layout, dtype.itemsize, REPLICA_SPLIT_BYTES)
+    return cached_slicing(tuple(shape), layout, dtype.itemsize, REPLICA_SPLIT_BYTES, rows)
+
+
+ROWS_MIN_BYTES = 1 << 20
+
+
+def use_rows(shape: tuple[int, ...], layout: LayoutSpec, dtype: np.dtype) -> bool:
+    """Whether a tensor is saved in row bands: its shards are strided in the file and the
+    largest is at least ``ROWS_MIN_BYTES`` (smaller ones go through collective MPI-IO)."""
+    if not strided_shards(shape, layout):
+        return False
+    sl = derived_slicing(shape, layout, dtype)
+    largest = max((volume(sl.box(i)[1]) for i in range(min(len(sl), 64))), default=0)
+    return largest * dtype.itemsize >= ROWS_MIN_BYTES
 
 
 def library_versions() -> dict[str, str]:
@@ -114,6 +146,7 @@ def structure_hash(tensors: Sequence[SaveTensor]) -> int:
     """A 63-bit hash of what every rank must agree on: keys, dtypes, shapes, layouts."""
     h = hashlib.blake2b(digest_size=8)
     for t in tensors:
+        h.update(b"r" if t.rows else b"-")
         lay = (
             repr((t.layout.specs, t.layout.dim_names, t.layout.mesh_shape, t.layout.splits))
             if t.layout
@@ -146,7 +179,13 @@ def write_checkpoint(
     """
     what = f"write of checkpoint {prefix!r}"
     # (tensor, piece number, array) of every non-empty piece
-    own = [(i, j, a) for i, t in enumerate(tensors) for j, (_, a) in enumerate(t.pieces) if a.size]
+    own = [
+        (i, j, a)
+        for i, t in enumerate(tensors)
+        if not t.rows
+        for j, (_, a) in enumerate(t.pieces)
+        if a.size
+    ]
     # The checksums run in a worker thread while the written pages are flushed to disk:
     # the sync is waiting on the device, the CRC on the CPU.
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hpckpt-crc")
@@ -254,6 +293,24 @@ def _write_and_commit(
             pieces.append(Piece(off, tensors[i].shape, tuple(tensors[i].pieces[j][0]), a))
     except Exception as e:
         exc, pieces = e, []
+    bands: list[tuple[int, int, int]] = []
+    tasks = [
+        BandTask(
+            i,
+            derived_slicing(t.shape, t.layout, t.dtype, rows=True),
+            t.layout,
+            t.dtype,
+            offsets[i],
+            np.ascontiguousarray(t.pieces[0][1]) if t.pieces else np.empty(0),
+        )
+        for i, t in enumerate(tensors)
+        if t.rows and t.layout is not None
+    ]
+    if tasks:  # strided shards: exchanged, then written in contiguous bands
+        bands, err = write_bands(
+            comm, data_path, tasks, deadline, checksum_function(DEFAULT_ALGORITHM)
+        )
+        exc = exc or err
     crcs: list[Future] = []
     try:
         move_pieces(
@@ -277,6 +334,10 @@ def _write_and_commit(
         if exc is None:
             values = crcs[0].result() if crcs else _checksums(own)
             derived, listed = _records(tensors, own, rank, values)
+            if bands:  # in tensor order with the others
+                extra = np.asarray([[i, k, c, rank] for i, k, c in bands], dtype=np.int64)
+                derived = np.concatenate([derived, extra])
+                derived = derived[np.argsort(derived[:, 0], kind="stable")]
             if packed:  # the layouts say who wrote what: checksums only, in tensor order
                 crc_array = derived[:, 2].astype(np.uint32)
                 derived = derived[:0]
@@ -324,7 +385,7 @@ def _rows_from_layouts(
     for i, t in enumerate(tensors):
         if t.layout is None:
             continue
-        w = derived_slicing(t.shape, t.layout, t.dtype).writers(t.ordinal)
+        w = derived_slicing(t.shape, t.layout, t.dtype, t.rows).writers(t.ordinal)
         if len(w) != nranks:
             raise CheckpointError(f"{what}: tensor {t.key!r}: its mesh is not the checkpoint's")
         r = np.flatnonzero(w >= 0)
@@ -409,7 +470,7 @@ def _entries(
     for i, t in enumerate(tensors):
         nd = len(t.shape)
         if t.layout is not None:
-            slicing = derived_slicing(t.shape, t.layout, t.dtype)
+            slicing = derived_slicing(t.shape, t.layout, t.dtype, t.rows)
             n = len(slicing)
             crc_list = [0] * n
             seen = [0] * n
