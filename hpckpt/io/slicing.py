@@ -268,6 +268,12 @@ class DerivedSlicing:
         """
         spec = self.spec
         nranks = math.prod(spec.mesh_shape)
+        if nranks <= 64:  # a loop costs less than numpy's calls
+            out = []
+            for r in range(nranks):
+                i = self.written_by(mesh_coords(r, spec.mesh_shape), ordinal)
+                out.append(-1 if i is None else i)
+            return np.asarray(out, dtype=np.int64)
         ranks = np.arange(nranks, dtype=np.int64)
         coords = np.unravel_index(ranks, spec.mesh_shape)
         cell = np.zeros(nranks, dtype=np.int64)

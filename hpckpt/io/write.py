@@ -378,6 +378,28 @@ def _rows_from_layouts(
     which slice each rank writes follows from the layouts (``DerivedSlicing.writers``).
     """
     nranks = len(crcs)
+    if nranks <= 64:  # a loop costs less than numpy's calls
+        lists = [c.tolist() for c in crcs]
+        pos = [0] * nranks
+        out: list[list[int]] = []
+        for i, t in enumerate(tensors):
+            if t.layout is None:
+                continue
+            sl = derived_slicing(t.shape, t.layout, t.dtype, t.rows)
+            if math.prod(sl.spec.mesh_shape) != nranks:
+                raise CheckpointError(f"{what}: tensor {t.key!r}: its mesh is not the checkpoint's")
+            for r, k in enumerate(sl.writers(t.ordinal).tolist()):
+                if k < 0:
+                    continue
+                if pos[r] >= len(lists[r]):
+                    raise CheckpointError(
+                        f"{what}: ranks sent fewer checksums than their layouts say"
+                    )
+                out.append([i, k, lists[r][pos[r]], r])
+                pos[r] += 1
+        if pos != [len(x) for x in lists]:
+            raise CheckpointError(f"{what}: ranks sent more checksums than their layouts say")
+        return np.asarray(out, dtype=np.int64).reshape(len(out), 4)
     ptr = np.zeros(nranks, dtype=np.int64)
     starts = np.concatenate(([0], np.cumsum([len(c) for c in crcs])[:-1])).astype(np.int64)
     flat = np.concatenate(crcs) if crcs else np.zeros(0, dtype=np.uint32)
@@ -388,17 +410,17 @@ def _rows_from_layouts(
         w = derived_slicing(t.shape, t.layout, t.dtype, t.rows).writers(t.ordinal)
         if len(w) != nranks:
             raise CheckpointError(f"{what}: tensor {t.key!r}: its mesh is not the checkpoint's")
-        r = np.flatnonzero(w >= 0)
-        pos = starts[r] + ptr[r]
-        if np.any(ptr[r] >= np.asarray([len(crcs[k]) for k in r], dtype=np.int64)):
+        who = np.flatnonzero(w >= 0)
+        at = starts[who] + ptr[who]
+        if np.any(ptr[who] >= np.asarray([len(crcs[k]) for k in who], dtype=np.int64)):
             raise CheckpointError(f"{what}: ranks sent fewer checksums than their layouts say")
-        rows = np.empty((len(r), 4), dtype=np.int64)
+        rows = np.empty((len(who), 4), dtype=np.int64)
         rows[:, 0] = i
-        rows[:, 1] = w[r]
-        rows[:, 2] = flat[pos]
-        rows[:, 3] = r
+        rows[:, 1] = w[who]
+        rows[:, 2] = flat[at]
+        rows[:, 3] = who
         parts.append(rows)
-        ptr[r] += 1
+        ptr[who] += 1
     if any(int(ptr[k]) != len(crcs[k]) for k in range(nranks)):
         raise CheckpointError(f"{what}: ranks sent more checksums than their layouts say")
     return np.concatenate(parts) if parts else np.zeros((0, 4), dtype=np.int64)
