@@ -141,7 +141,10 @@ class TensorEntry:
                     f"index: tensor {self.key!r} has {len(raw) // 4} checksums for "
                     f"{len(self.slicing)} slices"
                 )
-            a = self._crc_array = np.frombuffer(raw, dtype="<u4").astype(np.uint32)
+            a = np.frombuffer(raw, dtype="<u4")
+            if a.dtype != np.uint32:  # a big-endian machine
+                a = a.astype(np.uint32)
+            self._crc_array = a
         return a
 
     def packed_checksums(self) -> str:
