@@ -57,7 +57,7 @@ from .statefile import (
     state_from_paths,
     write_state,
 )
-from .write import SaveTensor, derived_slicing, write_checkpoint
+from .write import SaveTensor, derived_slicing, tiling_problem, write_checkpoint
 
 __all__ = [
     "SHARED_FILE",
@@ -87,6 +87,7 @@ __all__ = [
     "remove_orphans",
     "resolve_latest",
     "state_from_paths",
+    "tiling_problem",
     "verify_tensor",
     "wait_removals",
     "write_state",

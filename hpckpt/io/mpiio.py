@@ -1,6 +1,7 @@
 """Collective raw IO of hyperslabs into contiguous datasets with ``MPI.File``.
 
-A *piece* is one C-contiguous numpy array that holds the hyperslab
+A *piece* is one numpy array (C-contiguous, or strided: a view of the caller's
+field, moved without a packing copy) that holds the hyperslab
 ``[start, start + array.shape)`` of a global C-order array stored contiguously
 at byte ``offset`` of the file. Each rank packs its pieces into rounds of
 bounded size; every round is one ``Set_view`` + ``Write_all``/``Read_all`` whose
@@ -25,6 +26,7 @@ import numpy as np
 from mpi4py import MPI
 
 from .._dist import Deadline, allreduce_int
+from .strided import MIN_VIEW_BYTES, memory_split, run_bytes, strided_type
 
 __all__ = [
     "Piece",
@@ -170,7 +172,11 @@ def split_direct(
         return [], list(pieces)
     direct, aggregated = [], []
     for p in pieces:
-        if p.nbytes >= threshold and (_file_run(p) is not None or (not write and _sievable(p))):
+        if (
+            p.nbytes >= threshold
+            and (_file_run(p) is not None or (not write and _sievable(p)))
+            and (p.array.flags.c_contiguous or run_bytes(p.array) >= MIN_VIEW_BYTES)
+        ):
             direct.append(p)
         else:
             aggregated.append(p)
@@ -204,7 +210,7 @@ def _round_types(pieces: list[Piece], cache: _TypeCache) -> tuple[MPI.Datatype, 
     Pieces whose hyperslab is one contiguous run of the file (the common case:
     shards along the first axis, 1-D shards, whole tensors) are plain byte blocks
     of the struct, so they cost no datatype of their own; others are subarrays.
-    Memory is always byte blocks at the arrays' addresses.
+    Memory is byte blocks at the arrays' addresses (strided arrays: their strides).
     """
     flens, fdisps, ftypes = [], [], []
     for p in pieces:
@@ -222,42 +228,85 @@ def _round_types(pieces: list[Piece], cache: _TypeCache) -> tuple[MPI.Datatype, 
                 cache.own(elem.Create_subarray(list(p.global_shape), list(a.shape), list(p.start)))
             )
     ft = cache.own(MPI.Datatype.Create_struct(flens, fdisps, ftypes).Commit())
-    mt = cache.own(
-        MPI.BYTE.Create_hindexed(
-            [p.nbytes for p in pieces], [MPI.Get_address(p.array) for p in pieces]
-        ).Commit()
-    )
+    if all(p.array.flags.c_contiguous for p in pieces):
+        mt = cache.own(
+            MPI.BYTE.Create_hindexed(
+                [p.nbytes for p in pieces], [MPI.Get_address(p.array) for p in pieces]
+            ).Commit()
+        )
+        return ft, mt
+    # strided arrays (views of the caller's fields): their strides as datatypes, no copy
+    addrs: list[int] = []
+    mtypes: list[MPI.Datatype] = []
+    for p in pieces:
+        addr, t = strided_type(p.array, cache._owned)
+        addrs.append(addr)
+        mtypes.append(t)
+    mt = cache.own(MPI.Datatype.Create_struct([1] * len(pieces), addrs, mtypes).Commit())
     return ft, mt
 
 
 def _runs(p: Piece) -> list[tuple[int, np.ndarray]]:
     """``(file offset, contiguous memory view)`` of every contiguous run of a piece.
 
-    The runs are consecutive slices of the piece's (C-contiguous) memory, in
-    ascending file order; their offsets are computed with numpy, so that a
-    strided piece of many thousand rows costs microseconds, not a Python loop.
+    A run is contiguous both in the file and in memory: a strided array (a view
+    of a field with ghost cells) is cut at its memory's contiguous blocks too. The
+    runs are consecutive in the piece's C order, in ascending file order; their
+    offsets are computed with numpy, so that a strided piece of many thousand rows
+    costs milliseconds, not a Python loop per element.
     """
     first = _file_run(p)
     a = p.array
-    if first is not None:
+    if first is not None and a.flags.c_contiguous:
         return [(first, a.reshape(-1))]
     g, start, shape = p.global_shape, p.start, a.shape
     # split the leading dimensions until the remaining suffix is one contiguous run
     k = len(g) - 1
     while k > 0 and shape[k] == g[k]:
         k -= 1
-    # dims [0, k) vary; each index gives a run of shape[k:] (full after dim k)
+    k = max(k, memory_split(a)) if not a.flags.c_contiguous else k
+    # dims [0, k) vary; each index gives a run of shape[k:] (full after dim k in the file)
     isz = a.dtype.itemsize
     strides = [isz] * len(g)
     for i in range(len(g) - 2, -1, -1):
         strides[i] = strides[i + 1] * g[i + 1]
-    offsets = np.full((1,), p.offset + start[k] * strides[k], dtype=np.int64)
+    base = p.offset + sum(start[i] * strides[i] for i in range(k, len(g)))
+    offsets = np.full((1,), base, dtype=np.int64)
     for i in range(k):
         along = (start[i] + np.arange(shape[i], dtype=np.int64)) * strides[i]
         offsets = (offsets[:, None] + along[None, :]).reshape(-1)
-    n = math.prod(shape[k:])
-    flat = a.reshape(-1)
-    return [(off, flat[j * n : (j + 1) * n]) for j, off in enumerate(offsets.tolist())]
+    if a.flags.c_contiguous:
+        n = math.prod(shape[k:])
+        flat = a.reshape(-1)
+        return [(off, flat[j * n : (j + 1) * n]) for j, off in enumerate(offsets.tolist())]
+    views = (a[idx].reshape(-1) for idx in np.ndindex(*shape[:k]))
+    return list(zip(offsets.tolist(), views, strict=True))
+
+
+def _groups(runs: list[tuple[int, np.ndarray]]) -> Iterator[list[tuple[int, np.ndarray]]]:
+    """Consecutive runs that are adjacent in the file, at most ``IOV_MAX`` per group."""
+    cur: list[tuple[int, np.ndarray]] = []
+    end = -1
+    for off, mem in runs:
+        if cur and (off != end or len(cur) >= IOV_MAX):
+            yield cur
+            cur = []
+        cur.append((off, mem))
+        end = off + mem.nbytes
+    if cur:
+        yield cur
+
+
+def _write_group(fd: int, group: list[tuple[int, np.ndarray]]) -> None:
+    """Write adjacent runs with one ``pwritev`` (run by run if it comes back short)."""
+    if len(group) == 1:
+        _transfer(fd, group[0][1].data.cast("B"), group[0][0], True)
+        return
+    iov = [mem.data.cast("B") for _, mem in group]
+    total = sum(len(v) for v in iov)
+    if os.pwritev(fd, iov, group[0][0]) != total:
+        for off, mem in group:
+            _transfer(fd, mem.data.cast("B"), off, True)
 
 
 def posix_io(
@@ -287,6 +336,10 @@ def posix_io(
             runs = _runs(p)
             if not write and len(runs) > 1 and _sievable(p):
                 _sieved_read(fd, runs, None if on_chunk is None else partial(on_chunk, p))
+                continue
+            if write and len(runs) > 1:
+                for group in _groups(runs):
+                    _write_group(fd, group)
                 continue
             streamed = on_chunk is not None and not write and len(runs) == 1
             step = (chunk_bytes or READ_CHUNK_BYTES) if streamed else 1 << 62

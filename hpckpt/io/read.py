@@ -37,10 +37,11 @@ from .checksum import checksum_function
 from .index import CheckpointIndex, TensorEntry
 from .index_parse import parse_index
 from .load import read_index_bytes
-from .mpiio import Piece, contiguous_offset
+from .mpiio import Piece
 from .options import IOOptions
 from .paths import data_file_path, index_path
 from .slicing import Box, TargetGrid, TargetList, Targets, box_intersection, owner_of, volume
+from .strided import strided_type
 from .transfer import move_pieces
 from .verify import SliceCheck
 
@@ -59,9 +60,9 @@ class ReadRequest:
         entry: The saved tensor.
         start: The slice's first element in the global array.
         shape: The slice's shape.
-        out: Where to read it: a C-contiguous array of ``shape`` and the entry's dtype
-            (a variable's own shard, so that a restore needs no second buffer), or
-            ``None`` for a new array.
+        out: Where to read it: a writable array of ``shape`` and the entry's dtype,
+            of any strides (a variable's own shard, or the caller's array it
+            aliases: a restore needs no second buffer), or ``None`` for a new array.
         layout: The layout every rank's slice derives from (the same on every rank),
             or ``None`` when each rank has its own box (the boxes are gathered).
         mesh_rank: This rank's rank in ``layout``'s mesh (it must be its rank in the
@@ -82,7 +83,6 @@ class ReadRequest:
             o is not None
             and o.shape == self.shape
             and o.dtype == self.entry.dtype
-            and o.flags.c_contiguous
             and o.flags.writeable
         ):
             return o
@@ -240,6 +240,9 @@ def _part_type(
     isz = array.dtype.itemsize
     if not array.ndim:
         return MPI.Get_address(array), MPI.BYTE.Create_contiguous(isz)
+    if not array.flags.c_contiguous:  # the caller's strided array: the part's own strides
+        addr, t = strided_type(array[_rel(part, origin)], cache)
+        return addr, t.Dup()
     elem = MPI.BYTE.Create_contiguous(isz)
     cache.append(elem)
     rel = [a - o for a, o in zip(part[0], origin, strict=True)]
@@ -349,16 +352,8 @@ def _read_round(
             dest = arrays[o.t]
             rel = _rel(o.box, req.start)
             view = dest[rel] if rel else dest
-            if (
-                o.box == o.local_part
-                and view.flags.c_contiguous
-                and (
-                    not dest.ndim
-                    or contiguous_offset(dest.shape, tuple(s.start for s in rel), o.box[1])
-                    is not None
-                )
-            ):
-                o.buffer, o.in_place = view, True  # read straight into the variable
+            if o.box == o.local_part:
+                o.buffer, o.in_place = view, True  # straight into the variable (any strides)
             else:
                 o.buffer = np.empty(o.box[1], dtype=req.entry.dtype)
             e = req.entry

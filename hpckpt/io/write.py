@@ -41,10 +41,16 @@ from .index import REPLICA_SPLIT_BYTES, CheckpointIndex, TensorEntry, dataset_na
 from .mpiio import Piece
 from .options import IOOptions
 from .paths import data_file_name, data_file_path, index_path, new_token
-from .slicing import DerivedSlicing, ListedSlicing, check_exact_cover
+from .slicing import DerivedSlicing, ListedSlicing, check_exact_cover, tiling_problem
 from .transfer import move_pieces
 
-__all__ = ["SaveTensor", "derived_slicing", "library_versions", "write_checkpoint"]
+__all__ = [
+    "SaveTensor",
+    "derived_slicing",
+    "library_versions",
+    "tiling_problem",
+    "write_checkpoint",
+]
 
 
 @dataclass
@@ -59,7 +65,8 @@ class SaveTensor:
             (:func:`derived_slicing`), and ``slice_ids`` names the slice of each
             piece. ``None``: per-rank boxes, listed in the index (every rank's
             pieces together must tile the tensor exactly once).
-        pieces: ``(start, array)`` hyperslabs this rank writes (C-contiguous arrays).
+        pieces: ``(start, array)`` hyperslabs this rank writes (arrays of any strides:
+            strided views are written and checksummed without a copy of the whole).
         slice_ids: With a layout, the derived slice index of each piece.
         logical_dtype: The dtype the bytes hold if it is not a numpy dtype.
     """
