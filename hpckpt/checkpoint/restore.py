@@ -43,6 +43,7 @@ from ..graph import (
 from ..io import SHARED_FILE, CheckpointIndex, ReadRequest, Storage
 from ..options import CheckpointOptions, io_options
 from ..variable import Variable
+from .progress import ProgressReport, reporter
 from .save_plan import parse_rank_state_header, rank_state_header_bytes
 
 __all__ = ["RestoreContext"]
@@ -214,7 +215,11 @@ class RestoreContext:
             return requests
 
         requests = _dist.run_agreed(comm, what, plan, deadline)
-        arrays = self._storage_read(requests, deadline)
+        total = sum(r.entry.nbytes for r in requests)
+        report = reporter(self.options.progress, comm, what, total)
+        arrays = self._storage_read(requests, deadline, report)
+        if report is not None:
+            report.finish()
         for (n, v), req, a in zip(reads, requests, arrays, strict=False):
             if a is not req.out:
                 dest = v.local
@@ -243,13 +248,18 @@ class RestoreContext:
         if states:
             _dist.run_agreed(comm, what, apply_states, deadline)
 
-    def _storage_read(self, requests: list[ReadRequest], deadline: Deadline) -> list[np.ndarray]:
+    def _storage_read(
+        self,
+        requests: list[ReadRequest],
+        deadline: Deadline,
+        report: ProgressReport | None = None,
+    ) -> list[np.ndarray]:
         return self.storage.read(
             self.comm,
             self.prefix,
             self.index,
             requests,
-            options=io_options(self.options),
+            options=io_options(self.options, report.local if report is not None else None),
             deadline=deadline,
         )
 

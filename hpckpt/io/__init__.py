@@ -38,7 +38,7 @@ from .._dist import Deadline
 from .cleanup import delete_checkpoint_files, remove_checkpoint_files, remove_orphans
 from .fsutil import wait_removals
 from .index import CheckpointIndex, SliceEntry, TensorEntry
-from .load import load_index, read_index_file, read_tensor_serial, verify_tensor
+from .load import as_logical, load_index, read_index_file, read_tensor_serial, verify_tensor
 from .lock import DirectoryLock
 from .options import IOOptions
 from .paths import (
@@ -68,6 +68,7 @@ __all__ = [
     "ReadRequest",
     "SaveTensor",
     "SharedFileStorage",
+    "as_logical",
     "SliceEntry",
     "Storage",
     "TensorEntry",

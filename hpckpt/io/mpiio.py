@@ -44,6 +44,7 @@ READ_CHUNK_BYTES = 8 << 20  # streamed reads: small enough that a chunk's CRC fi
 SIEVE_MAX_SPAN = 2  # sieved reads read at most this many times a piece's bytes
 SIEVE_CALL_BYTES = 64 << 20  # file bytes per sieved preadv
 IOV_MAX = 1024  # iovecs per preadv (Linux's limit)
+PROGRESS_STEP = 64 << 20  # direct transfers report progress at least this often
 
 
 @dataclass(frozen=True)
@@ -317,6 +318,7 @@ def posix_io(
     chunk_bytes: int | None = None,
     on_chunk: Callable[[Piece, int, int], None] | None = None,
     fsync: bool = True,
+    on_moved: Callable[[int], None] | None = None,
 ) -> None:
     """Independent IO of this rank's pieces with ``pwrite``/``preadv`` at their offsets.
 
@@ -326,7 +328,8 @@ def posix_io(
     of ``chunk_bytes`` (default ``READ_CHUNK_BYTES``), reads of a sievable strided
     piece in spans (``_sieved_read``); after each, ``on_chunk(piece, lo, hi)`` is
     told that bytes ``[lo, hi)`` of ``piece.array`` have arrived (so that they can
-    be checksummed while the next ones are read).
+    be checksummed while the next ones are read). ``on_moved(n)`` is told of every
+    ``n`` bytes moved (progress).
     """
     fd = os.open(path, os.O_WRONLY if write else os.O_RDONLY)
     try:
@@ -336,13 +339,20 @@ def posix_io(
             runs = _runs(p)
             if not write and len(runs) > 1 and _sievable(p):
                 _sieved_read(fd, runs, None if on_chunk is None else partial(on_chunk, p))
+                if on_moved is not None:
+                    on_moved(p.nbytes)
                 continue
             if write and len(runs) > 1:
                 for group in _groups(runs):
                     _write_group(fd, group)
+                    if on_moved is not None:
+                        on_moved(sum(m.nbytes for _, m in group))
                 continue
             streamed = on_chunk is not None and not write and len(runs) == 1
-            step = (chunk_bytes or READ_CHUNK_BYTES) if streamed else 1 << 62
+            if streamed:
+                step = chunk_bytes or READ_CHUNK_BYTES
+            else:  # in pieces of PROGRESS_STEP when someone follows the progress
+                step = PROGRESS_STEP if on_moved is not None else 1 << 62
             for off, mem in runs:
                 view = mem.data.cast("B")
                 for lo in range(0, len(view), step):
@@ -350,6 +360,8 @@ def posix_io(
                     _transfer(fd, view[lo:hi], off + lo, write)
                     if streamed:
                         on_chunk(p, lo, hi)  # type: ignore[misc]
+                    if on_moved is not None:
+                        on_moved(hi - lo)
         if write and fsync:
             os.fsync(fd)
     finally:
@@ -445,6 +457,7 @@ def collective_io(
     collective: bool = True,
     max_round_bytes: int = MAX_ROUND_BYTES,
     deadline: Deadline | None = None,
+    on_moved: Callable[[int], None] | None = None,
 ) -> int:
     """Write (or read into) every rank's pieces; returns the number of rounds.
 
@@ -477,6 +490,8 @@ def collective_io(
                 (fh.Write_all if collective else fh.Write)(buf)
             else:
                 (fh.Read_all if collective else fh.Read)(buf)
+            if on_moved is not None and error is None and i < len(rounds):
+                on_moved(sum(p.nbytes for p in rounds[i]))
     finally:
         cache.free()
     if error is not None:

@@ -42,7 +42,7 @@ from .options import IOOptions
 from .paths import data_file_path, index_path
 from .slicing import Box, TargetGrid, TargetList, Targets, box_intersection, owner_of, volume
 from .strided import strided_type
-from .transfer import move_pieces
+from .transfer import ProgressCounter, move_pieces
 from .verify import SliceCheck
 
 __all__ = ["ROUND_BYTES", "VALIDATORS", "ReadRequest", "read_index", "read_tensors"]
@@ -324,9 +324,19 @@ def read_tensors(
     _dist.agree(comm, what, exc, deadline)
     path = data_file_path(prefix, index.data_file)
     fn = checksum_function(index.checksum)
+    counter = ProgressCounter(options, _owned_bytes(requests, plans))
     for n, group in enumerate(_rounds(requests)):
-        _read_round(comm, path, requests, arrays, plans, group, fn, options, deadline, what, n)
+        _read_round(
+            comm, path, requests, arrays, plans, group, fn, options, deadline, what, n, counter
+        )
     return arrays
+
+
+def _owned_bytes(requests: Sequence[ReadRequest], plans: list[_Plan]) -> int:
+    """Bytes this rank reads from the file (the saved slices it owns)."""
+    return sum(
+        volume(o.box[1]) * requests[o.t].entry.dtype.itemsize for p in plans for o in p.owned
+    )
 
 
 def _read_round(
@@ -341,6 +351,7 @@ def _read_round(
     deadline: Deadline,
     what: str,
     number: int,
+    counter: ProgressCounter,
 ) -> None:
     exc: BaseException | None = None
     checks: dict[int, SliceCheck] = {}
@@ -370,7 +381,16 @@ def _read_round(
             c.update(lo, hi)
 
     try:
-        move_pieces(comm, path, pieces, options, write=False, deadline=deadline, on_chunk=on_chunk)
+        move_pieces(
+            comm,
+            path,
+            pieces,
+            options,
+            write=False,
+            deadline=deadline,
+            on_chunk=on_chunk,
+            on_moved=counter.hook(),
+        )
     except MPI.Exception as e:
         exc = exc or CorruptCheckpointError(f"MPI-IO error reading {path!r}: {e}")
     except OSError as e:

@@ -42,7 +42,7 @@ from .mpiio import Piece
 from .options import IOOptions
 from .paths import data_file_name, data_file_path, index_path, new_token
 from .slicing import DerivedSlicing, ListedSlicing, check_exact_cover, tiling_problem
-from .transfer import move_pieces
+from .transfer import ProgressCounter, move_pieces
 
 __all__ = [
     "SaveTensor",
@@ -215,6 +215,7 @@ def _write_and_commit(
     except Exception as e:
         exc, pieces = e, []
     crcs: list[Future] = []
+    counter = ProgressCounter(options, sum(p.nbytes for p in pieces))
     try:
         move_pieces(
             comm,
@@ -224,6 +225,7 @@ def _write_and_commit(
             write=True,
             deadline=deadline,
             on_written=lambda: crcs.append(pool.submit(_checksums, own)),
+            on_moved=counter.hook(),
         )
         _faults.point("after_data", rank)
     except Exception as e:
