@@ -78,10 +78,10 @@ def c_order_blocks(a: np.ndarray, max_bytes: int = BLOCK_BYTES) -> Iterator[np.n
     row = a.nbytes // n if n else 0
     if not row:
         return
-    first = a[0]
+    first = a[0, ...]
     if row > max_bytes or (row >= MIN_VIEW_BYTES and first.flags.c_contiguous):
         for i in range(n):
-            yield from c_order_blocks(a[i], max_bytes)
+            yield from c_order_blocks(a[i, ...], max_bytes)
         return
     k = max(1, max_bytes // row)
     scratch = np.empty(min(k, n) * row, dtype=np.uint8)

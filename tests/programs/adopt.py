@@ -1,4 +1,4 @@
-"""Any decomposition, no copies (issue 13), across rank counts; run by tests/test_adopt_rankcount.py.
+"""Any decomposition, no copies (issue 13) across rank counts: see test_adopt_rankcount.py.
 
 usage: adopt.py save DIR       every kind of variable, saved by this job's ranks
        adopt.py restore DIR    restore each saved kind into each kind (3 x 3 pairs), the
