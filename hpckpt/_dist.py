@@ -11,6 +11,7 @@ pickle-based methods):
   bytes over ``Iallgatherv``/``Igatherv``/``Ibcast``;
 * :func:`bcast_bytes`: raw bytes (the index text);
 * :func:`gather_rows`: int64 rows (slice records and checksums);
+* :func:`gather_arrays`: any numeric 1-D arrays as raw bytes (packed checksums);
 * :func:`allreduce_int`, :func:`all_true`, :func:`any_true`: one int64 or flag;
 * :func:`allreduce_max`: an int64 array (the Slurm helpers' decision flags);
 * :func:`allgatherv_array`: a numeric array's raw bytes (``Variable.numpy``);
@@ -59,6 +60,7 @@ __all__ = [
     "bcast_bytes",
     "bcast_json",
     "failure_record",
+    "gather_arrays",
     "gather_json",
     "gather_rows",
     "raise_failures",
@@ -207,6 +209,24 @@ def gather_rows(
     rows = np.ascontiguousarray(rows, dtype=np.int64)
     got = _gatherv(comm, rows.reshape(-1), root, deadline or Deadline(None))
     return None if got is None else got[0].reshape(-1, rows.shape[1])
+
+
+def gather_arrays(
+    comm: MPI.Comm, data: np.ndarray, root: int = 0, deadline: Deadline | None = None
+) -> list[np.ndarray] | None:
+    """Gather every rank's 1-D array (any length, the same dtype everywhere) onto ``root``.
+
+    Returns the arrays in rank order on ``root``, ``None`` elsewhere. Raw bytes: nothing
+    is pickled.
+
+    Collective: call on all ranks.
+    """
+    data = np.ascontiguousarray(data).reshape(-1)
+    got = _gatherv(comm, data.view(np.uint8), root, deadline or Deadline(None))
+    if got is None:
+        return None
+    out, counts, displs = got
+    return [out[d : d + c].view(data.dtype) for d, c in zip(displs, counts, strict=True)]
 
 
 def bcast_json(comm: MPI.Comm, obj: Any, root: int = 0, deadline: Deadline | None = None) -> Any:

@@ -167,6 +167,7 @@ def test_derived_slices_tile_every_tensor_exactly_once(data: st.DataObject) -> N
     assert (cover == 1).all()
     # every slice is written by exactly one mesh position
     writers = np.zeros(len(s), dtype=np.int64)
+    vectorized = s.writers(5)  # rank 0's view of who wrote what, for every rank at once
     for r in range(nprocs):
         coords = np.unravel_index(r, layout.mesh_shape)
         unused = [
@@ -178,6 +179,7 @@ def test_derived_slices_tile_every_tensor_exactly_once(data: st.DataObject) -> N
         for n, k in unused:
             rep = rep * k + int(coords[layout.dim_names.index(n)])
         i = s.written_by([int(c) for c in coords], rep, ordinal=5)
+        assert vectorized[r] == (-1 if i is None else i)
         if i is not None:
             writers[i] += 1
     assert (writers[nonempty] == 1).all() and (writers[~nonempty] == 0).all()

@@ -54,7 +54,10 @@ def test_every_element_comes_from_exactly_one_verified_slice(data: st.DataObject
         "t", "t", np.dtype("<f8"), shape, 0, saved, slicing, np.zeros(len(slicing), np.uint32)
     )
     use_boxes = data.draw(st.booleans(), label="per-rank boxes")
-    target = data.draw(layout_on(shape, p), label="restore layout")
+    if data.draw(st.booleans(), label="restore on the saved layout"):
+        p, target = saved_p, saved
+    else:
+        target = data.draw(layout_on(shape, p), label="restore layout")
 
     def box(r: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
         coords = [int(c) for c in np.unravel_index(r, target.mesh_shape)]

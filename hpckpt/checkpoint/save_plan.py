@@ -61,12 +61,16 @@ def write_pieces(v: Variable, ordinal: int) -> tuple[list[Piece], list[int]]:
     assert layout is not None
     spec = layout.spec()
     slicing = derived_slicing(v.shape, spec, storage_dtype(v.dtype))
-    index, _ = layout.replica_position()
+    index, count = layout.replica_position()
+    local = v.local
+    if count == 1:  # a shard held by this rank alone: the whole of it, one slice
+        if not local.size and v.shape:
+            return [], []
+        return [(v.local_start, _stored(local))], [slicing.shard_index(layout.mesh.coords)]
     i = slicing.written_by(layout.mesh.coords, index, ordinal)
     if i is None:
         return [], []
     start, shape = slicing.box(i)
-    local = v.local
     rel = tuple(
         slice(a - b, a - b + n) for a, b, n in zip(start, v.local_start, shape, strict=True)
     )
@@ -184,7 +188,19 @@ def plan_save(root: Any, comm: MPI.Comm, deadline: Deadline, what: str) -> SaveP
             st, logical = storage_dtype(v.dtype), logical_name(v.dtype)
             if v.layout is not None:
                 pieces, ids = write_pieces(v, n)
-                tensors.append(SaveTensor(key, st, v.shape, v.layout.spec(), pieces, ids, logical))
+                tensors.append(
+                    SaveTensor(
+                        key,
+                        st,
+                        v.shape,
+                        v.layout.spec(),
+                        pieces,
+                        ids,
+                        logical,
+                        mesh_rank=v.layout.mesh.rank,
+                        ordinal=n,
+                    )
+                )
             else:
                 boxed.append((len(tensors), v, n))
                 tensors.append(SaveTensor(key, st, v.shape, None, [], [], logical))

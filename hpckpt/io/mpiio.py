@@ -280,7 +280,7 @@ def _runs(p: Piece) -> list[tuple[int, np.ndarray]]:
         n = math.prod(shape[k:])
         flat = a.reshape(-1)
         return [(off, flat[j * n : (j + 1) * n]) for j, off in enumerate(offsets.tolist())]
-    views = (a[(*idx, Ellipsis)].reshape(-1) for idx in np.ndindex(*shape[:k]))
+    views = (a[tuple(idx) + (Ellipsis,)].reshape(-1) for idx in np.ndindex(*shape[:k]))
     return list(zip(offsets.tolist(), views, strict=True))
 
 

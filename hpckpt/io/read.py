@@ -40,7 +40,18 @@ from .load import read_index_bytes
 from .mpiio import Piece
 from .options import IOOptions
 from .paths import data_file_path, index_path
-from .slicing import Box, TargetGrid, TargetList, Targets, box_intersection, owner_of, volume
+from .slicing import (
+    Box,
+    DerivedSlicing,
+    Slicing,
+    TargetGrid,
+    TargetList,
+    Targets,
+    box_intersection,
+    mesh_coords,
+    owner_of,
+    volume,
+)
 from .strided import strided_type
 from .transfer import ProgressCounter, move_pieces
 from .verify import SliceCheck
@@ -177,8 +188,14 @@ def _plan(
         mine: Box = (tuple(req.start), tuple(req.shape))
         if req.shape and not volume(req.shape):
             continue
-        targets = _targets(req, None if (use_grid and req.layout is not None) else boxes[k])
         slicing = req.entry.slicing
+        if use_grid and isinstance(slicing, DerivedSlicing) and _same_shards(req, slicing):
+            # the common restart: the layout it was saved with, one rank per shard
+            i = _own_shard(req, slicing, rank)
+            if i is not None:
+                plan.owned.append(_Owned(k, i, mine, local_part=mine))
+                continue
+        targets = _targets(req, None if (use_grid and req.layout is not None) else boxes[k])
         for i in slicing.query(mine):
             sbox = slicing.box(i)
             cells = targets.query(sbox)
@@ -196,6 +213,24 @@ def _plan(
                 o.sends.extend((r, cpart) for r in ranks if r != rank)
             plan.owned.append(o)
     return plans
+
+
+def _same_shards(req: ReadRequest, slicing: Slicing) -> bool:
+    """Whether the request's layout is the one the tensor was saved with, unreplicated."""
+    return (
+        isinstance(slicing, DerivedSlicing)
+        and req.layout is not None
+        and req.layout == slicing.spec
+        and slicing.replicas == 1
+    )
+
+
+def _own_shard(req: ReadRequest, slicing: DerivedSlicing, rank: int) -> int | None:
+    """The saved slice that is exactly this rank's new slice, if there is one."""
+    coords = mesh_coords(rank, slicing.spec.mesh_shape)
+    i = slicing.grid.linear(slicing.grid.cell_of(coords))
+    box = slicing.box(i)
+    return i if box == (tuple(req.start), tuple(req.shape)) else None
 
 
 def _rounds(requests: Sequence[ReadRequest]) -> list[list[int]]:

@@ -17,6 +17,7 @@ verifies its checksum and hands the parts to the other ranks that need them.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from bisect import bisect_left, bisect_right
@@ -35,13 +36,24 @@ __all__ = [
     "TargetList",
     "Targets",
     "box_intersection",
+    "cached_slicing",
     "check_exact_cover",
+    "mesh_coords",
     "owner_of",
     "tiling_problem",
     "volume",
 ]
 
 Box = tuple[tuple[int, ...], tuple[int, ...]]  # (start, shape)
+
+
+def mesh_coords(rank: int, mesh_shape: Sequence[int]) -> list[int]:
+    """The row-major coordinates of ``rank`` in a mesh of ``mesh_shape``."""
+    out = []
+    for d in reversed(mesh_shape):
+        rank, c = divmod(rank, d)
+        out.append(c)
+    return out[::-1]
 
 
 def volume(shape: Sequence[int]) -> int:
@@ -107,7 +119,11 @@ class _Grid:
         return i
 
     def unravel(self, i: int) -> tuple[int, ...]:
-        return tuple(int(x) for x in np.unravel_index(i, self.dims)) if self.dims else ()
+        out = []
+        for d in reversed(self.dims):
+            i, c = divmod(i, d)
+            out.append(c)
+        return tuple(reversed(out))
 
     def cell_of(self, coords: Sequence[int]) -> tuple[int, ...]:
         """The cell held at mesh ``coords``."""
@@ -152,6 +168,16 @@ class DerivedSlicing:
     def __len__(self) -> int:
         return self.count
 
+    def nonempty_list(self) -> list[int]:
+        """1 for each slice that holds an element, else 0 (pure Python: small counts)."""
+        if self.count > 256:
+            return [int(x) for x in self.nonempty()]
+        out = []
+        for i in range(self.count):
+            sh = self.box(i)[1]
+            out.append(1 if (not sh or volume(sh)) else 0)
+        return out
+
     def nonempty(self) -> np.ndarray:
         """A bool per slice: whether it holds any element (vectorized, no Python loop)."""
         if not self.shape:
@@ -194,6 +220,34 @@ class DerivedSlicing:
                     out.append(base + s)
         return out
 
+    def writers(self, ordinal: int) -> np.ndarray:
+        """For every mesh rank (row-major), the non-empty slice it writes, or -1 (vectorized).
+
+        The same rule as :meth:`written_by`, for all ranks at once.
+        """
+        spec = self.spec
+        nranks = math.prod(spec.mesh_shape)
+        ranks = np.arange(nranks, dtype=np.int64)
+        coords = np.unravel_index(ranks, spec.mesh_shape)
+        cell = np.zeros(nranks, dtype=np.int64)
+        for s, k in zip(spec.specs, self.grid.dims, strict=True):
+            c = coords[spec.dim_names.index(s)] if s != "unsharded" else 0
+            cell = cell * k + c
+        rep = np.zeros(nranks, dtype=np.int64)
+        for name, k, c in zip(spec.dim_names, spec.mesh_shape, coords, strict=True):
+            if name not in spec.specs:
+                rep = rep * k + c
+        if self.sub > 1:
+            idx = cell * self.sub + rep
+        else:
+            idx = np.where(rep == ordinal % self.replicas, cell, -1)
+        full = self.nonempty()
+        return np.where((idx >= 0) & full[np.maximum(idx, 0)], idx, -1)
+
+    def shard_index(self, coords: Sequence[int]) -> int:
+        """The slice of the shard at mesh ``coords`` when shards are not split (``sub == 1``)."""
+        return self.grid.linear(self.grid.cell_of(coords)) * self.sub
+
     def written_by(self, coords: Sequence[int], replica_index: int, ordinal: int) -> int | None:
         """The slice the rank at mesh ``coords`` writes (``None``: none).
 
@@ -208,6 +262,14 @@ class DerivedSlicing:
         else:
             return None
         return i if volume(self.box(i)[1]) else None
+
+
+@functools.lru_cache(maxsize=4096)
+def cached_slicing(
+    shape: tuple[int, ...], spec: LayoutSpec, itemsize: int, split_bytes: int
+) -> DerivedSlicing:
+    """A shared :class:`DerivedSlicing` (they are immutable; many tensors share one)."""
+    return DerivedSlicing(shape, spec, itemsize, split_bytes)
 
 
 class ListedSlicing:
@@ -404,8 +466,9 @@ class TargetGrid:
     Args:
         shape: The tensor's global shape.
         spec: The layout at restore.
-        rank_of: Maps mesh coordinates to the rank in the checkpoint's communicator
-            (default: the row-major rank of the mesh).
+
+    Mesh coordinates map to ranks row-major (the rank in the mesh's communicator,
+    which the restore checks is the rank in the checkpoint's communicator).
     """
 
     def __init__(self, shape: tuple[int, ...], spec: LayoutSpec) -> None:
@@ -417,24 +480,26 @@ class TargetGrid:
             for i, (n, k) in enumerate(zip(spec.dim_names, spec.mesh_shape, strict=True))
             if n not in spec.specs
         ]
+        strides = [1] * len(spec.mesh_shape)
+        for i in range(len(strides) - 2, -1, -1):
+            strides[i] = strides[i + 1] * spec.mesh_shape[i + 1]
+        self._strides = strides
+        offs = [0]
+        for i, k in self._unused:
+            offs = [o + c * strides[i] for o in offs for c in range(k)]
+        self._replica_offsets = sorted(offs)
 
     def ranks_of(self, cell: Sequence[int]) -> list[int]:
         """The ranks holding ``cell`` (its replicas), in ascending order."""
-        coords = [0] * len(self.spec.mesh_shape)
+        base = 0
         for d, s in enumerate(self.spec.specs):
             if s != "unsharded":
-                coords[self.spec.dim_names.index(s)] = cell[d]
-        out = []
-        for rep in itertools.product(*(range(k) for _, k in self._unused)):
-            for (i, _), c in zip(self._unused, rep, strict=True):
-                coords[i] = c
-            out.append(int(np.ravel_multi_index(coords, self.spec.mesh_shape)) if coords else 0)
-        return sorted(out)
+                base += cell[d] * self._strides[self.spec.dim_names.index(s)]
+        return [base + off for off in self._replica_offsets]
 
     def box_of(self, rank: int) -> Box:
         """The slice rank ``rank`` holds."""
-        coords = np.unravel_index(rank, self.spec.mesh_shape) if self.spec.mesh_shape else ()
-        return self.grid.cell_box(self.grid.cell_of([int(c) for c in coords]))
+        return self.grid.cell_box(self.grid.cell_of(mesh_coords(rank, self.spec.mesh_shape)))
 
     def query(self, box: Box) -> list[tuple[Box, list[int]]]:
         """The non-empty target cells meeting ``box``: ``(cell box, ranks)``."""

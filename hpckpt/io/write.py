@@ -41,7 +41,13 @@ from .index import REPLICA_SPLIT_BYTES, CheckpointIndex, TensorEntry, dataset_na
 from .mpiio import Piece
 from .options import IOOptions
 from .paths import data_file_name, data_file_path, index_path, new_token
-from .slicing import DerivedSlicing, ListedSlicing, check_exact_cover, tiling_problem
+from .slicing import (
+    DerivedSlicing,
+    ListedSlicing,
+    cached_slicing,
+    check_exact_cover,
+    tiling_problem,
+)
 from .transfer import ProgressCounter, move_pieces
 
 __all__ = [
@@ -69,6 +75,12 @@ class SaveTensor:
             strided views are written and checksummed without a copy of the whole).
         slice_ids: With a layout, the derived slice index of each piece.
         logical_dtype: The dtype the bytes hold if it is not a numpy dtype.
+        mesh_rank: This rank's rank in the layout's mesh. When it is the rank in the
+            checkpoint's communicator on every rank (the usual case), rank 0 knows from
+            the layouts which slices each rank wrote and gathers packed checksum arrays
+            only; otherwise it gathers a record per slice.
+        ordinal: The ``ordinal`` the pieces were chosen with (``DerivedSlicing.written_by``:
+            small replicated shards are written by the replica ``ordinal % replicas``).
     """
 
     key: str
@@ -78,11 +90,13 @@ class SaveTensor:
     pieces: list[tuple[tuple[int, ...], np.ndarray]]
     slice_ids: list[int] = field(default_factory=list)
     logical_dtype: str | None = None
+    mesh_rank: int | None = None
+    ordinal: int = 0
 
 
 def derived_slicing(shape: tuple[int, ...], layout: LayoutSpec, dtype: np.dtype) -> DerivedSlicing:
     """The slices a save writes for a layout-based tensor (what the index derives)."""
-    return DerivedSlicing(shape, layout, dtype.itemsize, REPLICA_SPLIT_BYTES)
+    return cached_slicing(tuple(shape), layout, dtype.itemsize, REPLICA_SPLIT_BYTES)
 
 
 def library_versions() -> dict[str, str]:
@@ -230,16 +244,24 @@ def _write_and_commit(
         _faults.point("after_data", rank)
     except Exception as e:
         exc = exc or e
+    packed = _dist.all_true(
+        comm, all(t.mesh_rank == rank for t in tensors if t.layout is not None), deadline
+    )
     derived, listed = _records(tensors, own, rank)
+    crc_array = np.zeros(0, dtype=np.uint32)
     try:
         if exc is None:
             values = crcs[0].result() if crcs else _checksums(own)
             derived, listed = _records(tensors, own, rank, values)
+            if packed:  # the layouts say who wrote what: checksums only, in tensor order
+                crc_array = derived[:, 2].astype(np.uint32)
+                derived = derived[:0]
     except Exception as e:
         exc = e
 
     errors = _dist.gather_json(comm, _dist.failure_record(exc), 0, deadline)
-    got_derived = _dist.gather_rows(comm, derived, 0, deadline)
+    got_crcs = _dist.gather_arrays(comm, crc_array, 0, deadline) if packed else None
+    got_derived = _dist.gather_rows(comm, derived, 0, deadline) if not packed else derived
     got_listed = _dist.gather_rows(comm, listed, 0, deadline)
     records: list | None = None
     if rank == 0:
@@ -248,6 +270,8 @@ def _write_and_commit(
         if all(r is None for r in records):
             try:
                 _faults.point("before_commit", rank)
+                if got_crcs is not None:
+                    got_derived = _rows_from_layouts(tensors, got_crcs, what)
                 entries = _entries(tensors, names, offsets, got_derived, got_listed, what)
                 _commit(prefix, data_path, data_name, plan, entries, graph, comm)
             except Exception as e:
@@ -258,6 +282,41 @@ def _write_and_commit(
     records = _dist.bcast_json(comm, records, 0, deadline)
     _dist.raise_failures(comm, what, records, exc)
     return int(plan["size"])
+
+
+def _rows_from_layouts(
+    tensors: Sequence[SaveTensor], crcs: list[np.ndarray], what: str
+) -> np.ndarray:
+    """Rank 0: ``[tensor, slice, crc, rank]`` rows from each rank's packed checksums.
+
+    Every rank sent the checksums of the derived slices it wrote, in tensor order;
+    which slice each rank writes follows from the layouts (``DerivedSlicing.writers``).
+    """
+    nranks = len(crcs)
+    ptr = np.zeros(nranks, dtype=np.int64)
+    starts = np.concatenate(([0], np.cumsum([len(c) for c in crcs])[:-1])).astype(np.int64)
+    flat = np.concatenate(crcs) if crcs else np.zeros(0, dtype=np.uint32)
+    parts = []
+    for i, t in enumerate(tensors):
+        if t.layout is None:
+            continue
+        w = derived_slicing(t.shape, t.layout, t.dtype).writers(t.ordinal)
+        if len(w) != nranks:
+            raise CheckpointError(f"{what}: tensor {t.key!r}: its mesh is not the checkpoint's")
+        r = np.flatnonzero(w >= 0)
+        pos = starts[r] + ptr[r]
+        if np.any(ptr[r] >= np.asarray([len(crcs[k]) for k in r], dtype=np.int64)):
+            raise CheckpointError(f"{what}: ranks sent fewer checksums than their layouts say")
+        rows = np.empty((len(r), 4), dtype=np.int64)
+        rows[:, 0] = i
+        rows[:, 1] = w[r]
+        rows[:, 2] = flat[pos]
+        rows[:, 3] = r
+        parts.append(rows)
+        ptr[r] += 1
+    if any(int(ptr[k]) != len(crcs[k]) for k in range(nranks)):
+        raise CheckpointError(f"{what}: ranks sent more checksums than their layouts say")
+    return np.concatenate(parts) if parts else np.zeros((0, 4), dtype=np.int64)
 
 
 def _width(tensors: Sequence[SaveTensor]) -> int:
@@ -305,13 +364,9 @@ def _entries(
 ) -> dict[str, TensorEntry]:
     """Rank 0: build every tensor's index entry; check that every slice was written once."""
     width = _width(tensors)
-    by_tensor_d: dict[int, np.ndarray] = {}
-    if len(derived):
-        order = np.argsort(derived[:, 0], kind="stable")
-        derived = derived[order]
-        cuts = np.flatnonzero(np.diff(derived[:, 0])) + 1
-        for part in np.split(derived, cuts):
-            by_tensor_d[int(part[0, 0])] = part
+    by_tensor_d: dict[int, list[list[int]]] = {}
+    for row in derived.tolist():
+        by_tensor_d.setdefault(row[0], []).append(row)
     by_tensor_l: dict[int, np.ndarray] = {}
     if len(listed):
         order = np.argsort(listed[:, 0], kind="stable")
@@ -324,22 +379,23 @@ def _entries(
         nd = len(t.shape)
         if t.layout is not None:
             slicing = derived_slicing(t.shape, t.layout, t.dtype)
-            rows = by_tensor_d.get(i, np.zeros((0, 4), dtype=np.int64))
-            crcs = np.zeros(len(slicing), dtype=np.uint32)
-            seen = np.zeros(len(slicing), dtype=np.int64)
-            ids = rows[:, 1]
-            if np.any(ids < 0) or np.any(ids >= len(slicing)):
-                raise CheckpointError(f"{what}: tensor {t.key!r}: a slice number out of range")
-            np.add.at(seen, ids, 1)
-            crcs[ids] = rows[:, 2].astype(np.uint32)
-            sizes = slicing.nonempty()
-            if np.any(seen[sizes] != 1) or np.any(seen[~sizes] != 0):
-                missing = np.flatnonzero(sizes & (seen == 0)).tolist()
-                twice = np.flatnonzero(seen > 1).tolist()
+            n = len(slicing)
+            crc_list = [0] * n
+            seen = [0] * n
+            for _, k, crc, _ in by_tensor_d.get(i, ()):
+                if not 0 <= k < n:
+                    raise CheckpointError(f"{what}: tensor {t.key!r}: a slice number out of range")
+                seen[k] += 1
+                crc_list[k] = crc
+            full = slicing.nonempty_list()
+            if seen != full:
+                missing = [k for k in range(n) if full[k] and not seen[k]]
+                twice = [k for k in range(n) if seen[k] > full[k]]
                 raise CheckpointError(
                     f"{what}: tensor {t.key!r} would be committed with holes or overlaps "
                     f"(slices never written: {missing[:8]}, written more than once: {twice[:8]})"
                 )
+            crcs = np.array(crc_list, dtype=np.uint32)
             entries[t.key] = TensorEntry(
                 t.key,
                 names[i],
