@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 from mpi4py import MPI
@@ -280,8 +280,14 @@ def _runs(p: Piece) -> list[tuple[int, np.ndarray]]:
         n = math.prod(shape[k:])
         flat = a.reshape(-1)
         return [(off, flat[j * n : (j + 1) * n]) for j, off in enumerate(offsets.tolist())]
-    views = (a[tuple(idx) + (Ellipsis,)].reshape(-1) for idx in np.ndindex(*shape[:k]))
+    views = (_block(a, idx) for idx in np.ndindex(*shape[:k]))
     return list(zip(offsets.tolist(), views, strict=True))
+
+
+def _block(a: np.ndarray, idx: tuple[int, ...]) -> np.ndarray:
+    """``a[idx]`` as a flat view (a 1-element view, not a scalar, for a full index)."""
+    key: tuple[Any, ...] = (*idx, Ellipsis)
+    return a[key].reshape(-1)
 
 
 def _groups(runs: list[tuple[int, np.ndarray]]) -> Iterator[list[tuple[int, np.ndarray]]]:
