@@ -201,6 +201,9 @@ def diff_checkpoints(
                         "b": _brief(eb),
                         "old": read_scalar(la, ea),
                         "new": read_scalar(lb, eb),
+                        "num_different": ndiff,
+                        "num_elements": 1,
+                        "max_abs_diff": _number(dmax, xa.dtype.kind),
                     }
                 )
             elif ndiff:
