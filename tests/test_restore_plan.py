@@ -49,7 +49,8 @@ def test_every_element_comes_from_exactly_one_verified_slice(data: st.DataObject
     shape = tuple(data.draw(st.lists(st.integers(0, 7), max_size=3), label="shape"))
     saved = data.draw(layout_on(shape, saved_p), label="saved layout")
     split = data.draw(st.sampled_from([1, 64, REPLICA_SPLIT_BYTES]))
-    slicing = DerivedSlicing(shape, saved, 8, split)
+    rows = data.draw(st.booleans(), label="row bands")
+    slicing = DerivedSlicing(shape, saved, 8, split, rows)
     entry = TensorEntry(
         "t", "t", np.dtype("<f8"), shape, 0, saved, slicing, np.zeros(len(slicing), np.uint32)
     )

@@ -26,7 +26,7 @@ from .._dist import Deadline
 from ..dtypes import logical_name, storage_dtype
 from ..errors import CheckpointError, CorruptCheckpointError
 from ..graph import build_save_graph
-from ..io import CheckpointIndex, SaveTensor, derived_slicing, tiling_problem
+from ..io import CheckpointIndex, SaveTensor, derived_slicing, tiling_problem, use_rows
 from ..variable import Variable
 
 __all__ = [
@@ -60,14 +60,17 @@ def write_pieces(v: Variable, ordinal: int) -> tuple[list[Piece], list[int]]:
     layout = v.layout
     assert layout is not None
     spec = layout.spec()
-    slicing = derived_slicing(v.shape, spec, storage_dtype(v.dtype))
-    index, count = layout.replica_position()
+    st = storage_dtype(v.dtype)
     local = v.local
+    if use_rows(v.shape, spec, st):  # strided shards: the io layer aggregates rows
+        return [(v.local_start, _stored(local))], []
+    slicing = derived_slicing(v.shape, spec, st)
+    _, count = layout.replica_position()
     if count == 1:  # a shard held by this rank alone: the whole of it, one slice
         if not local.size and v.shape:
             return [], []
         return [(v.local_start, _stored(local))], [slicing.shard_index(layout.mesh.coords)]
-    i = slicing.written_by(layout.mesh.coords, index, ordinal)
+    i = slicing.written_by(layout.mesh.coords, ordinal)
     if i is None:
         return [], []
     start, shape = slicing.box(i)
@@ -199,6 +202,7 @@ def plan_save(root: Any, comm: MPI.Comm, deadline: Deadline, what: str) -> SaveP
                         logical,
                         mesh_rank=v.layout.mesh.rank,
                         ordinal=n,
+                        rows=use_rows(v.shape, v.layout.spec(), st),
                     )
                 )
             else:

@@ -57,7 +57,7 @@ from .statefile import (
     state_from_paths,
     write_state,
 )
-from .write import SaveTensor, derived_slicing, tiling_problem, write_checkpoint
+from .write import SaveTensor, derived_slicing, tiling_problem, use_rows, write_checkpoint
 
 __all__ = [
     "SHARED_FILE",
@@ -75,6 +75,7 @@ __all__ = [
     "checkpoint_exists",
     "data_file_path",
     "derived_slicing",
+    "use_rows",
     "delete_checkpoint_files",
     "index_path",
     "latest_checkpoint",

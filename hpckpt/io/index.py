@@ -205,6 +205,8 @@ class TensorEntry:
             ).tolist()
         else:
             d["slices"] = None
+            if self.slicing.rows:
+                d["rows"] = True
         d["checksums"] = self.packed_checksums()
         if self.logical_dtype is not None:
             d["logical_dtype"] = self.logical_dtype
@@ -215,7 +217,7 @@ class TensorEntry:
         sl: tuple = (
             ("listed", s.starts.tolist(), s.shapes.tolist())
             if isinstance(s, ListedSlicing)
-            else ("derived", s.sub)
+            else ("derived", s.sub, s.rows)
         )
         return (
             self.key,

@@ -273,7 +273,10 @@ class _Parser:
                         f"index: tensor {key!r} has neither a layout nor a slice list"
                     )
                 raise KeyError(key)
-            slicing = cached_slicing(shape, layout, dtype.itemsize, self.split_bytes)
+            rows = d.get("rows", False)
+            if v and type(rows) is not bool:
+                raise CorruptCheckpointError(f"index: tensor {key!r}.rows is not a bool")
+            slicing = cached_slicing(shape, layout, dtype.itemsize, self.split_bytes, rows)
         else:
             slicing = self._listed(key, raw, shape)
         crcs = d.get("checksums")

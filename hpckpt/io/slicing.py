@@ -25,7 +25,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from ..layout import LayoutSpec, block_range
+from ..layout import Blocks, LayoutSpec, block_range
 
 __all__ = [
     "Box",
@@ -35,8 +35,11 @@ __all__ = [
     "TargetGrid",
     "TargetList",
     "Targets",
+    "block_of",
     "box_intersection",
     "cached_slicing",
+    "rows_spec",
+    "strided_shards",
     "check_exact_cover",
     "mesh_coords",
     "owner_of",
@@ -54,6 +57,15 @@ def mesh_coords(rank: int, mesh_shape: Sequence[int]) -> list[int]:
         rank, c = divmod(rank, d)
         out.append(c)
     return out[::-1]
+
+
+def block_of(n: int, parts: int, i: int) -> int:
+    """The block (of ``block_range(n, parts, .)``) that holds element ``i`` (non-empty)."""
+    base, rem = divmod(n, parts)
+    big = rem * (base + 1)
+    if i < big:
+        return i // (base + 1)
+    return rem + (i - big) // base
 
 
 def volume(shape: Sequence[int]) -> int:
@@ -142,27 +154,48 @@ class DerivedSlicing:
     its block of the shard's rows), else 1 (one replica writes the whole shard).
     Empty slices are counted (their checksum is 0) so that indices are arithmetic.
 
+    With ``rows`` (aggregated writes), a layout that splits a tensor along later
+    dimensions (whose shards are strided in the file) is saved in contiguous bands of
+    whole rows instead: the slices are those of the layout that keeps only the first
+    dimension's sharding, each of its cells split by rows among all the ranks that
+    hold a part of it (they exchange their parts before writing).
+
     Args:
         shape: The tensor's global shape.
         spec: Its layout at save.
         itemsize: Bytes per element.
         split_bytes: The replica-split threshold recorded in the index.
+        rows: Contiguous row bands (aggregated writes).
     """
 
     listed = False
 
     def __init__(
-        self, shape: tuple[int, ...], spec: LayoutSpec, itemsize: int, split_bytes: int
+        self,
+        shape: tuple[int, ...],
+        spec: LayoutSpec,
+        itemsize: int,
+        split_bytes: int,
+        rows: bool = False,
     ) -> None:
         self.shape = shape
+        self.layout = spec
+        self.rows = rows
+        if rows:
+            spec = rows_spec(spec)
         self.spec = spec
         self.grid = _Grid(shape, spec)
         self.replicas = spec.replicas()
         largest = 1
         for n, b in zip(shape, self.grid.bounds, strict=True):
-            largest *= n if b is None else max((y - x for x, y in itertools.pairwise(b)), default=0)
+            if b is None:
+                largest *= n
+            elif isinstance(b, Blocks):
+                largest *= b.largest()
+            else:
+                largest *= max((y - x for x, y in itertools.pairwise(b)), default=0)
         split = self.replicas > 1 and len(shape) >= 1 and largest * itemsize >= split_bytes
-        self.sub = self.replicas if split else 1
+        self.sub = self.replicas if (split or (rows and self.replicas > 1 and shape)) else 1
         self.count = self.grid.ncells * self.sub
 
     def __len__(self) -> int:
@@ -214,7 +247,16 @@ class DerivedSlicing:
         out = []
         for cell in self.grid.cells_meeting(box):
             base = self.grid.linear(cell) * self.sub
-            for s in range(self.sub):
+            if self.sub == 1:
+                out.append(base)
+                continue
+            # the sub-blocks (rows split among replicas) that meet the box's rows
+            cstart, cshape = self.grid.cell_box(cell)
+            lo = max(box[0][0], cstart[0]) - cstart[0]
+            hi = min(box[0][0] + box[1][0], cstart[0] + cshape[0]) - cstart[0]
+            first = block_of(cshape[0], self.sub, lo)
+            last = block_of(cshape[0], self.sub, hi - 1)
+            for s in range(first, last + 1):
                 b = self.box(base + s)
                 if volume(b[1]) and box_intersection(b, box) is not None:
                     out.append(base + s)
@@ -227,6 +269,12 @@ class DerivedSlicing:
         """
         spec = self.spec
         nranks = math.prod(spec.mesh_shape)
+        if nranks <= 64:  # a loop costs less than numpy's calls
+            out = []
+            for r in range(nranks):
+                i = self.written_by(mesh_coords(r, spec.mesh_shape), ordinal)
+                out.append(-1 if i is None else i)
+            return np.asarray(out, dtype=np.int64)
         ranks = np.arange(nranks, dtype=np.int64)
         coords = np.unravel_index(ranks, spec.mesh_shape)
         cell = np.zeros(nranks, dtype=np.int64)
@@ -248,12 +296,22 @@ class DerivedSlicing:
         """The slice of the shard at mesh ``coords`` when shards are not split (``sub == 1``)."""
         return self.grid.linear(self.grid.cell_of(coords)) * self.sub
 
-    def written_by(self, coords: Sequence[int], replica_index: int, ordinal: int) -> int | None:
+    def replica_index(self, coords: Sequence[int]) -> int:
+        """The position of mesh ``coords`` among the replicas of its cell (row-major over
+        the mesh dimensions the slicing's layout does not use)."""
+        rep = 0
+        for name, k, c in zip(self.spec.dim_names, self.spec.mesh_shape, coords, strict=True):
+            if name not in self.spec.specs:
+                rep = rep * k + c
+        return rep
+
+    def written_by(self, coords: Sequence[int], ordinal: int) -> int | None:
         """The slice the rank at mesh ``coords`` writes (``None``: none).
 
-        ``replica_index`` is its position among the replicas of its shard; ``ordinal``
-        the tensor's position in the save (small replicated shards go round-robin).
+        ``ordinal`` is the tensor's position in the save (small replicated shards are
+        written round-robin by the replica ``ordinal % replicas``).
         """
+        replica_index = self.replica_index(coords)
         base = self.grid.linear(self.grid.cell_of(coords)) * self.sub
         if self.sub > 1:
             i = base + replica_index
@@ -266,10 +324,32 @@ class DerivedSlicing:
 
 @functools.lru_cache(maxsize=4096)
 def cached_slicing(
-    shape: tuple[int, ...], spec: LayoutSpec, itemsize: int, split_bytes: int
+    shape: tuple[int, ...], spec: LayoutSpec, itemsize: int, split_bytes: int, rows: bool = False
 ) -> DerivedSlicing:
     """A shared :class:`DerivedSlicing` (they are immutable; many tensors share one)."""
-    return DerivedSlicing(shape, spec, itemsize, split_bytes)
+    return DerivedSlicing(shape, spec, itemsize, split_bytes, rows)
+
+
+def rows_spec(spec: LayoutSpec) -> LayoutSpec:
+    """The layout of row bands: only the first dimension's sharding is kept."""
+    if not spec.specs:
+        return spec
+    first = spec.specs[0]
+    splits = tuple((k, b) for k, b in spec.splits if k == first)
+    return LayoutSpec(
+        (first, *("unsharded",) * (len(spec.specs) - 1)), spec.dim_names, spec.mesh_shape, splits
+    )
+
+
+def strided_shards(shape: Sequence[int], spec: LayoutSpec) -> bool:
+    """Whether the layout cuts the tensor along a later dimension (its shards are strided
+    in the file, unless they are single rows)."""
+    if len(shape) < 2:
+        return False
+    for d, s in enumerate(spec.specs[1:], start=1):
+        if s != "unsharded" and spec.mesh_shape[spec.dim_names.index(s)] > 1 and shape[d] > 0:
+            return True
+    return False
 
 
 class ListedSlicing:
@@ -545,16 +625,18 @@ def owner_of(slice_box: Box, cells: list[tuple[Box, list[int]]], salt: int) -> i
     """The rank that reads a saved slice on restore: deterministic on every rank.
 
     A rank whose new slice contains the saved slice whole reads it straight into
-    place; otherwise a rank of the cell holding the largest part of it. Among the
-    replicas of that cell, the choice rotates with ``salt`` (slice and tensor
+    place; otherwise a rank of a cell holding the largest part of it. Among the tied
+    cells and their replicas, the choice rotates with ``salt`` (slice and tensor
     numbers) so that the reads spread over the ranks.
     """
-    best: tuple[int, list[int]] | None = None
+    best = -1
+    tied: list[int] = []
     for cbox, ranks in cells:
         inter = box_intersection(cbox, slice_box)
         v = volume(inter[1]) if inter is not None else 0
-        if best is None or v > best[0]:
-            best = (v, ranks)
-    assert best is not None, "a saved slice that no rank needs has no owner"
-    ranks = best[1]
-    return ranks[salt % len(ranks)]
+        if v > best:
+            best, tied = v, list(ranks)
+        elif v == best:
+            tied.extend(ranks)
+    assert tied, "a saved slice that no rank needs has no owner"
+    return tied[salt % len(tied)]

@@ -20,6 +20,7 @@ Call order (``write_checkpoint`` is collective; inside it):
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -34,7 +35,8 @@ from .._dist import Deadline
 from ..errors import CheckpointError
 from ..layout import LayoutSpec
 from . import hdf5
-from .checksum import DEFAULT_ALGORITHM, checksum
+from .aggregate import BandTask, write_bands
+from .checksum import DEFAULT_ALGORITHM, checksum, checksum_function
 from .cleanup import remove_stale_files
 from .fsutil import atomic_write, fsync_path, remove_quietly
 from .index import REPLICA_SPLIT_BYTES, CheckpointIndex, TensorEntry, dataset_name_for_key
@@ -46,8 +48,11 @@ from .slicing import (
     ListedSlicing,
     cached_slicing,
     check_exact_cover,
+    strided_shards,
     tiling_problem,
+    volume,
 )
+from .template import FileTemplate, capture, create_from
 from .transfer import ProgressCounter, move_pieces
 
 __all__ = [
@@ -55,6 +60,7 @@ __all__ = [
     "derived_slicing",
     "library_versions",
     "tiling_problem",
+    "use_rows",
     "write_checkpoint",
 ]
 
@@ -81,6 +87,8 @@ class SaveTensor:
             only; otherwise it gathers a record per slice.
         ordinal: The ``ordinal`` the pieces were chosen with (``DerivedSlicing.written_by``:
             small replicated shards are written by the replica ``ordinal % replicas``).
+        rows: Saved in row bands (:mod:`.aggregate`): ``pieces`` is then this rank's
+            whole shard, which the ranks sharing its rows exchange before writing.
     """
 
     key: str
@@ -92,11 +100,32 @@ class SaveTensor:
     logical_dtype: str | None = None
     mesh_rank: int | None = None
     ordinal: int = 0
+    rows: bool = False
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the whole tensor."""
+        return math.prod(self.shape) * self.dtype.itemsize
 
 
-def derived_slicing(shape: tuple[int, ...], layout: LayoutSpec, dtype: np.dtype) -> DerivedSlicing:
+def derived_slicing(
+    shape: tuple[int, ...], layout: LayoutSpec, dtype: np.dtype, rows: bool = False
+) -> DerivedSlicing:
     """The slices a save writes for a layout-based tensor (what the index derives)."""
-    return cached_slicing(tuple(shape), layout, dtype.itemsize, REPLICA_SPLIT_BYTES)
+    return cached_slicing(tuple(shape), layout, dtype.itemsize, REPLICA_SPLIT_BYTES, rows)
+
+
+ROWS_MIN_BYTES = 1 << 20
+
+
+def use_rows(shape: tuple[int, ...], layout: LayoutSpec, dtype: np.dtype) -> bool:
+    """Whether a tensor is saved in row bands: its shards are strided in the file and the
+    largest is at least ``ROWS_MIN_BYTES`` (smaller ones go through collective MPI-IO)."""
+    if not strided_shards(shape, layout):
+        return False
+    sl = derived_slicing(shape, layout, dtype)
+    largest = max((volume(sl.box(i)[1]) for i in range(min(len(sl), 64))), default=0)
+    return largest * dtype.itemsize >= ROWS_MIN_BYTES
 
 
 def library_versions() -> dict[str, str]:
@@ -120,6 +149,7 @@ def structure_hash(tensors: Sequence[SaveTensor]) -> int:
     """A 63-bit hash of what every rank must agree on: keys, dtypes, shapes, layouts."""
     h = hashlib.blake2b(digest_size=8)
     for t in tensors:
+        h.update(b"r" if t.rows else b"-")
         lay = (
             repr((t.layout.specs, t.layout.dim_names, t.layout.mesh_shape, t.layout.splits))
             if t.layout
@@ -152,7 +182,13 @@ def write_checkpoint(
     """
     what = f"write of checkpoint {prefix!r}"
     # (tensor, piece number, array) of every non-empty piece
-    own = [(i, j, a) for i, t in enumerate(tensors) for j, (_, a) in enumerate(t.pieces) if a.size]
+    own = [
+        (i, j, a)
+        for i, t in enumerate(tensors)
+        if not t.rows
+        for j, (_, a) in enumerate(t.pieces)
+        if a.size
+    ]
     # The checksums run in a worker thread while the written pages are flushed to disk:
     # the sync is waiting on the device, the CRC on the CPU.
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hpckpt-crc")
@@ -162,14 +198,32 @@ def write_checkpoint(
         pool.shutdown(wait=True)
 
 
+@dataclass
+class _CachedPlan:
+    """What a save with the same structure can reuse (every rank: offsets; rank 0: template)."""
+
+    offsets: list[int | None]
+    size: int
+    template: FileTemplate | None = None
+
+
+# the plan of the last save of each structure (a few: a job saves one or two structures)
+_PLANS: dict[int, _CachedPlan] = {}
+_MAX_PLANS = 4
+
+
 def _agree_structure(
-    comm: MPI.Comm, tensors: Sequence[SaveTensor], deadline: Deadline, what: str
-) -> None:
-    h = structure_hash(tensors)
-    lo = _dist.allreduce_int(comm, h, MPI.MIN, deadline)
-    hi = _dist.allreduce_int(comm, h, MPI.MAX, deadline)
-    if lo == hi:
-        return
+    comm: MPI.Comm, tensors: Sequence[SaveTensor], options: IOOptions, deadline: Deadline, what: str
+) -> tuple[int, bool]:
+    """Agree that every rank saves the same structure; returns its hash and whether every
+    rank holds a cached plan for it (one reduction)."""
+    h = structure_hash(tensors) ^ hash((options.alignment, options.alignment_threshold)) & (
+        (1 << 63) - 1
+    )
+    cached = h in _PLANS
+    got = _dist.allreduce_max(comm, np.array([h, -h, 0 if cached else 1], dtype=np.int64), deadline)
+    if got[0] == -got[1]:
+        return h, not got[2]
     hashes = _dist.allgather_json(comm, h, deadline)
     odd = [r for r, x in enumerate(hashes) if x != hashes[0]]
     raise CheckpointError(
@@ -190,7 +244,7 @@ def _write_and_commit(
     what: str,
 ) -> int:
     rank = comm.Get_rank()
-    _agree_structure(comm, tensors, deadline, what)
+    h, cached = _agree_structure(comm, tensors, options, deadline, what)
     names = [dataset_name_for_key(t.key) for t in tensors]
 
     def create() -> dict | None:
@@ -200,6 +254,10 @@ def _write_and_commit(
         os.makedirs(os.path.dirname(prefix) or ".", exist_ok=True)
         token = new_token()
         path = data_file_path(prefix, data_file_name(prefix, token))
+        hit = _PLANS.get(h) if cached else None
+        if hit is not None and hit.template is not None:
+            create_from(path, hit.template)  # the same structure as last time
+            return {"token": token}
         specs = [
             hdf5.DatasetSpec(n, t.dtype, t.shape, t.logical_dtype)
             for n, t in zip(names, tensors, strict=True)
@@ -207,10 +265,20 @@ def _write_and_commit(
         offsets, size = hdf5.create_data_file(
             path, specs, alignment=options.alignment, threshold=options.alignment_threshold
         )
+        raw = [(o, t.nbytes) for o, t in zip(offsets, tensors, strict=True) if o is not None]
+        tpl = capture(path, raw, size)
+        _remember(h, _CachedPlan(offsets, size, tpl))
         return {"token": token, "offsets": offsets, "size": size}
 
     plan = _dist.run_agreed(comm, what, create, deadline)
-    plan = _dist.bcast_json(comm, plan, 0, deadline)
+    if cached:  # every rank knows the offsets: only the token travels
+        token = _dist.bcast_json(comm, plan["token"] if plan is not None else None, 0, deadline)
+        hit = _PLANS[h]
+        plan = {"token": token, "offsets": hit.offsets, "size": hit.size}
+    else:
+        plan = _dist.bcast_json(comm, plan, 0, deadline)
+        if rank != 0:
+            _remember(h, _CachedPlan(plan["offsets"], plan["size"]))
     data_name = data_file_name(prefix, plan["token"])
     data_path = data_file_path(prefix, data_name)
     offsets: list[int | None] = plan["offsets"]
@@ -228,6 +296,24 @@ def _write_and_commit(
             pieces.append(Piece(off, tensors[i].shape, tuple(tensors[i].pieces[j][0]), a))
     except Exception as e:
         exc, pieces = e, []
+    bands: list[tuple[int, int, int]] = []
+    tasks = [
+        BandTask(
+            i,
+            derived_slicing(t.shape, t.layout, t.dtype, rows=True),
+            t.layout,
+            t.dtype,
+            offsets[i],
+            np.ascontiguousarray(t.pieces[0][1]) if t.pieces else np.empty(0),
+        )
+        for i, t in enumerate(tensors)
+        if t.rows and t.layout is not None
+    ]
+    if tasks:  # strided shards: exchanged, then written in contiguous bands
+        bands, err = write_bands(
+            comm, data_path, tasks, deadline, checksum_function(DEFAULT_ALGORITHM)
+        )
+        exc = exc or err
     crcs: list[Future] = []
     counter = ProgressCounter(options, sum(p.nbytes for p in pieces))
     try:
@@ -253,6 +339,10 @@ def _write_and_commit(
         if exc is None:
             values = crcs[0].result() if crcs else _checksums(own)
             derived, listed = _records(tensors, own, rank, values)
+            if bands:  # in tensor order with the others
+                extra = np.asarray([[i, k, c, rank] for i, k, c in bands], dtype=np.int64)
+                derived = np.concatenate([derived, extra])
+                derived = derived[np.argsort(derived[:, 0], kind="stable")]
             if packed:  # the layouts say who wrote what: checksums only, in tensor order
                 crc_array = derived[:, 2].astype(np.uint32)
                 derived = derived[:0]
@@ -293,6 +383,28 @@ def _rows_from_layouts(
     which slice each rank writes follows from the layouts (``DerivedSlicing.writers``).
     """
     nranks = len(crcs)
+    if nranks <= 64:  # a loop costs less than numpy's calls
+        lists = [c.tolist() for c in crcs]
+        pos = [0] * nranks
+        out: list[list[int]] = []
+        for i, t in enumerate(tensors):
+            if t.layout is None:
+                continue
+            sl = derived_slicing(t.shape, t.layout, t.dtype, t.rows)
+            if math.prod(sl.spec.mesh_shape) != nranks:
+                raise CheckpointError(f"{what}: tensor {t.key!r}: its mesh is not the checkpoint's")
+            for r, k in enumerate(sl.writers(t.ordinal).tolist()):
+                if k < 0:
+                    continue
+                if pos[r] >= len(lists[r]):
+                    raise CheckpointError(
+                        f"{what}: ranks sent fewer checksums than their layouts say"
+                    )
+                out.append([i, k, lists[r][pos[r]], r])
+                pos[r] += 1
+        if pos != [len(x) for x in lists]:
+            raise CheckpointError(f"{what}: ranks sent more checksums than their layouts say")
+        return np.asarray(out, dtype=np.int64).reshape(len(out), 4)
     ptr = np.zeros(nranks, dtype=np.int64)
     starts = np.concatenate(([0], np.cumsum([len(c) for c in crcs])[:-1])).astype(np.int64)
     flat = np.concatenate(crcs) if crcs else np.zeros(0, dtype=np.uint32)
@@ -300,23 +412,30 @@ def _rows_from_layouts(
     for i, t in enumerate(tensors):
         if t.layout is None:
             continue
-        w = derived_slicing(t.shape, t.layout, t.dtype).writers(t.ordinal)
+        w = derived_slicing(t.shape, t.layout, t.dtype, t.rows).writers(t.ordinal)
         if len(w) != nranks:
             raise CheckpointError(f"{what}: tensor {t.key!r}: its mesh is not the checkpoint's")
-        r = np.flatnonzero(w >= 0)
-        pos = starts[r] + ptr[r]
-        if np.any(ptr[r] >= np.asarray([len(crcs[k]) for k in r], dtype=np.int64)):
+        who = np.flatnonzero(w >= 0)
+        at = starts[who] + ptr[who]
+        if np.any(ptr[who] >= np.asarray([len(crcs[k]) for k in who], dtype=np.int64)):
             raise CheckpointError(f"{what}: ranks sent fewer checksums than their layouts say")
-        rows = np.empty((len(r), 4), dtype=np.int64)
+        rows = np.empty((len(who), 4), dtype=np.int64)
         rows[:, 0] = i
-        rows[:, 1] = w[r]
-        rows[:, 2] = flat[pos]
-        rows[:, 3] = r
+        rows[:, 1] = w[who]
+        rows[:, 2] = flat[at]
+        rows[:, 3] = who
         parts.append(rows)
-        ptr[r] += 1
+        ptr[who] += 1
     if any(int(ptr[k]) != len(crcs[k]) for k in range(nranks)):
         raise CheckpointError(f"{what}: ranks sent more checksums than their layouts say")
     return np.concatenate(parts) if parts else np.zeros((0, 4), dtype=np.int64)
+
+
+def _remember(h: int, plan: _CachedPlan) -> None:
+    _PLANS.pop(h, None)
+    while len(_PLANS) >= _MAX_PLANS:
+        _PLANS.pop(next(iter(_PLANS)))
+    _PLANS[h] = plan
 
 
 def _width(tensors: Sequence[SaveTensor]) -> int:
@@ -378,7 +497,7 @@ def _entries(
     for i, t in enumerate(tensors):
         nd = len(t.shape)
         if t.layout is not None:
-            slicing = derived_slicing(t.shape, t.layout, t.dtype)
+            slicing = derived_slicing(t.shape, t.layout, t.dtype, t.rows)
             n = len(slicing)
             crc_list = [0] * n
             seen = [0] * n
