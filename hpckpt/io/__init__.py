@@ -38,7 +38,7 @@ from .._dist import Deadline
 from .cleanup import delete_checkpoint_files, remove_checkpoint_files, remove_orphans
 from .fsutil import wait_removals
 from .index import CheckpointIndex, SliceEntry, TensorEntry
-from .load import load_index, read_index_file, read_tensor_serial, verify_tensor
+from .load import as_logical, load_index, read_index_file, read_tensor_serial, verify_tensor
 from .lock import DirectoryLock
 from .options import IOOptions
 from .paths import (
@@ -57,7 +57,7 @@ from .statefile import (
     state_from_paths,
     write_state,
 )
-from .write import SaveTensor, derived_slicing, use_rows, write_checkpoint
+from .write import SaveTensor, derived_slicing, tiling_problem, use_rows, write_checkpoint
 
 __all__ = [
     "SHARED_FILE",
@@ -68,6 +68,7 @@ __all__ = [
     "ReadRequest",
     "SaveTensor",
     "SharedFileStorage",
+    "as_logical",
     "SliceEntry",
     "Storage",
     "TensorEntry",
@@ -88,6 +89,7 @@ __all__ = [
     "remove_orphans",
     "resolve_latest",
     "state_from_paths",
+    "tiling_problem",
     "verify_tensor",
     "wait_removals",
     "write_state",

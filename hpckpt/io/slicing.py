@@ -43,6 +43,7 @@ __all__ = [
     "check_exact_cover",
     "mesh_coords",
     "owner_of",
+    "tiling_problem",
     "volume",
 ]
 
@@ -444,6 +445,99 @@ def check_exact_cover(shape: tuple[int, ...], starts: np.ndarray, shapes: np.nda
                 return "slices overlap"
         active.append(int(i))
     return None
+
+
+def _grid_cells(
+    shape: tuple[int, ...], boxes: list[Box]
+) -> tuple[list[np.ndarray], list[tuple[slice, ...]]]:
+    """The compressed grid of ``boxes`` (cut points per dimension) and each box's cells."""
+    cuts = [
+        np.unique(
+            np.asarray([0, n] + [b[0][d] for b in boxes] + [b[0][d] + b[1][d] for b in boxes])
+        )
+        for d, n in enumerate(shape)
+    ]
+    cells = [
+        tuple(
+            slice(int(np.searchsorted(c, a)), int(np.searchsorted(c, a + n)))
+            for c, a, n in zip(cuts, b[0], b[1], strict=True)
+        )
+        for b in boxes
+    ]
+    return cuts, cells
+
+
+def tiling_problem(shape: tuple[int, ...], boxes: Sequence[Box]) -> str | None:
+    """Whether per-rank boxes tile ``shape`` (``boxes[r]`` is rank ``r``'s), naming ranks.
+
+    Identical boxes are replicas; empty boxes are ignored. Returns ``None`` when the
+    distinct boxes cover every element exactly once, else a description naming the
+    ranks whose boxes lie outside the tensor, overlap, or leave a gap (with the
+    ranks whose boxes border it).
+    """
+    boxes = [(tuple(int(x) for x in s), tuple(int(x) for x in n)) for s, n in boxes]
+    holders: dict[Box, list[int]] = {}
+    for r, b in enumerate(boxes):
+        if len(b[0]) != len(shape) or len(b[1]) != len(shape):
+            return f"rank {r}'s box {list(b[0])} + {list(b[1])} has the wrong number of dimensions"
+        if volume(b[1]):
+            holders.setdefault(b, []).append(r)
+    outside = [
+        r
+        for b, rs in holders.items()
+        for r in rs
+        if any(a < 0 or a + n > m for a, n, m in zip(b[0], b[1], shape, strict=True))
+    ]
+    if outside:
+        return f"the boxes of ranks {outside[:8]} lie outside the tensor"
+    distinct = list(holders)
+    if not shape:
+        return None if distinct else "no rank holds the scalar"
+    if not volume(shape):
+        return None
+    cuts, cells = _grid_cells(shape, distinct)
+    dims = tuple(len(c) - 1 for c in cuts)
+    if math.prod(dims) > 1 << 22:
+        problem = check_exact_cover(
+            shape,
+            np.asarray([b[0] for b in distinct], dtype=np.int64),
+            np.asarray([b[1] for b in distinct], dtype=np.int64),
+        )
+        ranks = sorted(r for rs in holders.values() for r in rs)
+        return None if problem is None else f"{problem} (boxes of ranks {ranks[:16]})"
+    owner = np.full(dims, -1, dtype=np.int64)
+    problems = []
+    for i, idx in enumerate(cells):
+        region = owner[idx]
+        clash = np.unique(region[region >= 0])
+        for j in clash[:4].tolist():
+            inter = box_intersection(distinct[j], distinct[i])
+            assert inter is not None
+            problems.append(
+                f"the boxes of ranks {holders[distinct[j]]} and {holders[distinct[i]]} overlap "
+                f"(at start {list(inter[0])}, shape {list(inter[1])})"
+            )
+        region[...] = i
+        if len(problems) >= 4:
+            break
+    if not problems:
+        gaps = np.argwhere(owner < 0)
+        if len(gaps):
+            cell = gaps[0]
+            start = tuple(int(cuts[d][c]) for d, c in enumerate(cell))
+            size = tuple(int(cuts[d][c + 1] - cuts[d][c]) for d, c in enumerate(cell))
+            near = sorted(
+                r
+                for b, rs in holders.items()
+                if box_intersection((tuple(a - 1 for a in start), tuple(n + 2 for n in size)), b)
+                is not None
+                for r in rs
+            )
+            problems.append(
+                f"no rank's box covers the elements at start {list(start)}, shape {list(size)} "
+                f"({len(gaps)} uncovered region(s)); the boxes of ranks {near[:8]} border it"
+            )
+    return "; ".join(problems) if problems else None
 
 
 class TargetGrid:

@@ -49,15 +49,17 @@ from .slicing import (
     cached_slicing,
     check_exact_cover,
     strided_shards,
+    tiling_problem,
     volume,
 )
 from .template import FileTemplate, capture, create_from
-from .transfer import move_pieces
+from .transfer import ProgressCounter, move_pieces
 
 __all__ = [
     "SaveTensor",
     "derived_slicing",
     "library_versions",
+    "tiling_problem",
     "use_rows",
     "write_checkpoint",
 ]
@@ -75,7 +77,8 @@ class SaveTensor:
             (:func:`derived_slicing`), and ``slice_ids`` names the slice of each
             piece. ``None``: per-rank boxes, listed in the index (every rank's
             pieces together must tile the tensor exactly once).
-        pieces: ``(start, array)`` hyperslabs this rank writes (C-contiguous arrays).
+        pieces: ``(start, array)`` hyperslabs this rank writes (arrays of any strides:
+            strided views are written and checksummed without a copy of the whole).
         slice_ids: With a layout, the derived slice index of each piece.
         logical_dtype: The dtype the bytes hold if it is not a numpy dtype.
         mesh_rank: This rank's rank in the layout's mesh. When it is the rank in the
@@ -312,6 +315,7 @@ def _write_and_commit(
         )
         exc = exc or err
     crcs: list[Future] = []
+    counter = ProgressCounter(options, sum(p.nbytes for p in pieces))
     try:
         move_pieces(
             comm,
@@ -321,6 +325,7 @@ def _write_and_commit(
             write=True,
             deadline=deadline,
             on_written=lambda: crcs.append(pool.submit(_checksums, own)),
+            on_moved=counter.hook(),
         )
         _faults.point("after_data", rank)
     except Exception as e:
