@@ -455,3 +455,34 @@ def test_strided_shards_are_saved_in_contiguous_row_bands(shared_dir, chunk, mon
     t = {"a": hpckpt.Variable(np.zeros_like(a), Layout(["x", "y"], mesh))}
     with pytest.raises(hpckpt.CorruptCheckpointError, match="checksum mismatch in tensor 'a/"):
         hpckpt.Checkpoint(**t).read(p).expect_partial()
+
+
+def test_strided_caller_arrays_are_saved_without_row_bands(shared_dir):
+    """Row bands would need a copy of a shard held in a strided array (a field with ghost
+    cells, ``copy=False``): when any rank holds one, every rank saves the layout's own
+    slices instead, straight from the caller's arrays, and they restore in place."""
+    comm = MPI.COMM_WORLD
+    mesh = mesh2d()
+    n = 1400  # shards of at least 1 MiB on a 2 x 2 mesh
+    lay = Layout(["x", "y"], mesh)
+    shape = lay.local_shape((n, n))
+    start = tuple(s.start for s in lay.local_slices((n, n)))
+    field = np.full((shape[0] + 2, shape[1] + 2), -1.0)  # one ghost cell around
+    ii, jj = np.meshgrid(
+        np.arange(shape[0]) + start[0], np.arange(shape[1]) + start[1], indexing="ij"
+    )
+    field[1:-1, 1:-1] = ii * n + jj
+    v = hpckpt.Variable.from_local(field[1:-1, 1:-1], lay, (n, n), copy=False)
+    p = hpckpt.Checkpoint(v=v).write(os.path.join(shared_dir, "ghosted"))
+    with Agreed():
+        doc = json.load(open(p + ".index.json"))
+        assert "rows" not in doc["tensors"]["v/.ATTRIBUTES/VARIABLE_VALUE"]
+    target = np.zeros_like(field)
+    t = hpckpt.Variable.from_local(target[1:-1, 1:-1], lay, (n, n), copy=False)
+    hpckpt.Checkpoint(v=t).read(p).assert_consumed()
+    assert all_ranks(np.array_equal(target[1:-1, 1:-1], field[1:-1, 1:-1]))
+    assert all_ranks((target[0] == 0).all() and (target[:, 0] == 0).all())  # ghosts untouched
+    whole = hpckpt.Variable(np.zeros((n, n)), Layout.replicated(mesh, 2))
+    hpckpt.Checkpoint(v=whole).read(p).assert_consumed()
+    want = np.arange(n * n, dtype=np.float64).reshape(n, n)
+    assert all_ranks(np.array_equal(whole.numpy(), want))

@@ -30,6 +30,7 @@ from .. import _dist
 from .._dist import Deadline
 from ..layout import LayoutSpec
 from .slicing import Box, DerivedSlicing, TargetGrid, box_intersection, mesh_coords, volume
+from .strided import strided_type
 
 __all__ = ["CHUNK_BYTES", "BandTask", "write_bands"]
 
@@ -47,7 +48,7 @@ class BandTask:
         layout: Its layout (where each rank's shard is now).
         dtype: Its dtype.
         offset: The file offset of its dataset.
-        local: This rank's shard (C-contiguous).
+        local: This rank's shard (any strides: parts are sent from it without a copy).
     """
 
     index: int
@@ -60,6 +61,14 @@ class BandTask:
 
 def _rel(part: Box, origin: tuple[int, ...]) -> tuple[slice, ...]:
     return tuple(slice(a - o, a - o + n) for a, o, n in zip(part[0], origin, part[1], strict=True))
+
+
+def _view(view: np.ndarray, cache: list) -> list:
+    """An MPI buffer for a (possibly strided) numpy view, without copying it."""
+    addr, t = strided_type(view, cache)
+    st = MPI.Datatype.Create_struct([1], [addr], [t]).Commit()
+    cache.append(st)
+    return [MPI.BOTTOM, 1, st]
 
 
 def _sub(array: np.ndarray, origin: tuple[int, ...], part: Box, cache: list) -> list:
@@ -150,7 +159,7 @@ def _write_one(
                 c = chunk(r)
                 part = box_intersection(mine_shard, c) if c is not None else None
                 if part is not None and volume(part[1]):
-                    sends.append((r, _sub(task.local, mine_shard[0], part, cache)))
+                    sends.append((r, _view(task.local[_rel(part, mine_shard[0])], cache)))
                 if mine is not None:
                     part = box_intersection(shard[r], mine)
                     if part is not None and volume(part[1]):

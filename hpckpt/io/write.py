@@ -19,6 +19,7 @@ Call order (``write_checkpoint`` is collective; inside it):
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import os
@@ -48,6 +49,7 @@ from .slicing import (
     ListedSlicing,
     cached_slicing,
     check_exact_cover,
+    mesh_coords,
     strided_shards,
     tiling_problem,
     volume,
@@ -181,6 +183,9 @@ def write_checkpoint(
     Collective: call on all ranks.
     """
     what = f"write of checkpoint {prefix!r}"
+    agreed = _agree_structure(comm, tensors, options, deadline, what)
+    if agreed[2]:  # some rank's strided shard is not a contiguous array: no row bands
+        tensors = [_without_rows(t) for t in tensors]
     # (tensor, piece number, array) of every non-empty piece
     own = [
         (i, j, a)
@@ -193,7 +198,9 @@ def write_checkpoint(
     # the sync is waiting on the device, the CRC on the CPU.
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hpckpt-crc")
     try:
-        return _write_and_commit(comm, prefix, tensors, own, pool, graph, options, deadline, what)
+        return _write_and_commit(
+            comm, prefix, tensors, own, pool, graph, options, deadline, what, agreed[:2]
+        )
     finally:
         pool.shutdown(wait=True)
 
@@ -214,16 +221,21 @@ _MAX_PLANS = 4
 
 def _agree_structure(
     comm: MPI.Comm, tensors: Sequence[SaveTensor], options: IOOptions, deadline: Deadline, what: str
-) -> tuple[int, bool]:
-    """Agree that every rank saves the same structure; returns its hash and whether every
-    rank holds a cached plan for it (one reduction)."""
+) -> tuple[int, bool, bool]:
+    """Agree that every rank saves the same structure (one reduction); returns its hash,
+    whether every rank holds a cached plan for it, and whether any rank holds a strided
+    shard in a non-contiguous array (then no tensor is saved in row bands: the band
+    exchange would need a copy of the shard, the zero-copy path does not)."""
     h = structure_hash(tensors) ^ hash((options.alignment, options.alignment_threshold)) & (
         (1 << 63) - 1
     )
     cached = h in _PLANS
-    got = _dist.allreduce_max(comm, np.array([h, -h, 0 if cached else 1], dtype=np.int64), deadline)
+    loose = any(t.rows and any(not a.flags.c_contiguous for _, a in t.pieces) for t in tensors)
+    got = _dist.allreduce_max(
+        comm, np.array([h, -h, 0 if cached else 1, int(loose)], dtype=np.int64), deadline
+    )
     if got[0] == -got[1]:
-        return h, not got[2]
+        return h, not got[2], bool(got[3])
     hashes = _dist.allgather_json(comm, h, deadline)
     odd = [r for r, x in enumerate(hashes) if x != hashes[0]]
     raise CheckpointError(
@@ -242,9 +254,10 @@ def _write_and_commit(
     options: IOOptions,
     deadline: Deadline,
     what: str,
+    agreed: tuple[int, bool],
 ) -> int:
     rank = comm.Get_rank()
-    h, cached = _agree_structure(comm, tensors, options, deadline, what)
+    h, cached = agreed
     names = [dataset_name_for_key(t.key) for t in tensors]
 
     def create() -> dict | None:
@@ -304,7 +317,7 @@ def _write_and_commit(
             t.layout,
             t.dtype,
             offsets[i],
-            np.ascontiguousarray(t.pieces[0][1]) if t.pieces else np.empty(0),
+            t.pieces[0][1] if t.pieces else np.empty(0),
         )
         for i, t in enumerate(tensors)
         if t.rows and t.layout is not None
@@ -429,6 +442,24 @@ def _rows_from_layouts(
     if any(int(ptr[k]) != len(crcs[k]) for k in range(nranks)):
         raise CheckpointError(f"{what}: ranks sent more checksums than their layouts say")
     return np.concatenate(parts) if parts else np.zeros((0, 4), dtype=np.int64)
+
+
+def _without_rows(t: SaveTensor) -> SaveTensor:
+    """``t`` saved in the slices its layout derives instead of row bands: this rank's
+    share of its shard (``pieces`` held the whole shard)."""
+    if not t.rows or t.layout is None:
+        return t
+    sl = derived_slicing(t.shape, t.layout, t.dtype)
+    pieces: list[tuple[tuple[int, ...], np.ndarray]] = []
+    ids: list[int] = []
+    if t.pieces and t.mesh_rank is not None:
+        start, local = t.pieces[0]
+        i = sl.written_by(mesh_coords(t.mesh_rank, t.layout.mesh_shape), t.ordinal)
+        if i is not None:
+            b0, b1 = sl.box(i)
+            rel = tuple(slice(a - o, a - o + n) for a, o, n in zip(b0, start, b1, strict=True))
+            pieces, ids = [(b0, local[rel] if rel else local)], [i]
+    return dataclasses.replace(t, pieces=pieces, slice_ids=ids, rows=False)
 
 
 def _remember(h: int, plan: _CachedPlan) -> None:
