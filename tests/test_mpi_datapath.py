@@ -461,7 +461,6 @@ def test_strided_caller_arrays_are_saved_without_row_bands(shared_dir):
     """Row bands would need a copy of a shard held in a strided array (a field with ghost
     cells, ``copy=False``): when any rank holds one, every rank saves the layout's own
     slices instead, straight from the caller's arrays, and they restore in place."""
-    comm = MPI.COMM_WORLD
     mesh = mesh2d()
     n = 1400  # shards of at least 1 MiB on a 2 x 2 mesh
     lay = Layout(["x", "y"], mesh)
