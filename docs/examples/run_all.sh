@@ -50,4 +50,8 @@ mpi "$NP" training_status.py
 mpi 4 format_example.py
 serial format_read_h5py.py fmt/ckpt-3
 mpi "$NP" format_alignment.py
+mpi 4 heat_solver.py heat --steps 40 --stop-at 20
+mpi 3 heat_solver.py heat --steps 40
+mpi 2 torch_train.py torchrun --steps 6 --stop-at 3
+mpi 3 torch_train.py torchrun --steps 6
 echo "# all examples passed"

@@ -43,7 +43,7 @@ from .cleanup import delete_checkpoint_files, remove_checkpoint_files, remove_or
 from .filters import Compression, parse_compression
 from .fsutil import wait_removals
 from .index import CheckpointIndex, SliceEntry, TensorEntry
-from .load import load_index, read_index_file, read_tensor_serial, verify_tensor
+from .load import as_logical, load_index, read_index_file, read_tensor_serial, verify_tensor
 from .lock import DirectoryLock
 from .options import IO_MODES, IOOptions
 from .paths import (
@@ -62,7 +62,7 @@ from .statefile import (
     state_from_paths,
     write_state,
 )
-from .write import SaveTensor, derived_slicing, write_checkpoint
+from .write import SaveTensor, derived_slicing, tiling_problem, use_rows, write_checkpoint
 
 __all__ = [
     "IO_MODES",
@@ -75,12 +75,14 @@ __all__ = [
     "ReadRequest",
     "SaveTensor",
     "SharedFileStorage",
+    "as_logical",
     "SliceEntry",
     "Storage",
     "TensorEntry",
     "checkpoint_exists",
     "data_file_path",
     "derived_slicing",
+    "use_rows",
     "delete_checkpoint_files",
     "index_path",
     "latest_checkpoint",
@@ -95,6 +97,7 @@ __all__ = [
     "remove_orphans",
     "resolve_latest",
     "state_from_paths",
+    "tiling_problem",
     "verify_tensor",
     "wait_removals",
     "write_state",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .filters import Compression
@@ -41,6 +42,8 @@ class IOOptions:
             files (Lustre: the new file's stripe count).
         striping_unit: MPI-IO hint ``striping_unit`` for collectively created files
             (Lustre: the stripe size); also the alignment when ``alignment`` is None.
+        progress: Told ``progress(done, total)`` as this rank's data moves: bytes of
+            its own share moved so far, and its whole share (``None``: not told).
     """
 
     collective: bool = True
@@ -53,6 +56,7 @@ class IOOptions:
     compression: Compression | None = None
     striping_factor: int | None = None
     striping_unit: int | None = None
+    progress: Callable[[int, int], None] | None = None
 
     @property
     def parallel_hdf5(self) -> bool:

@@ -58,6 +58,7 @@ from .._dist import Deadline
 from ..layout import LayoutSpec
 from . import h5capi
 from .filters import CHUNK_TARGET_BYTES, Compression, chunk_shape, compressible
+from .h5select import memory
 from .hdf5 import DTYPE_ATTR, FORMAT_ATTR, DatasetSpec, file_locking, h5type
 from .mpiio import contiguous_offset
 from .options import IOOptions
@@ -237,26 +238,36 @@ def _transfer(
     piece: tuple[Sequence[int], np.ndarray] | None,
     dxpl: h5py.h5p.PropDXID,
     write: bool,
-) -> None:
+) -> int:
     """One collective ``H5Dwrite``/``H5Dread``: ``piece`` selected, or nothing.
 
-    The call is made even when the selection cannot be built (then with nothing
-    selected; the error is raised after it).
+    The piece's array may be strided: a box of a C-contiguous array is selected in
+    that array's dataspace (:func:`.h5select.memory`, no copy); other layouts go
+    through a contiguous copy. The call is made even when the selection cannot be
+    built (then with nothing selected; the error is raised after it). Returns the
+    bytes moved.
     """
     error: Exception | None = None
     fspace = dsid.get_space()
-    mspace = buf = None
+    mspace = buf = target = None
+    copy_back = False
     if piece is not None:
         try:
-            start, buf = piece
+            start, target = piece
             if fspace.get_simple_extent_ndims():
-                fspace.select_hyperslab(tuple(int(s) for s in start), tuple(buf.shape))
-                mspace = h5py.h5s.create_simple(tuple(buf.shape))
+                fspace.select_hyperslab(tuple(int(s) for s in start), tuple(target.shape))
+                got = memory(target)
+                if got is None:  # no box of a contiguous array: through a copy
+                    buf = np.ascontiguousarray(target) if write else np.empty_like(target)
+                    copy_back = not write
+                    mspace = h5py.h5s.create_simple(tuple(target.shape))
+                else:
+                    buf, mspace = got
             else:  # a scalar: the whole (one-element) dataspace
+                buf = target.reshape(())
                 mspace = h5py.h5s.create(h5py.h5s.SCALAR)
-                buf = buf.reshape(())
         except Exception as e:
-            error, mspace = e, None
+            error, mspace, target = e, None, None
     if mspace is None:
         fspace.select_none()
         mspace = h5py.h5s.create_simple((1,))
@@ -267,9 +278,12 @@ def _transfer(
         dsid.write(mspace, fspace, buf, dxpl=dxpl)
     else:
         dsid.read(mspace, fspace, buf, dxpl=dxpl)
+        if copy_back and target is not None:
+            target[...] = buf  # the copy of a strided destination
     LAST.modes.setdefault(name, set()).add(h5capi.actual_io_mode(dxpl))
     if error is not None:
         raise error
+    return int(target.nbytes) if target is not None else 0
 
 
 def _plan_rounds(
@@ -307,15 +321,8 @@ def _plan_rounds(
     return counts, individual
 
 
-def _own(pieces: Pieces, what: str) -> list[tuple[Sequence[int], np.ndarray]]:
-    out = []
-    for start, a in pieces:
-        if not a.size:
-            continue
-        if not a.flags.c_contiguous:
-            raise ValueError(f"{what}: a piece is not C-contiguous")
-        out.append((start, a))
-    return out
+def _own(pieces: Pieces) -> list[tuple[Sequence[int], np.ndarray]]:
+    return [(start, a) for start, a in pieces if a.size]
 
 
 # --- write -------------------------------------------------------------------------------
@@ -332,6 +339,7 @@ def write_file(
     deadline: Deadline,
     what: str,
     on_written: Callable[[], None] | None = None,
+    on_moved: Callable[[int], None] | None = None,
 ) -> tuple[list[int | None], BaseException | None]:
     """Create ``path`` collectively with every dataset and write every rank's pieces.
 
@@ -400,10 +408,12 @@ def write_file(
         mine: list[list[tuple[Sequence[int], np.ndarray]]] = [[] for _ in specs]
         try:
             _faults.point("before_data", rank)
-            mine = [_own(p, what) for p in pieces]
+            mine = [_own(p) for p in pieces]
         except Exception as e:
             exc = e
-        exc = _move(comm, dsids, specs, mine, options, deadline, write=True, exc=exc)
+        exc = _move(
+            comm, dsids, specs, mine, options, deadline, write=True, exc=exc, on_moved=on_moved
+        )
         try:
             if exc is None:
                 _faults.point("mid_data", rank)
@@ -511,11 +521,13 @@ def _move(
     write: bool,
     exc: BaseException | None,
     fid: h5py.h5f.FileID | None = None,
+    on_moved: Callable[[int], None] | None = None,
 ) -> BaseException | None:
     """Every dataset's collective transfers, in order; returns this rank's first error.
 
     ``dsids``: open datasets, or names to open (and close) one at a time in ``fid``.
     After an error this rank keeps making every call, with nothing selected.
+    ``on_moved(n)`` is told the bytes of each piece moved.
 
     Collective: call on all ranks.
     """
@@ -542,7 +554,9 @@ def _move(
             for j in range(n):
                 piece = mine[i][j] if exc is None and j < len(mine[i]) else None
                 try:
-                    _transfer(dsid, name, spec.dtype, piece, dxpl, write)
+                    moved = _transfer(dsid, name, spec.dtype, piece, dxpl, write)
+                    if moved and on_moved is not None:
+                        on_moved(moved)
                 except Exception as e:
                     exc = exc or e
         finally:
@@ -576,11 +590,13 @@ def read_pieces(
     *,
     deadline: Deadline,
     what: str,
+    on_moved: Callable[[int], None] | None = None,
 ) -> None:
     """Read this rank's pieces of each entry's dataset with collective ``H5Dread`` calls.
 
     ``entries`` are the same on every rank, in the same order; ``mine[i]`` this rank's
-    ``(start, C-contiguous buffer)`` pieces of ``entries[i]`` (possibly none). When no
+    ``(start, writable buffer of any strides)`` pieces of ``entries[i]`` (possibly
+    none); ``on_moved(n)`` is told the bytes of each piece read. When no
     rank has a piece the file is not opened. The first error is raised after this
     rank has made every collective call.
 
@@ -596,8 +612,8 @@ def read_pieces(
         _record_file(fid)
         for pieces in mine:
             for _, buf in pieces:
-                if not buf.flags.c_contiguous or not buf.flags.writeable:
-                    raise ValueError(f"{what}: a read buffer is not writable C-contiguous memory")
+                if not buf.flags.writeable:
+                    raise ValueError(f"{what}: a read buffer is not writable")
     except Exception as e:
         exc = e
     try:
@@ -611,6 +627,7 @@ def read_pieces(
             write=False,
             exc=exc,
             fid=fid,
+            on_moved=on_moved,
         )
     finally:
         fid.close()
