@@ -453,3 +453,40 @@ def test_a_full_disk_is_an_agreed_error_not_a_hang(small_disk, options):
         os.path.join(small_disk, "again"), options=opts
     )
     assert all_ranks(same(restore(again, small, lays, opts), small) == [])
+
+
+@pytest.mark.parametrize("options", ["hdf5", "gzip"])
+def test_strided_buffers_and_per_rank_boxes(shared_dir, options):
+    """A Variable that is the interior of the caller's array with ghost cells (a strided
+    view, no copy) and per-rank boxes (no layout) are written and read in place by
+    parallel HDF5 (memory hyperslabs of the caller's array); ghost cells stay untouched."""
+    comm = MPI.COMM_WORLD
+    rank, size = comm.rank, comm.size
+    _, flat = meshes()
+    opts = WRITERS[options]
+    rows, cols = 5 * size + 3, 40
+    glob = np.arange(rows * cols, dtype=np.float64).reshape(rows, cols) / 7.0
+    lay = Layout(["r", UNSHARDED], flat)
+    sl = lay.local_slices((rows, cols))
+    u = np.full((sl[0].stop - sl[0].start + 2, cols + 2), -1.0)
+    u[1:-1, 1:-1] = glob[sl]
+    v = hpckpt.Variable.from_local(u[1:-1, 1:-1], lay, (rows, cols), copy=False)
+    # per-rank boxes: rank r holds columns [c0, c1) of all rows (an uneven split)
+    cut = [0, *sorted({min(cols, 3 + 11 * k) for k in range(1, size)}), cols]
+    cut = (cut + [cols] * size)[: size + 1]
+    box = glob[:, cut[rank] : cut[rank + 1]].copy()
+    w = hpckpt.Variable.from_local(box, global_shape=(rows, cols), offset=(0, cut[rank]))
+    path = hpckpt.Checkpoint(v=v, w=w).write(os.path.join(shared_dir, options), options=opts)
+    u2 = np.full_like(u, -1.0)
+    v2 = hpckpt.Variable.from_local(u2[1:-1, 1:-1], lay, (rows, cols), copy=False)
+    box2 = np.zeros_like(box)
+    w2 = hpckpt.Variable.from_local(
+        box2, global_shape=(rows, cols), offset=(0, cut[rank]), copy=False
+    )
+    hpckpt.Checkpoint(v=v2, w=w2).read(path, options=HDF5).assert_consumed()
+    with Agreed():
+        assert np.array_equal(u2[1:-1, 1:-1], glob[sl])
+        assert (u2[0] == -1).all() and (u2[-1] == -1).all()
+        assert (u2[:, 0] == -1).all() and (u2[:, -1] == -1).all()
+        assert np.array_equal(box2, box)
+        assert np.array_equal(v2.numpy(), glob) and np.array_equal(w2.numpy(), glob)

@@ -7,6 +7,7 @@ No MPI job, no HDF5 file: these run in the serial pass.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -108,7 +109,7 @@ def test_chunks_fit_the_tensor_the_target_and_the_layout_blocks(shape, itemsize,
     assert math.prod(c) * itemsize <= max(target, itemsize)
     for x, b in zip(c, bounds, strict=True):
         if b is not None:  # never more than the largest block: most chunks have one writer
-            assert x <= max(hi - lo for lo, hi in zip(b[:-1], b[1:], strict=True))
+            assert x <= max(hi - lo for lo, hi in itertools.pairwise(b))
 
 
 def test_chunks_keep_trailing_rows_whole_when_they_fit():

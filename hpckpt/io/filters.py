@@ -166,11 +166,18 @@ def chunk_shape(
     ext = [max(1, int(n)) for n in shape]
     for d, b in enumerate(bounds or ()):
         if b is not None and len(b) > 1:
-            largest = max(int(hi) - int(lo) for lo, hi in itertools.pairwise(b))
-            ext[d] = max(1, min(ext[d], largest))
+            ext[d] = max(1, min(ext[d], _largest_block(b)))
     for d in range(len(ext)):
         if math.prod(ext) * itemsize <= target:
             break
         rest = math.prod(ext[d + 1 :]) * itemsize
         ext[d] = max(1, min(ext[d], target // max(rest, 1)))
     return tuple(ext)
+
+
+def _largest_block(bounds: Sequence[int]) -> int:
+    """The largest block between consecutive boundaries (O(1) for a block distribution)."""
+    n, parts = getattr(bounds, "n", None), getattr(bounds, "parts", None)
+    if isinstance(n, int) and isinstance(parts, int) and parts > 0:  # layout.Blocks
+        return -(-n // parts)
+    return max(int(hi) - int(lo) for lo, hi in itertools.pairwise(bounds))

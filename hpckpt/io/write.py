@@ -231,7 +231,7 @@ def _agree_structure(
     whether every rank holds a cached plan for it, and whether any rank holds a strided
     shard in a non-contiguous array (then no tensor is saved in row bands: the band
     exchange would need a copy of the shard, the zero-copy path does not)."""
-    h = structure_hash(tensors) ^ hash(
+    how = repr(
         (
             options.alignment,
             options.alignment_threshold,
@@ -239,6 +239,9 @@ def _agree_structure(
             options.compression,
             options.striping_unit,
         )
+    )  # the same on every rank (str hashes are salted per process: no hash() here)
+    h = structure_hash(tensors) ^ int.from_bytes(
+        hashlib.blake2b(how.encode(), digest_size=8).digest(), "little"
     ) & ((1 << 63) - 1)
     cached = h in _PLANS
     loose = any(t.rows and any(not a.flags.c_contiguous for _, a in t.pieces) for t in tensors)
