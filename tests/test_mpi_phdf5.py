@@ -146,7 +146,8 @@ def test_hdf5_writes_and_reads_every_tensor_kind_collectively(shared_dir):
             if t["nbytes"]:
                 assert written.get(names[key]), key
                 assert written[names[key]] <= COLLECTIVE_MODES, (key, written[names[key]])
-            assert "filters" not in t and t["offset"] is None or t["offset"] >= 0
+            assert "filters" not in t, key
+            assert (t["offset"] is None) if not t["nbytes"] else t["offset"] >= 0, key
         assert phdf5.LAST.collective_metadata == (True, True)
         assert phdf5.LAST.calls >= len([t for t in doc["tensors"].values() if t["nbytes"]])
         # the large contiguous pieces moved by independent MPI-IO inside collective calls
@@ -267,7 +268,7 @@ def _rewrite_chunk_values(path, dataset, shuffle_itemsize):
 @pytest.mark.parametrize("damage", ["values", "stream"])
 def test_damage_in_a_compressed_dataset_is_caught_on_every_rank(shared_dir, damage):
     comm = MPI.COMM_WORLD
-    mesh, flat = meshes()
+    _mesh, flat = meshes()
     values = {"w": np.linspace(0.0, 1.0, 64 * 48).reshape(64, 48)}
     lays = {"w": Layout(["r", UNSHARDED], flat)}
     path = hpckpt.Checkpoint(**make_vars(values, lays)).write(
@@ -320,7 +321,7 @@ PHASES = ["create", "before_data", "mid_data", "after_data", "before_commit"]
 def test_a_failure_on_one_rank_is_agreed_and_loses_nothing(shared_dir, phase, options, _disarm):
     comm = MPI.COMM_WORLD
     opts = WRITERS[options]
-    mesh, flat = meshes()
+    _mesh, flat = meshes()
     values = {"w": np.arange(64 * 20, dtype=np.float64).reshape(64, 20), "s": np.float64(1.0)}
     lays = {"w": Layout(["r", UNSHARDED], flat), "s": Layout([], flat)}
     ckpt = hpckpt.Checkpoint(**make_vars(values, lays))
@@ -367,7 +368,7 @@ def test_hints_and_alignment_reach_the_mpi_file(shared_dir):
     """striping_factor/striping_unit and the user's MPI-IO hints are passed to
     MPI_File_open when the file is created collectively (read back from the MPI
     library through HDF5's own MPI_File handle); striping_unit is the alignment."""
-    mesh, flat = meshes()
+    _mesh, flat = meshes()
     values = {"w": np.arange(MPI.COMM_WORLD.size * 40000, dtype=np.float64)}
     lays = {"w": Layout(["r"], flat)}
     opts = hpckpt.CheckpointOptions(
@@ -381,7 +382,7 @@ def test_hints_and_alignment_reach_the_mpi_file(shared_dir):
         os.path.join(shared_dir, "hints"), options=opts
     )
     hints, alignment = dict(phdf5.LAST.hints), phdf5.LAST.alignment
-    doc, names = dataset_names(path)
+    doc, _names = dataset_names(path)
     with Agreed():
         assert hints.get("striping_factor") == "2", hints
         assert hints.get("striping_unit") == "65536", hints
@@ -426,7 +427,7 @@ def test_a_full_disk_is_an_agreed_error_not_a_hang(small_disk, options):
     every rank (HDF5's collective flush would wait forever if some ranks' metadata writes
     failed), the previous checkpoint intact, and the next save that fits works."""
     comm = MPI.COMM_WORLD
-    mesh, flat = meshes()
+    _mesh, flat = meshes()
     opts = WRITERS[options]
     small = {"s": np.arange(1000.0)}
     big = dict(small, b=np.random.default_rng(5).random((600, 1000)))  # 4.8 MB

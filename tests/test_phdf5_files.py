@@ -46,8 +46,10 @@ def _values():
     return values()
 
 
-@pytest.mark.parametrize("n,io", [(1, "auto"), (2, "hdf5"), (4, "posix")])
-@pytest.mark.parametrize("kind", ["gzip", "hdf5"])
+@pytest.mark.parametrize(
+    "kind,n,io",
+    [("gzip", 1, "auto"), ("gzip", 2, "hdf5"), ("gzip", 4, "posix"), ("hdf5", 2, "mpiio")],
+)
 def test_restore_on_other_rank_counts_and_layouts(saved, kind, n, io):
     r = mpirun(n, "restore", saved[kind], io)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -62,7 +64,7 @@ def _data_file(d):
 
 
 def test_hdf5_tools_and_plain_h5py_read_compressed_checkpoints(saved):
-    prefix, doc, data = _data_file(saved["gzip"])
+    _prefix, doc, data = _data_file(saved["gzip"])
     values = _values()
     t = doc["tensors"][W]
     assert t["offset"] is None and t["filters"][-1]["filter"] == "deflate"
@@ -118,7 +120,7 @@ def test_verify_finds_changed_values_in_a_compressed_chunk(saved, tmp_path):
 
     d = tmp_path / "c"
     shutil.copytree(saved["gzip"], d)
-    prefix, doc, data = _data_file(str(d))
+    _prefix, doc, data = _data_file(str(d))
     _rewrite_chunk_values(data, doc["tensors"][W]["dataset"], 8)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OMPI_", "PMIX_"))}
     env["MPI4PY_RC_INITIALIZE"] = "0"
