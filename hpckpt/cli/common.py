@@ -234,6 +234,8 @@ def tensor_json(e: TensorEntry) -> dict[str, Any]:
         "nbytes": e.nbytes,
         "offset": e.offset,
         "slices": len(e.slices),
+        "compression": e.filters.spec if e.filters is not None else None,
+        "chunks": list(e.chunks) if e.chunks is not None else None,
     }
 
 

@@ -11,6 +11,8 @@ Modules:
 * :mod:`.mpiio`, :mod:`.transfer` — moving pieces with MPI-IO or ``pwrite``/``preadv``;
 * :mod:`.phdf5` — parallel HDF5: the data file created, written and read collectively
   (``io="hdf5"``, compression), with :mod:`.h5capi` (HDF5 calls h5py does not wrap),
+  :mod:`.h5select` (strided arrays as HDF5 memory selections), :mod:`.space` (disk
+  space reserved for a collectively written file),
   :mod:`.filters` (compression pipelines, chunk shapes) and :mod:`.striping` (the file
   system's stripe or block size, striping hints);
 * :mod:`.verify` — checksum verification of what a read covers;
