@@ -12,7 +12,11 @@ Modules:
 * :mod:`.verify` — checksum verification of what a read covers;
 * :mod:`.write`, :mod:`.read` — the collective write (commit protocol) and read paths;
 * :mod:`.load` — single-process loading (reader, command line);
-* :mod:`.cleanup`, :mod:`.lock` — removing old files, the directory's writer lock.
+* :mod:`.cleanup`, :mod:`.lock` — removing old files, the directory's writer lock;
+* the local tier of multi-level checkpointing: :mod:`.local_index` (its index),
+  :mod:`.local_tier` (writing, partner copies, retention), :mod:`.local_scan`
+  (finding complete local checkpoints), :mod:`.local_read` (restoring, with
+  fallback to partner copies).
 
 The storage interface the layers above use is :class:`Storage` (one shared HDF5
 file per checkpoint: :data:`SHARED_FILE`). Call order, for every implementation:
@@ -39,12 +43,19 @@ from .cleanup import delete_checkpoint_files, remove_checkpoint_files, remove_or
 from .fsutil import wait_removals
 from .index import CheckpointIndex, SliceEntry, TensorEntry
 from .load import load_index, read_index_file, read_tensor_serial, verify_tensor
+from .local_index import REDUNDANCIES, LocalIndex, parse_local_index
+from .local_read import LocalTierStorage, open_local
+from .local_scan import LocalCandidate, scan_local
+from .local_tier import LocalSave, mapped_copies, remove_local, write_local
 from .lock import DirectoryLock
 from .options import IOOptions
 from .paths import (
+    NODE_FIELD,
     checkpoint_exists,
     data_file_path,
     index_path,
+    local_directory,
+    local_prefix,
     normalize_prefix,
     relative_to,
 )
@@ -60,11 +71,17 @@ from .statefile import (
 from .write import SaveTensor, derived_slicing, write_checkpoint
 
 __all__ = [
+    "NODE_FIELD",
+    "REDUNDANCIES",
     "SHARED_FILE",
     "CheckpointIndex",
     "CheckpointState",
     "DirectoryLock",
     "IOOptions",
+    "LocalCandidate",
+    "LocalIndex",
+    "LocalSave",
+    "LocalTierStorage",
     "ReadRequest",
     "SaveTensor",
     "SharedFileStorage",
@@ -78,17 +95,25 @@ __all__ = [
     "index_path",
     "latest_checkpoint",
     "load_index",
+    "local_directory",
+    "local_prefix",
+    "mapped_copies",
     "normalize_prefix",
+    "open_local",
+    "parse_local_index",
     "read_index_file",
     "read_state",
     "read_tensor_serial",
     "relative_to",
     "remove_checkpoint_files",
+    "remove_local",
     "remove_orphans",
     "resolve_latest",
+    "scan_local",
     "state_from_paths",
     "verify_tensor",
     "wait_removals",
+    "write_local",
     "write_state",
 ]
 

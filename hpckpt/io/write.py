@@ -31,7 +31,7 @@ from mpi4py import MPI
 
 from .. import _dist, _faults
 from .._dist import Deadline
-from ..errors import CheckpointError
+from ..errors import CheckpointError, CorruptCheckpointError
 from ..layout import LayoutSpec
 from . import hdf5
 from .checksum import DEFAULT_ALGORITHM, checksum
@@ -44,7 +44,14 @@ from .paths import data_file_name, data_file_path, index_path, new_token
 from .slicing import DerivedSlicing, ListedSlicing, check_exact_cover
 from .transfer import move_pieces
 
-__all__ = ["SaveTensor", "derived_slicing", "library_versions", "write_checkpoint"]
+__all__ = [
+    "SaveTensor",
+    "agree_structure",
+    "derived_slicing",
+    "index_entries",
+    "library_versions",
+    "write_checkpoint",
+]
 
 
 @dataclass
@@ -62,6 +69,10 @@ class SaveTensor:
         pieces: ``(start, array)`` hyperslabs this rank writes (C-contiguous arrays).
         slice_ids: With a layout, the derived slice index of each piece.
         logical_dtype: The dtype the bytes hold if it is not a numpy dtype.
+        checksums: The save-time checksum of each piece when the pieces are copies
+            of saved data (a flush of the local tier to the parallel file system):
+            the bytes written must match them, so that the index records checksums
+            computed when the state was saved, not when it was copied.
     """
 
     key: str
@@ -71,6 +82,7 @@ class SaveTensor:
     pieces: list[tuple[tuple[int, ...], np.ndarray]]
     slice_ids: list[int] = field(default_factory=list)
     logical_dtype: str | None = None
+    checksums: list[int] | None = None
 
 
 def derived_slicing(shape: tuple[int, ...], layout: LayoutSpec, dtype: np.dtype) -> DerivedSlicing:
@@ -141,9 +153,14 @@ def write_checkpoint(
         pool.shutdown(wait=True)
 
 
-def _agree_structure(
+def agree_structure(
     comm: MPI.Comm, tensors: Sequence[SaveTensor], deadline: Deadline, what: str
 ) -> None:
+    """Raise the same :class:`CheckpointError` on every rank unless all ranks save the
+    same keys, dtypes, shapes and layouts (ranks that differ are named).
+
+    Collective: call on all ranks.
+    """
     h = structure_hash(tensors)
     lo = _dist.allreduce_int(comm, h, MPI.MIN, deadline)
     hi = _dist.allreduce_int(comm, h, MPI.MAX, deadline)
@@ -169,7 +186,7 @@ def _write_and_commit(
     what: str,
 ) -> int:
     rank = comm.Get_rank()
-    _agree_structure(comm, tensors, deadline, what)
+    agree_structure(comm, tensors, deadline, what)
     names = [dataset_name_for_key(t.key) for t in tensors]
 
     def create() -> dict | None:
@@ -225,6 +242,7 @@ def _write_and_commit(
     try:
         if exc is None:
             values = crcs[0].result() if crcs else _checksums(own)
+            _check_known(tensors, own, values, what)
             derived, listed = _records(tensors, own, rank, values)
     except Exception as e:
         exc = e
@@ -239,7 +257,7 @@ def _write_and_commit(
         if all(r is None for r in records):
             try:
                 _faults.point("before_commit", rank)
-                entries = _entries(tensors, names, offsets, got_derived, got_listed, what)
+                entries = index_entries(tensors, names, offsets, got_derived, got_listed, what)
                 _commit(prefix, data_path, data_name, plan, entries, graph, comm)
             except Exception as e:
                 exc = e
@@ -249,6 +267,22 @@ def _write_and_commit(
     records = _dist.bcast_json(comm, records, 0, deadline)
     _dist.raise_failures(comm, what, records, exc)
     return int(plan["size"])
+
+
+def _check_known(
+    tensors: Sequence[SaveTensor],
+    own: list[tuple[int, int, np.ndarray]],
+    values: list[int],
+    what: str,
+) -> None:
+    """The written copies match their save-time checksums (``SaveTensor.checksums``)."""
+    for (i, j, _), crc in zip(own, values, strict=True):
+        known = tensors[i].checksums
+        if known is not None and int(known[j]) != crc:
+            raise CorruptCheckpointError(
+                f"{what}: piece {j} of tensor {tensors[i].key!r} does not match the checksum "
+                f"computed when it was saved (its source copy is damaged)"
+            )
 
 
 def _width(tensors: Sequence[SaveTensor]) -> int:
@@ -286,7 +320,7 @@ def _records(
     return derived, listed
 
 
-def _entries(
+def index_entries(
     tensors: Sequence[SaveTensor],
     names: list[str],
     offsets: list[int | None],
@@ -294,7 +328,13 @@ def _entries(
     listed: np.ndarray,
     what: str,
 ) -> dict[str, TensorEntry]:
-    """Rank 0: build every tensor's index entry; check that every slice was written once."""
+    """Rank 0: build every tensor's index entry; check that every slice was written once.
+
+    ``derived`` rows are ``[tensor, slice, crc, rank, ...]``, ``listed`` rows
+    ``[tensor, crc, rank, *start, *shape, ...]`` (padded to the largest rank of a
+    listed tensor); trailing columns are ignored. A listed tensor's slices are its
+    rows in the order given.
+    """
     width = _width(tensors)
     by_tensor_d: dict[int, np.ndarray] = {}
     if len(derived):

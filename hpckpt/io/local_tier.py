@@ -1,0 +1,537 @@
+"""Writing a local checkpoint: node-local files, partner copies, the commit.
+
+The local tier of multi-level checkpointing keeps checkpoints on node-local
+storage (``/dev/shm``, a node-local SSD): fast to write, lost with the node. Each
+node's directory is the tier's path with ``{node}`` replaced by the node's index.
+
+Call order of :func:`write_local` (collective over the checkpoint's communicator):
+
+1. every rank: agree that all ranks save the same tensors (structure hash); every
+   rank's byte count is gathered, which places each rank's region in its node's
+   file (regions in rank order, 4 KiB aligned; a rank's pieces back to back);
+2. each node's lowest rank (its *leader*) creates the node's data file
+   ``P.node-<i>.own-<token>.bin`` at its final size and, with partner redundancy,
+   the file for the partner copy of node ``i - 1``; agreed;
+3. every rank writes its pieces into its node's file with ``pwrite`` while a worker
+   thread checksums them;
+4. partner copy: the ``k``-th rank of node ``i`` streams its bytes over MPI, in
+   chunks of ``CHUNK_BYTES``, to rank ``k mod size`` of node ``i + 1``, which writes
+   them at the same offsets into ``P.node-<i>.partner-<token>.bin`` (a byte-identical
+   copy); every rank takes part in every round, also after a local failure;
+5. every rank syncs what it wrote; rank 0 gathers every rank's outcome, slice
+   checksums and offsets, checks that every slice was written exactly once, and
+   builds the local index (:mod:`.local_index`); the outcome is broadcast;
+6. each leader writes ``P.local.json`` into its directory atomically (tmp + fsync +
+   rename + directory fsync); agreed. A marker is written only once every node's
+   data and partner copy are durable, so one marker anywhere proves the checkpoint
+   complete. On failure, the leaders remove this save's files.
+
+:func:`remove_local` applies retention (old checkpoints and leftovers of crashed
+saves, in every node's directory); :func:`mapped_copies` gives a rank's pieces
+of a committed local checkpoint as read-only memory maps of its node's file (the
+source of a flush to the parallel file system: no copy in memory).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+from mpi4py import MPI
+
+from .. import _dist, _faults
+from .._dist import Deadline
+from ..errors import CheckpointError
+from ..topology import NodeMap
+from .checksum import DEFAULT_ALGORITHM, checksum
+from .datatypes import byte_ranges_spec
+from .fsutil import atomic_write, fsync_path, remove_later, remove_quietly
+from .index import CheckpointIndex, dataset_name_for_key
+from .local_index import LocalIndex, SliceLocations
+from .mpiio import Piece, posix_io
+from .paths import local_data_name, local_directory, local_marker_name, new_token, parse_local_name
+from .write import SaveTensor, agree_structure, index_entries, library_versions
+
+__all__ = [
+    "CHUNK_BYTES",
+    "LocalSave",
+    "mapped_copies",
+    "remove_local",
+    "write_local",
+]
+
+CHUNK_BYTES = 64 << 20  # partner copy: bytes per message (bounds the receive buffers)
+REGION_ALIGN = 4096  # each rank's region in its node's file starts at a multiple of this
+_TAG = 0x3100
+
+
+@dataclass
+class LocalSave:
+    """What :func:`write_local` committed, as this rank sees it.
+
+    Attributes:
+        name: The checkpoint's name.
+        token: The save's token.
+        created: The save time recorded in the index.
+        own_file: This rank's node's data file.
+        pieces: ``(tensor number, piece number, byte offset in own_file, checksum)``
+            of each non-empty piece this rank wrote.
+    """
+
+    name: str
+    token: str
+    created: float
+    own_file: str
+    pieces: list[tuple[int, int, int, int]] = field(default_factory=list)
+
+
+def _align(n: int) -> int:
+    return -(-n // REGION_ALIGN) * REGION_ALIGN
+
+
+def _regions(nodes: NodeMap, lengths: list[int]) -> tuple[list[int], list[int]]:
+    """Each rank's region offset in its node's file, and each node's file size."""
+    offsets = [0] * nodes.nprocs
+    sizes = []
+    for node in range(nodes.nodes):
+        pos = 0
+        for r in nodes.ranks_of(node):
+            offsets[r] = pos
+            pos += _align(lengths[r])
+        sizes.append(pos)
+    return offsets, sizes
+
+
+def _create(path: str, size: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.ftruncate(fd, size)
+    finally:
+        os.close(fd)
+
+
+def write_local(
+    comm: MPI.Comm,
+    nodes: NodeMap,
+    pattern: str,
+    name: str,
+    tensors: Sequence[SaveTensor],
+    *,
+    graph: dict | None,
+    redundancy: str,
+    created: float,
+    deadline: Deadline,
+) -> LocalSave:
+    """Write and commit local checkpoint ``name`` of the tier at ``pattern``.
+
+    Raises:
+        CheckpointError: On every rank, if anything failed on any rank (nothing is
+            committed then, and this save's files are removed).
+
+    Collective: call on all ranks.
+    """
+    what = f"local save of {name!r} to {pattern!r}"
+    rank = comm.Get_rank()
+    agree_structure(comm, tensors, deadline, what)
+    own = [(i, j, a) for i, t in enumerate(tensors) for j, (_, a) in enumerate(t.pieces) if a.size]
+    rel, pos = [], 0
+    for _, _, a in own:
+        rel.append(pos)
+        pos += a.nbytes
+    lengths = [int(x) for x in _dist.allgather_json(comm, pos, deadline)]
+    region, sizes = _regions(nodes, lengths)
+    token = str(_dist.bcast_json(comm, new_token() if rank == 0 else None, 0, deadline))
+    node = nodes.node_of[rank]
+    partner = redundancy == "partner" and nodes.nodes > 1
+    directory = local_directory(pattern, node)
+    own_file = os.path.join(directory, local_data_name(name, node, "own", token))
+    origin = nodes.origin_node(node)
+    partner_file = os.path.join(directory, local_data_name(name, origin, "partner", token))
+    leader = nodes.is_leader(rank)
+
+    def create() -> None:
+        _faults.point("local_create", rank)
+        if leader:
+            os.makedirs(directory, exist_ok=True)
+            _create(own_file, sizes[node])
+            if partner:
+                _create(partner_file, sizes[origin])
+
+    try:
+        _dist.run_agreed(comm, what, create, deadline)
+        return _write_and_commit(
+            comm, nodes, pattern, name, tensors, own, rel, lengths, region, sizes, token,
+            graph, redundancy if partner else "none", created, own_file, partner_file,
+            deadline, what,
+        )  # fmt: skip
+    except BaseException:
+        if leader:  # uncommit and remove this save's files (best effort, local)
+            remove_quietly(os.path.join(directory, local_marker_name(name)))
+            remove_quietly(own_file)
+            if partner:
+                remove_quietly(partner_file)
+        raise
+
+
+def _write_and_commit(
+    comm: MPI.Comm,
+    nodes: NodeMap,
+    pattern: str,
+    name: str,
+    tensors: Sequence[SaveTensor],
+    own: list[tuple[int, int, np.ndarray]],
+    rel: list[int],
+    lengths: list[int],
+    region: list[int],
+    sizes: list[int],
+    token: str,
+    graph: dict | None,
+    redundancy: str,
+    created: float,
+    own_file: str,
+    partner_file: str,
+    deadline: Deadline,
+    what: str,
+) -> LocalSave:
+    rank = comm.Get_rank()
+    base = region[rank]
+    exc: BaseException | None = None
+    # Every rank makes every collective call below, also after a local failure.
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="hpckpt-local") as pool:
+        crcs: Future = pool.submit(lambda: [checksum(a) for _, _, a in own])
+        try:
+            pieces = [
+                Piece(base + r, a.shape, (0,) * a.ndim, a)
+                for r, (_, _, a) in zip(rel, own, strict=True)
+            ]
+            posix_io(own_file, pieces, write=True, fsync=False)
+            _faults.point("local_data", rank)
+        except Exception as e:
+            exc = e
+        if redundancy == "partner":
+            try:
+                _copy_to_partner(comm, nodes, own, lengths, region, partner_file, pool, deadline)
+            except Exception as e:
+                exc = exc or e
+        try:
+            if exc is None:
+                if own:
+                    fsync_path(own_file)
+                if nodes.origins_of(rank) and redundancy == "partner":
+                    fsync_path(partner_file)
+            values: list[int] = crcs.result()
+        except Exception as e:
+            exc = exc or e
+            values = [0] * len(own)
+    derived, listed = _rows(tensors, own, values, rel, base, rank)
+    errors = _dist.gather_json(comm, _dist.failure_record(exc), 0, deadline)
+    got_derived = _dist.gather_rows(comm, derived, 0, deadline)
+    got_listed = _dist.gather_rows(comm, listed, 0, deadline)
+    text: bytes | None = None
+    if rank == 0:
+        assert errors is not None and got_derived is not None and got_listed is not None
+        if all(r is None for r in errors):
+            try:
+                index = _local_index(
+                    comm, nodes, name, tensors, token, graph, redundancy, created, sizes,
+                    got_derived, got_listed, what,
+                )  # fmt: skip
+                text = index.to_json().encode()
+                _faults.point("local_commit", rank)
+            except Exception as e:
+                exc = e
+                errors[0] = _dist.failure_record(e)
+    errors = _dist.bcast_json(comm, errors, 0, deadline)
+    _dist.raise_failures(comm, what, errors, exc)
+    marker_text = _dist.bcast_bytes(comm, text, 0, deadline)
+    node = nodes.node_of[rank]
+
+    def commit() -> None:
+        if nodes.is_leader(rank):
+            d = local_directory(pattern, node)
+            atomic_write(os.path.join(d, local_marker_name(name)), marker_text, f"{token}{node:x}")
+            _faults.point("local_marker", rank)
+
+    _dist.run_agreed(comm, what, commit, deadline)
+    return LocalSave(
+        name,
+        token,
+        created,
+        own_file,
+        [(i, j, base + r, int(c)) for (i, j, _), r, c in zip(own, rel, values, strict=True)],
+    )
+
+
+def _chunk_ranges(
+    own: list[tuple[int, int, np.ndarray]], lo: int, hi: int
+) -> list[tuple[np.ndarray, int, int]]:
+    """The byte ranges of this rank's pieces (back to back) that fall in ``[lo, hi)``."""
+    out = []
+    pos = 0
+    for _, _, a in own:
+        n = a.nbytes
+        a_lo, a_hi = max(lo, pos), min(hi, pos + n)
+        if a_lo < a_hi:
+            out.append((a, a_lo - pos, a_hi - pos))
+        pos += n
+        if pos >= hi:
+            break
+    return out
+
+
+def _copy_to_partner(
+    comm: MPI.Comm,
+    nodes: NodeMap,
+    own: list[tuple[int, int, np.ndarray]],
+    lengths: list[int],
+    region: list[int],
+    partner_file: str,
+    pool: ThreadPoolExecutor,
+    deadline: Deadline,
+) -> None:
+    """Stream this rank's bytes to its partner rank; write what the origins send.
+
+    Round ``j`` moves bytes ``[j * CHUNK_BYTES, (j + 1) * CHUNK_BYTES)`` of every
+    rank's stream; a received chunk is written by a worker thread while the next one
+    arrives (two buffers per origin). Every rank takes part in every round.
+    """
+    rank = comm.Get_rank()
+    dest = nodes.partner_rank(rank)
+    origins = nodes.origins_of(rank)
+    rounds = max((-(-n // CHUNK_BYTES) for n in lengths), default=0)
+    buffers = {
+        r: [np.empty(min(CHUNK_BYTES, lengths[r]), dtype=np.uint8) for _ in range(2)]
+        for r in origins
+        if lengths[r]
+    }
+    pending: dict[tuple[int, int], Future] = {}
+    exc: BaseException | None = None
+    fd = os.open(partner_file, os.O_WRONLY) if buffers else -1
+
+    def put(buf: np.ndarray, offset: int) -> None:
+        view = memoryview(buf.data)
+        done = 0
+        while done < len(view):
+            n = os.pwrite(fd, view[done:], offset + done)
+            if n <= 0:
+                raise OSError(f"short write to {partner_file!r} (no space?)")
+            done += n
+
+    try:
+        for j in range(rounds):
+            lo = j * CHUNK_BYTES
+            cache: list[MPI.Datatype] = []
+            recvs: list[tuple[int, np.ndarray]] = []
+            try:
+                for r, bufs in buffers.items():
+                    if lo < lengths[r]:
+                        prev = pending.pop((r, j % 2), None)
+                        if prev is not None:
+                            try:
+                                prev.result()
+                            except Exception as e:
+                                exc = exc or e
+                        n = min(CHUNK_BYTES, lengths[r] - lo)
+                        recvs.append((r, bufs[j % 2][:n]))
+                sends: list[tuple[int, object]] = []
+                n_mine = min(CHUNK_BYTES, max(lengths[rank] - lo, 0))
+                if n_mine:
+                    try:
+                        spec: object = byte_ranges_spec(
+                            _chunk_ranges(own, lo, lo + CHUNK_BYTES), cache
+                        )
+                    except Exception as e:  # still send the bytes the partner expects
+                        exc = exc or e
+                        spec = np.zeros(n_mine, dtype=np.uint8)
+                    sends.append((dest, spec))
+                _dist.exchange(comm, sends, [(r, b) for r, b in recvs], _TAG, deadline)
+            finally:
+                for t in cache:
+                    t.Free()
+            if j == 0:
+                try:
+                    _faults.point("partner", rank)
+                except Exception as e:
+                    exc = exc or e
+            for r, b in recvs:
+                if exc is None:
+                    pending[(r, j % 2)] = pool.submit(put, b, region[r] + lo)
+        for f in pending.values():
+            try:
+                f.result()
+            except Exception as e:
+                exc = exc or e
+    finally:
+        for f in pending.values():
+            f.exception()  # wait: the buffers must outlive the writes
+        if fd >= 0:
+            os.close(fd)
+    if exc is not None:
+        raise exc
+
+
+def _rows(
+    tensors: Sequence[SaveTensor],
+    own: list[tuple[int, int, np.ndarray]],
+    values: list[int],
+    rel: list[int],
+    base: int,
+    rank: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Slice records: ``[tensor, slice, crc, rank, offset]`` (layout-based tensors) and
+    ``[tensor, crc, rank, *start, *shape, offset]`` (listed ones, padded)."""
+    width = max((len(t.shape) for t in tensors if t.layout is None), default=0)
+    d_rows, l_rows = [], []
+    for (i, j, a), crc, r in zip(own, values, rel, strict=True):
+        t = tensors[i]
+        if t.layout is not None:
+            d_rows.append([i, t.slice_ids[j], crc, rank, base + r])
+        else:
+            start = list(t.pieces[j][0])
+            row = [i, crc, rank] + [0] * (2 * width) + [base + r]
+            row[3 : 3 + len(start)] = start
+            row[3 + width : 3 + width + len(start)] = list(a.shape)
+            l_rows.append(row)
+    derived = np.asarray(d_rows, dtype=np.int64).reshape(len(d_rows), 5)
+    listed = np.asarray(l_rows, dtype=np.int64).reshape(len(l_rows), 4 + 2 * width)
+    return derived, listed
+
+
+def _local_index(
+    comm: MPI.Comm,
+    nodes: NodeMap,
+    name: str,
+    tensors: Sequence[SaveTensor],
+    token: str,
+    graph: dict | None,
+    redundancy: str,
+    created: float,
+    sizes: list[int],
+    derived: np.ndarray,
+    listed: np.ndarray,
+    what: str,
+) -> LocalIndex:
+    """Rank 0: the index of the local checkpoint (slices checked, located)."""
+    names = [dataset_name_for_key(t.key) for t in tensors]
+    offsets: list[int | None] = []
+    pos = 0  # the tensors' places in a virtual single data file (the standard index's view)
+    for t in tensors:
+        n = math.prod(t.shape) * t.dtype.itemsize
+        offsets.append(pos if n else None)
+        pos += n
+    entries = index_entries(tensors, names, offsets, derived, listed, what)
+    locations: dict[str, SliceLocations] = {}
+    d_sorted = derived[np.argsort(derived[:, 0], kind="stable")] if len(derived) else derived
+    l_sorted = listed[np.argsort(listed[:, 0], kind="stable")] if len(listed) else listed
+    for i, t in enumerate(tensors):
+        e = entries[t.key]
+        ranks = np.full(len(e.slicing), -1, dtype=np.int64)
+        offs = np.zeros(len(e.slicing), dtype=np.int64)
+        if t.layout is not None:
+            rows = d_sorted[d_sorted[:, 0] == i] if len(d_sorted) else d_sorted
+            ranks[rows[:, 1]] = rows[:, 3]
+            offs[rows[:, 1]] = rows[:, 4]
+        else:
+            rows = l_sorted[l_sorted[:, 0] == i] if len(l_sorted) else l_sorted
+            ranks[: len(rows)] = rows[:, 2]
+            offs[: len(rows)] = rows[:, -1]
+        locations[t.key] = SliceLocations(ranks, offs)
+    index = CheckpointIndex(
+        data_file=f"{name}.data-{token}.h5",
+        data_size=pos,
+        tensors=entries,
+        nprocs=comm.Get_size(),
+        created=created,
+        graph=graph,
+        library=library_versions(),
+        checksum=DEFAULT_ALGORITHM,
+    )
+    return LocalIndex(name, created, token, nodes, redundancy, sizes, locations, index)
+
+
+def remove_local(
+    comm: MPI.Comm,
+    nodes: NodeMap,
+    pattern: str,
+    checkpoint_name: str,
+    keep: set[str],
+    deadline: Deadline,
+) -> None:
+    """Remove, in every node's directory, the files of local checkpoints
+    ``{checkpoint_name}-N`` not in ``keep``: markers first (uncommitting them), then
+    data files (in the background) and leftovers of interrupted saves.
+
+    Collective: call on all ranks (each node's leader removes its directory's files).
+    """
+    own = re.compile(rf"^{re.escape(checkpoint_name)}-\d+$")
+    rank = comm.Get_rank()
+
+    def remove() -> None:
+        if not nodes.is_leader(rank):
+            return
+        d = local_directory(pattern, nodes.node_of[rank])
+        try:
+            names = sorted(os.listdir(d))
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        found = [(n, parse_local_name(n)) for n in names]
+        gone = [(n, i) for n, i in found if i is not None and own.match(i.checkpoint)]
+        gone = [(n, i) for n, i in gone if i.checkpoint not in keep]
+        for n, i in gone:
+            if i.kind == "marker":
+                remove_quietly(os.path.join(d, n))
+        for n, i in gone:
+            if i.kind == "data":
+                remove_later(os.path.join(d, n))
+            elif i.kind == "tmp":
+                remove_quietly(os.path.join(d, n))
+
+    _dist.run_agreed(comm, f"removing old local checkpoints of {pattern!r}", remove, deadline)
+
+
+def mapped_copies(save: LocalSave, tensors: Sequence[SaveTensor]) -> list[SaveTensor]:
+    """``tensors`` with this rank's pieces replaced by read-only maps of ``save``'s file.
+
+    Each piece keeps its save-time checksum (``SaveTensor.checksums``): a write of
+    these copies checks its bytes against it. The maps stay valid after the file is
+    removed (the pages go when the last map does).
+
+    Raises:
+        CheckpointError: This rank's pieces differ from those of ``save``.
+    """
+    where = {(i, j): (off, crc) for i, j, off, crc in save.pieces}
+    spans = [off for off, _ in where.values()]
+    if not spans:
+        return [_replace(t, [(s, a) for s, a in t.pieces], None) for t in tensors]
+    lo = min(spans)
+    hi = max(off + tensors[i].pieces[j][1].nbytes for (i, j), (off, _) in where.items())
+    region = np.memmap(save.own_file, dtype=np.uint8, mode="r", offset=lo, shape=(hi - lo,))
+    out = []
+    for i, t in enumerate(tensors):
+        pieces, crcs = [], []
+        for j, (start, a) in enumerate(t.pieces):
+            if not a.size:
+                pieces.append((start, a))
+                crcs.append(0)
+                continue
+            if (i, j) not in where:
+                raise CheckpointError(f"piece {j} of {t.key!r} is not in local checkpoint")
+            off, crc = where[(i, j)]
+            view = region[off - lo : off - lo + a.nbytes].view(a.dtype).reshape(a.shape)
+            pieces.append((start, view))
+            crcs.append(crc)
+        out.append(_replace(t, pieces, crcs))
+    return out
+
+
+def _replace(
+    t: SaveTensor, pieces: list[tuple[tuple[int, ...], np.ndarray]], crcs: list[int] | None
+) -> SaveTensor:
+    return SaveTensor(
+        t.key, t.dtype, t.shape, t.layout, pieces, list(t.slice_ids), t.logical_dtype, crcs
+    )
