@@ -116,6 +116,7 @@ class _Local:
     path: str
     name: str
     created: float
+    token: str
 
 
 def _rank0_warn(comm: MPI.Comm, message: str) -> None:
@@ -167,7 +168,7 @@ class TieredSaves:
         self.nodes: NodeMap = node_map(comm, deadline)
         found = scan_local(comm, self.nodes, tier.path, deadline, checkpoint_name=checkpoint_name)
         self.local: list[_Local] = sorted(
-            (_Local(c.path, c.name, c.created) for c in found if c.complete),
+            (_Local(c.path, c.name, c.created, c.index.token) for c in found if c.complete),
             key=lambda x: x.created,
         )
         self._writer: AsyncWriter | None = None
@@ -234,7 +235,8 @@ class TieredSaves:
                 deadline=deadline,
             )
         local_path = os.path.join(self.tier.path, name)
-        self.local = [x for x in self.local if x.name != name] + [_Local(local_path, name, now)]
+        self.local = [x for x in self.local if x.name != name]
+        self.local.append(_Local(local_path, name, now, saved.token))
         self.local.sort(key=lambda x: x.created)
         self.local = self.local[-self.tier.keep :]
         remove_local(
@@ -242,7 +244,7 @@ class TieredSaves:
             self.nodes,
             self.tier.path,
             self.name,
-            {x.name for x in self.local},
+            {x.name: x.token for x in self.local},
             deadline,
         )
         run_write_callbacks(comm, local_path, options, deadline)

@@ -459,12 +459,13 @@ def remove_local(
     nodes: NodeMap,
     pattern: str,
     checkpoint_name: str,
-    keep: set[str],
+    keep: dict[str, str],
     deadline: Deadline,
 ) -> None:
     """Remove, in every node's directory, the files of local checkpoints
-    ``{checkpoint_name}-N`` not in ``keep``: markers first (uncommitting them), then
-    data files (in the background) and leftovers of interrupted saves.
+    ``{checkpoint_name}-N`` not in ``keep`` (name -> token): markers first
+    (uncommitting them), then data files (in the background), and leftovers of
+    interrupted saves (data files of a kept name with another token, temporary files).
 
     Collective: call on all ranks (each node's leader removes its directory's files).
     """
@@ -481,7 +482,13 @@ def remove_local(
             return
         found = [(n, parse_local_name(n)) for n in names]
         gone = [(n, i) for n, i in found if i is not None and own.match(i.checkpoint)]
-        gone = [(n, i) for n, i in gone if i.checkpoint not in keep]
+        gone = [
+            (n, i)
+            for n, i in gone
+            if i.checkpoint not in keep
+            or i.kind == "tmp"
+            or (i.kind == "data" and i.token != keep[i.checkpoint])
+        ]
         for n, i in gone:
             if i.kind == "marker":
                 remove_quietly(os.path.join(d, n))
