@@ -35,7 +35,7 @@ from .index import MAX_INDEX_BYTES
 from .local_index import LocalIndex, parse_local_index
 from .paths import local_directory, local_marker_name, local_prefix, parse_local_name
 
-__all__ = ["LocalCandidate", "scan_local"]
+__all__ = ["LocalCandidate", "judge_candidate", "list_node", "scan_local"]
 
 
 @dataclass
@@ -82,10 +82,11 @@ def _digest(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
-def _list_node(
+def list_node(
     directory: str, pattern: re.Pattern | None, names: set[str] | None
 ) -> tuple[dict, dict[str, bytes]]:
-    """A leader's report of its directory, and the bytes of its valid markers."""
+    """A node directory's report (markers: validity and save time; data files: sizes)
+    and the bytes of its valid markers. One process, no MPI."""
     markers: dict[str, dict] = {}
     files: dict[str, int] = {}
     texts: dict[str, bytes] = {}
@@ -147,7 +148,7 @@ def scan_local(
     def listing() -> tuple[dict, dict[str, bytes]] | None:
         if not nodes.is_leader(rank):
             return None
-        return _list_node(local_directory(pattern, nodes.node_of[rank]), rx, names)
+        return list_node(local_directory(pattern, nodes.node_of[rank]), rx, names)
 
     mine = _dist.run_agreed(comm, what, listing, deadline)
     reports = _dist.allgather_json(comm, mine[0] if mine is not None else None, deadline)
@@ -169,11 +170,15 @@ def scan_local(
             return parse_local_index(text, source=source, trusted=rank != root)
 
         li = _dist.run_agreed(comm, what, parse, deadline)
-        out.append(_candidate(pattern, li, nodes, by_node))
+        out.append(judge_candidate(pattern, li, nodes, by_node))
     return out
 
 
-def _candidate(pattern: str, li: LocalIndex, nodes: NodeMap, by_node: list[dict]) -> LocalCandidate:
+def judge_candidate(
+    pattern: str, li: LocalIndex, nodes: NodeMap, by_node: list[dict]
+) -> LocalCandidate:
+    """Where each node's data of ``li`` is, from each node's report (:func:`list_node`),
+    for a job with node map ``nodes``."""
     c = LocalCandidate(li.name, local_prefix(pattern, li.name), pattern, li.created, li, False)
     if li.nodes != nodes:
         c.notes.append(

@@ -5,8 +5,9 @@ DIR/local-{node}, the parallel file system DIR/pfs.
 
 usage:
   multilevel.py save DIR N PHASE RANK ACTION   saves 1..N-1, then save N dies at PHASE
-                                               (persist_every=2: saves 2, 4, ... are also
-                                               persisted, in the background)
+                                               (PHASE "-": it does not; persist_every=2:
+                                               saves 2, 4, ... are also persisted, in the
+                                               background)
   multilevel.py check DIR                      restore the newest complete checkpoint,
                                                compare, save once more, check the files
 """
@@ -62,7 +63,7 @@ def main():
         for k in range(1, n + 1):
             for name, v in values(k).items():
                 vs[name].assign(v)
-            if k == n and comm.rank == rank:
+            if k == n and comm.rank == rank and phase != "-":
                 _faults.inject(phase, rank, action)
             m.save()
         m.sync()  # a flush that dies, dies here at the latest
