@@ -209,7 +209,7 @@ def test_local_tier_arguments():
     t = hpckpt.LocalTier("/dev/shm/run-{node}")
     assert (t.keep, t.redundancy, t.directory(2)) == (2, "partner", "/dev/shm/run-2")
     for bad in ({"keep": 0}, {"keep": True}, {"keep": 1.5}, {"redundancy": "xor"}):
-        with pytest.raises(ValueError, match="keep|redundancy"):
+        with pytest.raises(ValueError, match=r"keep|redundancy"):
             hpckpt.LocalTier("/x", **bad)
     for path in ("", "a\x00b"):
         with pytest.raises(ValueError, match="path"):

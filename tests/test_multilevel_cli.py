@@ -72,7 +72,7 @@ def test_verify_names_a_damaged_copy(tier, tmp_path, capsys):
     with open(os.path.join(node1, "ckpt-3.local.json"), "rb") as f:
         li = parse_local_index(f.read())
     loc = li.locations["w/.ATTRIBUTES/VARIABLE_VALUE"]
-    i = [k for k, r in enumerate(loc.ranks) if li.nodes.node_of[r] == 1][0]
+    i = next(k for k, r in enumerate(loc.ranks) if li.nodes.node_of[r] == 1)
     with open(os.path.join(node1, li.data_file(1, "own")), "r+b") as f:
         f.seek(int(loc.offsets[i]))
         b = f.read(1)
