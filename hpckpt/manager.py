@@ -244,6 +244,12 @@ class CheckpointManager:
         return self._latest
 
     @property
+    def persist_seconds(self) -> float | None:
+        """With a local tier: how long the last flush to ``directory`` took on this rank
+        (``None`` before the first one, and without a local tier)."""
+        return self._tiers.persist_seconds if self._tiers is not None else None
+
+    @property
     def local_checkpoints(self) -> list[str]:
         """With a local tier: its complete checkpoints, oldest first (else ``[]``)."""
         return self._tiers.local_paths if self._tiers is not None else []

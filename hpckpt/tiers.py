@@ -25,6 +25,7 @@ parallel file system, in the background. This module decides:
 from __future__ import annotations
 
 import os
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -173,6 +174,7 @@ class TieredSaves:
         )
         self._writer: AsyncWriter | None = None
         self._flushing: str | None = None
+        self.persist_seconds: float | None = None
 
     # -- state --
 
@@ -271,12 +273,14 @@ class TieredSaves:
         lock(deadline)
 
         def job(c: MPI.Comm) -> None:
+            t0 = time.monotonic()
             try:
                 with gc_paused():
                     SHARED_FILE.write(
                         c, path, tensors, graph=plan.graph, options=iopts, deadline=deadline
                     )
                 retain(c, now)
+                self.persist_seconds = time.monotonic() - t0
             finally:
                 unlock()
 
