@@ -398,3 +398,33 @@ def test_bad_arguments():
         hpckpt.LocalTier("/tmp/x", redundancy="xor")
     with pytest.raises(ValueError, match="persist_every needs a local_tier"):
         hpckpt.CheckpointManager(model.ckpt, "/tmp/x", 1, persist_every=2)
+
+
+def test_flush_refuses_a_local_copy_damaged_after_the_save(shared_dir, nodes):
+    model = Model()
+    m = manager(shared_dir, model)
+    model.set(1)
+    _faults.inject("create", "*", "hang", "3")  # the flush waits before it reads anything
+    m.save(persist=True)
+    if COMM.rank == 0:
+        damage(shared_dir, "ckpt-1", 0, "own")  # while the flush waits
+    msg = None
+    try:
+        m.sync()
+    except hpckpt.CorruptCheckpointError as e:
+        msg = str(e)
+    _faults.clear()
+    assert all_ranks(msg is not None and "computed when it was saved" in msg), msg
+    assert m.checkpoints == []
+    assert not glob.glob(os.path.join(shared_dir, "pfs", "ckpt-1.index.json"))
+
+
+def test_write_callbacks_run_once_after_the_local_commit(shared_dir, nodes):
+    model = Model()
+    m = manager(shared_dir, model)
+    model.set(1)
+    seen: list = []
+    opts = hpckpt.CheckpointOptions(write_callbacks=[seen.append])
+    path = m.save(options=opts, persist=True)
+    m.sync()
+    assert all_ranks(seen == ([path] if COMM.rank == 0 else []))

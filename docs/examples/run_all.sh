@@ -49,4 +49,5 @@ mpi "$NP" training_status.py
 mpi 4 format_example.py
 serial format_read_h5py.py fmt/ckpt-3
 mpi "$NP" format_alignment.py
+HPCKPT_RANKS_PER_NODE=2 mpi 4 multilevel.py   # two emulated nodes of two ranks
 echo "# all examples passed"

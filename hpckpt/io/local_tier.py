@@ -13,11 +13,12 @@ Call order of :func:`write_local` (collective over the checkpoint's communicator
    ``P.node-<i>.own-<token>.bin`` at its final size and, with partner redundancy,
    the file for the partner copy of node ``i - 1``; agreed;
 3. every rank writes its pieces into its node's file with ``pwrite`` while a worker
-   thread checksums them;
+   thread checksums them (both in worker threads, during step 4);
 4. partner copy: the ``k``-th rank of node ``i`` streams its bytes over MPI, in
-   chunks of ``CHUNK_BYTES``, to rank ``k mod size`` of node ``i + 1``, which writes
-   them at the same offsets into ``P.node-<i>.partner-<token>.bin`` (a byte-identical
-   copy); every rank takes part in every round, also after a local failure;
+   chunks of ``CHUNK_BYTES``, to rank ``k mod size`` of node ``i + 1``, which receives
+   them straight into a memory map of ``P.node-<i>.partner-<token>.bin`` at the same
+   offsets (a byte-identical copy); every rank takes part in every round, also after
+   a local failure;
 5. every rank syncs what it wrote; rank 0 gathers every rank's outcome, slice
    checksums and offsets, checks that every slice was written exactly once, and
    builds the local index (:mod:`.local_index`); the outcome is broadcast;
@@ -65,7 +66,8 @@ __all__ = [
     "write_local",
 ]
 
-CHUNK_BYTES = 64 << 20  # partner copy: bytes per message (bounds the receive buffers)
+CHUNK_BYTES = 256 << 20  # partner copy: stream bytes per round
+GROUP_BYTES = 1 << 20  # partner copy: smaller pieces travel together, larger ones alone
 REGION_ALIGN = 4096  # each rank's region in its node's file starts at a multiple of this
 _TAG = 0x3100
 
@@ -202,22 +204,25 @@ def _write_and_commit(
     base = region[rank]
     exc: BaseException | None = None
     # Every rank makes every collective call below, also after a local failure.
+    # The checksums and the write of this rank's pieces run in worker threads (both
+    # release the GIL) while this thread streams the partner copy.
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="hpckpt-local") as pool:
         crcs: Future = pool.submit(lambda: [checksum(a) for _, _, a in own])
-        try:
-            pieces = [
-                Piece(base + r, a.shape, (0,) * a.ndim, a)
-                for r, (_, _, a) in zip(rel, own, strict=True)
-            ]
-            posix_io(own_file, pieces, write=True, fsync=False)
-            _faults.point("local_data", rank)
-        except Exception as e:
-            exc = e
+        pieces = [
+            Piece(base + r, a.shape, (0,) * a.ndim, a)
+            for r, (_, _, a) in zip(rel, own, strict=True)
+        ]
+        written = pool.submit(posix_io, own_file, pieces, write=True, fsync=False)
         if redundancy == "partner":
             try:
-                _copy_to_partner(comm, nodes, own, lengths, region, partner_file, pool, deadline)
+                _copy_to_partner(comm, nodes, own, lengths, region, partner_file, deadline)
             except Exception as e:
-                exc = exc or e
+                exc = e
+        try:
+            written.result()
+            _faults.point("local_data", rank)
+        except Exception as e:
+            exc = exc or e
         try:
             if exc is None:
                 if own:
@@ -267,21 +272,61 @@ def _write_and_commit(
     )
 
 
-def _chunk_ranges(
-    own: list[tuple[int, int, np.ndarray]], lo: int, hi: int
-) -> list[tuple[np.ndarray, int, int]]:
-    """The byte ranges of this rank's pieces (back to back) that fall in ``[lo, hi)``."""
-    out = []
-    pos = 0
-    for _, _, a in own:
-        n = a.nbytes
-        a_lo, a_hi = max(lo, pos), min(hi, pos + n)
-        if a_lo < a_hi:
-            out.append((a, a_lo - pos, a_hi - pos))
+def _messages(sizes: list[int], lo: int, hi: int) -> list[list[tuple[int, int, int]]]:
+    """The messages that move bytes ``[lo, hi)`` of a stream of pieces of ``sizes``.
+
+    Each message is consecutive segments ``(piece, start, end)`` of the stream (so one
+    contiguous range at the receiver): a segment of at least ``GROUP_BYTES`` alone (a
+    contiguous send, which MPI moves in one copy), smaller ones grouped up to that size.
+    Sender and receiver compute the same messages from the same sizes.
+    """
+    out: list[list[tuple[int, int, int]]] = []
+    cur: list[tuple[int, int, int]] = []
+    cur_n = pos = 0
+    for k, n in enumerate(sizes):
+        a, b = max(lo, pos), min(hi, pos + n)
+        if a < b:
+            seg = (k, a - pos, b - pos)
+            if b - a >= GROUP_BYTES:
+                if cur:
+                    out.append(cur)
+                    cur, cur_n = [], 0
+                out.append([seg])
+            else:
+                cur.append(seg)
+                cur_n += b - a
+                if cur_n >= GROUP_BYTES:
+                    out.append(cur)
+                    cur, cur_n = [], 0
         pos += n
         if pos >= hi:
             break
+    if cur:
+        out.append(cur)
     return out
+
+
+def _piece_sizes(
+    comm: MPI.Comm, mine: list[int], dest: int, origins: list[int], deadline: Deadline
+) -> dict[int, list[int]]:
+    """Send this rank's piece sizes to its partner rank; receive its origins'."""
+    counts = {r: np.zeros(1, dtype=np.int64) for r in origins}
+    _dist.exchange(
+        comm,
+        [(dest, np.array([len(mine)], dtype=np.int64))],
+        list(counts.items()),
+        _TAG,
+        deadline,
+    )
+    sizes = {r: np.zeros(int(c[0]), dtype=np.int64) for r, c in counts.items()}
+    _dist.exchange(
+        comm,
+        [(dest, np.asarray(mine, dtype=np.int64))],
+        [(r, a) for r, a in sizes.items()],
+        _TAG + 1,
+        deadline,
+    )
+    return {r: [int(x) for x in a] for r, a in sizes.items()}
 
 
 def _copy_to_partner(
@@ -291,86 +336,85 @@ def _copy_to_partner(
     lengths: list[int],
     region: list[int],
     partner_file: str,
-    pool: ThreadPoolExecutor,
     deadline: Deadline,
 ) -> None:
-    """Stream this rank's bytes to its partner rank; write what the origins send.
+    """Stream this rank's bytes to its partner rank; receive what the origins send.
 
-    Round ``j`` moves bytes ``[j * CHUNK_BYTES, (j + 1) * CHUNK_BYTES)`` of every
-    rank's stream; a received chunk is written by a worker thread while the next one
-    arrives (two buffers per origin). Every rank takes part in every round.
+    The piece sizes go first; then round ``j`` moves bytes ``[j * CHUNK_BYTES,
+    (j + 1) * CHUNK_BYTES)`` of every rank's stream (its pieces back to back) from the
+    sender's variables straight into a shared memory map of the receiver's partner
+    file (no buffer, no packing, one copy), in the messages of :func:`_messages`.
+    Each receiver first reserves its origins' regions (``posix_fallocate``),
+    so that a full file system is an error here, never a fault on a mapped page.
+    Every rank takes part in every round, also after a local failure.
     """
     rank = comm.Get_rank()
     dest = nodes.partner_rank(rank)
     origins = nodes.origins_of(rank)
+    mine = [a.nbytes for _, _, a in own]
+    theirs = _piece_sizes(comm, mine, dest, origins, deadline)
+    starts = {r: np.concatenate(([0], np.cumsum(v, dtype=np.int64))) for r, v in theirs.items()}
+    origins = [r for r in origins if lengths[r]]
     rounds = max((-(-n // CHUNK_BYTES) for n in lengths), default=0)
-    buffers = {
-        r: [np.empty(min(CHUNK_BYTES, lengths[r]), dtype=np.uint8) for _ in range(2)]
-        for r in origins
-        if lengths[r]
-    }
-    pending: dict[tuple[int, int], Future] = {}
     exc: BaseException | None = None
-    fd = os.open(partner_file, os.O_WRONLY) if buffers else -1
-
-    def put(buf: np.ndarray, offset: int) -> None:
-        view = memoryview(buf.data)
-        done = 0
-        while done < len(view):
-            n = os.pwrite(fd, view[done:], offset + done)
-            if n <= 0:
-                raise OSError(f"short write to {partner_file!r} (no space?)")
-            done += n
-
-    try:
-        for j in range(rounds):
-            lo = j * CHUNK_BYTES
-            cache: list[MPI.Datatype] = []
-            recvs: list[tuple[int, np.ndarray]] = []
+    targets: dict[int, np.ndarray] = {}
+    maps: list[np.memmap] = []
+    if origins:
+        try:
+            fd = os.open(partner_file, os.O_RDWR)
             try:
-                for r, bufs in buffers.items():
-                    if lo < lengths[r]:
-                        prev = pending.pop((r, j % 2), None)
-                        if prev is not None:
-                            try:
-                                prev.result()
-                            except Exception as e:
-                                exc = exc or e
-                        n = min(CHUNK_BYTES, lengths[r] - lo)
-                        recvs.append((r, bufs[j % 2][:n]))
-                sends: list[tuple[int, object]] = []
-                n_mine = min(CHUNK_BYTES, max(lengths[rank] - lo, 0))
-                if n_mine:
-                    try:
-                        spec: object = byte_ranges_spec(
-                            _chunk_ranges(own, lo, lo + CHUNK_BYTES), cache
-                        )
-                    except Exception as e:  # still send the bytes the partner expects
-                        exc = exc or e
-                        spec = np.zeros(n_mine, dtype=np.uint8)
-                    sends.append((dest, spec))
-                _dist.exchange(comm, sends, [(r, b) for r, b in recvs], _TAG, deadline)
+                for r in origins:
+                    os.posix_fallocate(fd, region[r], lengths[r])
             finally:
-                for t in cache:
-                    t.Free()
-            if j == 0:
+                os.close(fd)
+            for r in origins:
+                mm = np.memmap(
+                    partner_file, dtype=np.uint8, mode="r+", offset=region[r], shape=(lengths[r],)
+                )
+                maps.append(mm)
+                targets[r] = mm
+        except Exception as e:  # receive into scratch to keep the rounds going
+            exc = e
+            targets = {r: np.empty(lengths[r], np.uint8) for r in origins}
+    views = [a.reshape(-1).view(np.uint8) for _, _, a in own]
+    for j in range(rounds):
+        lo, hi = j * CHUNK_BYTES, (j + 1) * CHUNK_BYTES
+        cache: list[MPI.Datatype] = []
+        try:
+            recvs: list[tuple[int, object]] = []
+            for r in origins:
+                for msg in _messages(theirs[r], lo, hi):
+                    (k0, a0, _), (k1, _, b1) = msg[0], msg[-1]
+                    recvs.append((r, targets[r][starts[r][k0] + a0 : starts[r][k1] + b1]))
+            sends: list[tuple[int, object]] = []
+            for msg in _messages(mine, lo, hi):
+                n = sum(b - a for _, a, b in msg)
                 try:
-                    _faults.point("partner", rank)
-                except Exception as e:
+                    spec: object = (
+                        views[msg[0][0]][msg[0][1] : msg[0][2]]
+                        if len(msg) == 1
+                        else byte_ranges_spec([(own[k][2], a, b) for k, a, b in msg], cache)
+                    )
+                except Exception as e:  # still send the bytes the partner expects
                     exc = exc or e
-            for r, b in recvs:
-                if exc is None:
-                    pending[(r, j % 2)] = pool.submit(put, b, region[r] + lo)
-        for f in pending.values():
+                    spec = np.zeros(n, dtype=np.uint8)
+                sends.append((dest, spec))
+            _dist.exchange(comm, sends, recvs, _TAG + 2, deadline)
+        finally:
+            for dt in cache:
+                dt.Free()
+        if j == 0:
             try:
-                f.result()
+                _faults.point("partner", rank)
             except Exception as e:
                 exc = exc or e
+    try:
+        for mm in maps:
+            mm.flush()  # msync: durable with the fsync that follows
+    except Exception as e:
+        exc = exc or e
     finally:
-        for f in pending.values():
-            f.exception()  # wait: the buffers must outlive the writes
-        if fd >= 0:
-            os.close(fd)
+        del targets, maps
     if exc is not None:
         raise exc
 
