@@ -24,7 +24,10 @@ parallel file system, in the background. This module decides:
 
 from __future__ import annotations
 
+import atexit
 import os
+import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -118,6 +121,36 @@ class _Local:
     name: str
     created: float
     token: str
+
+
+_unsynced: dict[int, tuple[str, AsyncWriter]] = {}  # flushes nobody waited for yet
+
+
+def _finish_unsynced() -> None:
+    """At exit: finish every flush still running, and print the error of one that failed
+    and that no ``save``/``sync`` collected, on every rank: never dropped silently.
+
+    Runs when the main thread has finished, before Python refuses new work to thread
+    pools (which the flush uses) and before MPI is finalized.
+    """
+    for path, writer in list(_unsynced.values()):
+        try:
+            writer.wait()
+        except BaseException as e:
+            sys.stderr.write(
+                f"hpckpt: persisting {path!r} to the parallel file system failed and no "
+                f"save() or sync() collected the error: {e}\n"
+            )
+    _unsynced.clear()
+
+
+# threading's exit hooks run (last registered first) before concurrent.futures stops its
+# pools and before non-daemon threads are joined; atexit would be too late for the pools.
+_register = getattr(threading, "_register_atexit", None)
+if _register is not None:
+    _register(_finish_unsynced)
+else:  # pragma: no cover - other Pythons
+    atexit.register(_finish_unsynced)
 
 
 def _rank0_warn(comm: MPI.Comm, message: str) -> None:
@@ -291,6 +324,7 @@ class TieredSaves:
             self._writer = AsyncWriter(comm)
         self._flushing = path
         self._writer.submit(job)
+        _unsynced[id(self)] = (path, self._writer)
 
     def _collect(self, *, wait: bool) -> None:
         """Raise the agreed error of a finished flush; with ``wait``, wait for it first.
@@ -303,6 +337,7 @@ class TieredSaves:
         if not wait and not _dist.all_true(self.core.comm, not w.busy):
             return
         self._flushing = None
+        _unsynced.pop(id(self), None)
         w.wait()
 
     def sync(self) -> None:

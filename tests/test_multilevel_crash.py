@@ -69,3 +69,16 @@ def test_sigkill_during_a_background_flush(tmp_path, n, other):
     for p in glob.glob(os.path.join(snapshot, "local-*")):
         shutil.rmtree(p)
     check(n, snapshot, 2, "pfs")
+
+
+def test_a_flush_still_running_at_exit_is_finished_or_its_error_printed(tmp_path):
+    d = str(tmp_path / "ok")
+    r = job(2, "exit", d)
+    assert r.returncode == 0 and r.stdout.count("EXITING") == 2, r.stdout + r.stderr
+    assert os.path.exists(os.path.join(d, "pfs", "ckpt-1.index.json")), r.stderr
+    d = str(tmp_path / "fail")
+    r = job(2, "exit", d, "fail")
+    assert r.stdout.count("EXITING") == 2, r.stdout + r.stderr
+    msg = "failed and no save() or sync() collected the error"
+    assert r.stderr.count(msg) == 2 and "injected fault at after_data on rank 1" in r.stderr
+    assert not os.path.exists(os.path.join(d, "pfs", "ckpt-1.index.json"))

@@ -10,6 +10,8 @@ usage:
                                                background)
   multilevel.py check DIR                      restore the newest complete checkpoint,
                                                compare, save once more, check the files
+  multilevel.py exit DIR [FAIL]                a persisted save, then exit without sync()
+                                               (FAIL: the flush fails on the last rank)
 """
 
 import os
@@ -68,6 +70,13 @@ def main():
             m.save()
         m.sync()  # a flush that dies, dies here at the latest
         say(f"SURVIVED rank={comm.rank}")
+    elif mode == "exit":
+        if len(sys.argv) > 3 and comm.rank == comm.size - 1:
+            _faults.inject("after_data", comm.rank, "raise")
+        for name, v in values(1).items():
+            vs[name].assign(v)
+        m.save(persist=True)
+        say(f"EXITING rank={comm.rank}")
     elif mode == "check":
         path = m.restore_or_initialize()
         k = int(ckpt.save_counter.local)
