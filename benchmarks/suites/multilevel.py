@@ -19,6 +19,8 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import shutil
+import sys
 import uuid
 import warnings
 from typing import Any
@@ -27,6 +29,19 @@ from ..util import parse_sizes
 from .common import add_common_options, open_run, save_results
 
 __all__ = ["add_parser", "run"]
+
+SAVE_OPS = (
+    "parallel-FS save (sync)",
+    "local save, partner copy",
+    "local save, no partner copy",
+    "persisted save: blocking",
+    "persisted save: until durable",
+)
+RESTORE_OPS = (
+    "restore from the parallel FS",
+    "restore from the local tier",
+    "restore from partner copies",
+)
 
 COLUMNS = [
     ("size", "size"),
@@ -68,13 +83,7 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the suite. Collective: call on all ranks."""
-    from mpi4py import MPI
-
-    import hpckpt
-
     from ..report import markdown_table
-    from ..util import GIB, drop_cache, format_size, median
-    from ..workload import big_matrices
 
     ctx = open_run(args)
     comm = ctx.comm
@@ -82,167 +91,161 @@ def run(args: argparse.Namespace) -> int:
     if not k:
         k = max(1, ctx.size // 2)
     os.environ["HPCKPT_RANKS_PER_NODE"] = str(k)
-    nodes = -(-ctx.size // k)
     tag = comm.bcast(uuid.uuid4().hex[:8] if ctx.rank == 0 else None, root=0)
     local_root = os.path.join(args.local_dir, f"hpckpt-bench-{tag}")
     rows: list[dict[str, Any]] = []
     workloads: list[str] = []
     try:
         for size in args.sizes:
-            wl = big_matrices(ctx, size, args.nvars)
-            label = f"{format_size(wl.total_bytes)} on {ctx.size} ranks, {nodes} nodes"
-            ctx.log(f"== multilevel suite, {label}: {wl.description}")
-            workloads.append(f"{wl.description}; {nodes} emulated nodes of {k} ranks")
-            ck = hpckpt.Checkpoint(model=wl.root())
-            d = ctx.makedirs(f"ml-{size}")
-            pattern = os.path.join(local_root, f"{size}", "local-{node}")
-            pfs = hpckpt.CheckpointManager(ck, os.path.join(d, "plain"), max_to_keep=1)
-            tiers = {
-                red: hpckpt.CheckpointManager(
-                    ck,
-                    os.path.join(d, f"tiered-{red}"),
-                    max_to_keep=1,
-                    local_tier=hpckpt.LocalTier(pattern.replace("local-", f"{red}-"), keep=1,
-                                                redundancy=red),
-                )  # fmt: skip
-                for red in ("partner", "none")
-            }
-            m = tiers["partner"]
-            samples: dict[str, list[float]] = {
-                op: []
-                for op in (
-                    "parallel-FS save (sync)",
-                    "local save, partner copy",
-                    "local save, no partner copy",
-                    "persisted save: blocking",
-                    "persisted save: until durable",
-                )
-            }
-
-            def persisted() -> tuple[float, float]:
-                comm.Barrier()
-                t0 = MPI.Wtime()
-                m.save(persist=True)
-                t1 = MPI.Wtime()
-                m.sync()
-                t2 = MPI.Wtime()
-                return (
-                    comm.allreduce(t1 - t0, op=MPI.MAX),
-                    comm.allreduce(t2 - t0, op=MPI.MAX),
-                )
-
-            for rep in range(args.warmup + args.reps):
-                timed = rep >= args.warmup
-                order = ["pfs", "local", "none", "persist"]
-                if rep % 2:
-                    order.reverse()
-                line = []
-                for op in order:
-                    if op == "pfs":
-                        t = ctx.timed(pfs.save)
-                        key = "parallel-FS save (sync)"
-                    elif op == "local":
-                        t = ctx.timed(m.save)
-                        key = "local save, partner copy"
-                    elif op == "none":
-                        t = ctx.timed(tiers["none"].save)
-                        key = "local save, no partner copy"
-                    else:
-                        t, t2 = persisted()
-                        key = "persisted save: blocking"
-                        if timed:
-                            samples["persisted save: until durable"].append(t2)
-                    line.append(f"{key} {t:.3f}s")
-                    if timed:
-                        samples[key].append(t)
-                ctx.log(f"  {label} rep {rep + 1}: " + "; ".join(line))
-            m.sync()
-            base_save = median(samples["parallel-FS save (sync)"])
-            # restores: from the local tier, from partner copies, from the parallel FS
-            restores: dict[str, list[float]] = {
-                "restore from the parallel FS": [],
-                "restore from the local tier": [],
-                "restore from partner copies": [],
-            }
-            pfs_path = pfs.latest_checkpoint
-            assert pfs_path is not None
-            away = os.path.join(local_root, f"{size}", "away")
-            lost = pattern.replace("{node}", str(nodes - 1))
-            for rep in range(args.warmup + args.reps):
-                timed = rep >= args.warmup
-                line = []
-                for op in restores:
-                    for t in wl.tensors:
-                        t.variable.local[...] = 0
-                    if op == "restore from the parallel FS":
-                        if ctx.cold:
-                            drop_cache(
-                                [os.path.join(os.path.dirname(pfs_path), n)
-                                 for n in os.listdir(os.path.dirname(pfs_path))]
-                            )  # fmt: skip
-                            comm.Barrier()
-                        t = ctx.timed(lambda: ck.restore(pfs_path))
-                    elif op == "restore from the local tier":
-                        t = ctx.timed(m.restore_or_initialize)
-                    else:
-                        if nodes < 2:
-                            continue
-                        comm.Barrier()
-                        if ctx.rank == 0:
-                            os.rename(lost, away)
-                        comm.Barrier()
-                        with warnings.catch_warnings():
-                            warnings.simplefilter("ignore")
-                            t = ctx.timed(m.restore_or_initialize)
-                        comm.Barrier()
-                        if ctx.rank == 0:
-                            os.rename(away, lost)
-                        comm.Barrier()
-                    bad = wl.bad_restores(lambda t: t.variable.local)
-                    ctx.check_all(not bad, f"{op}: wrong values in {bad}")
-                    line.append(f"{op} {t:.3f}s")
-                    if timed:
-                        restores[op].append(t)
-                ctx.log(f"  {label} restore rep {rep + 1}: " + "; ".join(line))
-            base_restore = median(restores["restore from the parallel FS"])
-            new = []
-            for op, s in [*samples.items(), *restores.items()]:
-                if not s:
-                    continue
-                med = median(s)
-                base, base_name = (
-                    (base_restore, "restore from the parallel FS")
-                    if op.startswith("restore")
-                    else (base_save, "parallel-FS save (sync)")
-                )
-                new.append(
-                    {
-                        "suite": "multilevel",
-                        "size": format_size(wl.total_bytes),
-                        "ranks": ctx.size,
-                        "nodes": nodes,
-                        "op": op,
-                        "median_s": med,
-                        "min_s": min(s),
-                        "max_s": max(s),
-                        "samples": s,
-                        "bytes": wl.total_bytes,
-                        "gib_s": wl.total_bytes / GIB / med if med > 0 else None,
-                        "ratio": med / base if base > 0 else None,
-                        "ratio_to": base_name,
-                    }
-                )
+            new, desc = _one_size(ctx, args, size, k, local_root)
             rows += new
+            workloads.append(desc)
             if ctx.rank == 0:
                 markdown_table(new, COLUMNS)
-            del ck, wl, pfs, tiers, m
             gc.collect()
         save_results(ctx, args, "multilevel", rows, workloads)
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        sys.stderr.flush()
+        raise
     finally:
         comm.Barrier()
         if ctx.rank == 0:
-            import shutil
-
             shutil.rmtree(local_root, ignore_errors=True)
         ctx.close()
     return 0
+
+
+def _one_size(
+    ctx: Any, args: argparse.Namespace, size: int, k: int, local_root: str
+) -> tuple[list[dict[str, Any]], str]:
+    """Every measurement for one payload size. Collective: call on all ranks."""
+    from mpi4py import MPI
+
+    import hpckpt
+
+    from ..util import GIB, drop_cache, format_size, median
+    from ..workload import big_matrices
+
+    comm = ctx.comm
+    nodes = -(-ctx.size // k)
+    wl = big_matrices(ctx, size, args.nvars)
+    label = f"{format_size(wl.total_bytes)} on {ctx.size} ranks, {nodes} nodes"
+    ctx.log(f"== multilevel suite, {label}: {wl.description}")
+    ck = hpckpt.Checkpoint(model=wl.root())
+    d = ctx.makedirs(f"ml-{size}")
+    pattern = os.path.join(local_root, f"{size}", "local-{node}")
+    pfs = hpckpt.CheckpointManager(ck, os.path.join(d, "plain"), max_to_keep=1)
+    tiers = {
+        red: hpckpt.CheckpointManager(
+            ck,
+            os.path.join(d, f"tiered-{red}"),
+            max_to_keep=1,
+            local_tier=hpckpt.LocalTier(
+                pattern.replace("local-", f"{red}-"), keep=1, redundancy=red
+            ),
+        )
+        for red in ("partner", "none")
+    }
+    m = tiers["partner"]
+    m_pattern = pattern.replace("local-", "partner-")
+    samples: dict[str, list[float]] = {op: [] for op in SAVE_OPS}
+
+    def persisted() -> tuple[float, float]:
+        comm.Barrier()
+        t0 = MPI.Wtime()
+        m.save(persist=True)
+        t1 = MPI.Wtime()
+        m.sync()
+        t2 = MPI.Wtime()
+        return comm.allreduce(t1 - t0, op=MPI.MAX), comm.allreduce(t2 - t0, op=MPI.MAX)
+
+    for rep in range(args.warmup + args.reps):
+        timed = rep >= args.warmup
+        order = ["pfs", "local", "none", "persist"]
+        if rep % 2:
+            order.reverse()
+        line = []
+        for op in order:
+            if op == "pfs":
+                t, key = ctx.timed(pfs.save), SAVE_OPS[0]
+            elif op == "local":
+                t, key = ctx.timed(m.save), SAVE_OPS[1]
+            elif op == "none":
+                t, key = ctx.timed(tiers["none"].save), SAVE_OPS[2]
+            else:
+                t, t2 = persisted()
+                key = SAVE_OPS[3]
+                if timed:
+                    samples[SAVE_OPS[4]].append(t2)
+            line.append(f"{key} {t:.3f}s")
+            if timed:
+                samples[key].append(t)
+        ctx.log(f"  {label} rep {rep + 1}: " + "; ".join(line))
+    m.sync()
+    restores: dict[str, list[float]] = {op: [] for op in RESTORE_OPS}
+    pfs_path = pfs.latest_checkpoint
+    assert pfs_path is not None
+    pfs_dir = os.path.dirname(pfs_path)
+    away = os.path.join(local_root, f"{size}", "away")
+    lost = m_pattern.replace("{node}", str(nodes - 1))
+
+    def move(src: str, dst: str) -> None:
+        comm.Barrier()
+        if ctx.rank == 0:
+            os.rename(src, dst)
+        comm.Barrier()
+
+    for rep in range(args.warmup + args.reps):
+        line = []
+        for op in RESTORE_OPS:
+            if op == RESTORE_OPS[2] and nodes < 2:
+                continue
+            for tensor in wl.tensors:
+                tensor.variable.local[...] = 0
+            if op == RESTORE_OPS[0]:
+                if ctx.cold:
+                    drop_cache([os.path.join(pfs_dir, n) for n in os.listdir(pfs_dir)])
+                    comm.Barrier()
+                t = ctx.timed(lambda: ck.restore(pfs_path))
+            elif op == RESTORE_OPS[1]:
+                t = ctx.timed(m.restore_or_initialize)
+            else:
+                move(lost, away)  # node n-1's storage is "lost"
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    t = ctx.timed(m.restore_or_initialize)
+                move(away, lost)
+            bad = wl.bad_restores(lambda x: x.variable.local)
+            ctx.check_all(not bad, f"{op}: wrong values in {bad}")
+            line.append(f"{op} {t:.3f}s")
+            if rep >= args.warmup:
+                restores[op].append(t)
+        ctx.log(f"  {label} restore rep {rep + 1}: " + "; ".join(line))
+    out = []
+    for op, s in [*samples.items(), *restores.items()]:
+        if not s:
+            continue
+        med = median(s)
+        base_op = RESTORE_OPS[0] if op in RESTORE_OPS else SAVE_OPS[0]
+        base = median(restores[base_op] if op in RESTORE_OPS else samples[base_op])
+        out.append(
+            {
+                "suite": "multilevel",
+                "size": format_size(wl.total_bytes),
+                "ranks": ctx.size,
+                "nodes": nodes,
+                "op": op,
+                "median_s": med,
+                "min_s": min(s),
+                "max_s": max(s),
+                "samples": s,
+                "bytes": wl.total_bytes,
+                "gib_s": wl.total_bytes / GIB / med if med > 0 else None,
+                "ratio": med / base if base > 0 else None,
+                "ratio_to": base_op,
+            }
+        )
+    return out, f"{wl.description}; {nodes} emulated nodes of {k} ranks"

@@ -15,7 +15,14 @@ from mpi4py import MPI
 
 from .slicing import Box
 
-__all__ = ["byte_ranges_spec", "message_spec", "part_datatype"]
+__all__ = [
+    "ALONE_BYTES",
+    "byte_ranges_spec",
+    "contiguous_part",
+    "message_spec",
+    "message_specs",
+    "part_datatype",
+]
 
 
 def part_datatype(
@@ -33,11 +40,49 @@ def part_datatype(
     return MPI.Get_address(array), sub
 
 
+def contiguous_part(array: np.ndarray, origin: Sequence[int], part: Box) -> np.ndarray | None:
+    """The bytes of ``part`` of ``array`` as a flat view, if they are contiguous in memory."""
+    rel = tuple(slice(a - o, a - o + n) for a, o, n in zip(part[0], origin, part[1], strict=True))
+    view = array[rel] if rel else array
+    if not view.flags.c_contiguous:
+        return None
+    return view.reshape(-1).view(np.uint8)
+
+
+ALONE_BYTES = 1 << 20  # a part at least this large travels as its own message
+
+
+def message_specs(parts: list[tuple[np.ndarray, Sequence[int], Box]], cache: list) -> list:
+    """The MPI buffer specs of the messages that move ``parts`` (in this order) to or
+    from one peer: every part of at least ``ALONE_BYTES`` alone (a plain byte buffer when
+    it is contiguous here, so that MPI can move it in one copy), the smaller ones
+    together in one struct message.
+
+    Both ends of a transfer must pass the same parts (the same boxes in the same order):
+    the split depends only on the parts' sizes, so both build the same messages.
+    Every datatype made is appended to ``cache``: free them after the transfer.
+    """
+    alone, small = [], []
+    for p in parts:
+        nbytes = p[0].dtype.itemsize * int(np.prod(p[2][1], dtype=np.int64))
+        (alone if nbytes >= ALONE_BYTES else small).append(p)
+    out = [message_spec([p], cache) for p in alone]
+    if small:
+        out.append(message_spec(small, cache))
+    return out
+
+
 def message_spec(parts: list[tuple[np.ndarray, Sequence[int], Box]], cache: list) -> list:
-    """One MPI buffer spec (struct of subarrays at absolute addresses) for several parts.
+    """One MPI buffer spec for several parts: a plain byte buffer when there is one part
+    and it is contiguous (MPI can then move it in one copy, e.g. by CMA between processes
+    of a node), else a struct of subarrays at absolute addresses.
 
     Every datatype made is appended to ``cache``: free them after the transfer.
     """
+    if len(parts) == 1:
+        flat = contiguous_part(*parts[0])
+        if flat is not None:
+            return [flat, MPI.BYTE]
     addrs, types = [], []
     for array, origin, part in parts:
         a, t = part_datatype(array, origin, part, cache)

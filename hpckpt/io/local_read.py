@@ -31,7 +31,7 @@ from .._dist import Deadline
 from ..errors import CheckpointError, CorruptCheckpointError
 from ..topology import NodeMap, node_map
 from .checksum import checksum_function
-from .datatypes import message_spec
+from .datatypes import message_specs
 from .index import CheckpointIndex
 from .local_scan import LocalCandidate, scan_local
 from .mpiio import Piece, posix_io
@@ -392,8 +392,8 @@ def _exchange(
     cache: list[MPI.Datatype] = []
     exc: BaseException | None = None
     try:
-        sends = [(r, message_spec(parts, cache)) for r, parts in sorted(out.items())]
-        recvs = [(r, message_spec(parts, cache)) for r, parts in sorted(inc.items())]
+        sends = [(r, m) for r, parts in sorted(out.items()) for m in message_specs(parts, cache)]
+        recvs = [(r, m) for r, parts in sorted(inc.items()) for m in message_specs(parts, cache)]
         _dist.exchange(comm, sends, recvs, _TAG + number % 1000, deadline)
     except Exception as e:
         exc = e

@@ -34,7 +34,7 @@ from ..errors import CheckpointError, CorruptCheckpointError
 from ..layout import LayoutSpec
 from . import hdf5
 from .checksum import checksum_function
-from .datatypes import message_spec
+from .datatypes import message_specs
 from .index import CheckpointIndex, TensorEntry
 from .index_parse import parse_index
 from .load import read_index_bytes
@@ -401,8 +401,8 @@ def _exchange(
     cache: list[MPI.Datatype] = []
     exc: BaseException | None = None
     try:
-        sends = [(r, message_spec(parts, cache)) for r, parts in sorted(out.items())]
-        recvs = [(r, message_spec(parts, cache)) for r, parts in sorted(inc.items())]
+        sends = [(r, m) for r, parts in sorted(out.items()) for m in message_specs(parts, cache)]
+        recvs = [(r, m) for r, parts in sorted(inc.items()) for m in message_specs(parts, cache)]
         _dist.exchange(comm, sends, recvs, _TAG + number % 1000, deadline)
     except Exception as e:
         exc = e
