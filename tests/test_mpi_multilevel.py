@@ -109,11 +109,14 @@ def node_dir(d: str, node: int) -> str:
 
 
 def on_rank0(fn) -> None:
-    """Run a file operation on rank 0 while the others wait (its failure fails all)."""
+    """Run a file operation on rank 0 while the others wait (its failure fails all).
+
+    Every rank first finishes its background removals (node leaders remove old local
+    data files in the background)."""
+    wait_removals()
     COMM.Barrier()
     with Agreed():
         if COMM.rank == 0:
-            wait_removals()
             fn()
 
 
@@ -428,3 +431,37 @@ def test_write_callbacks_run_once_after_the_local_commit(shared_dir, nodes):
     path = m.save(options=opts, persist=True)
     m.sync()
     assert all_ranks(seen == ([path] if COMM.rank == 0 else []))
+
+
+@pytest.mark.parametrize(
+    "phase", ["local_create", "local_data", "partner", "local_commit", "local_marker"]
+)
+def test_a_failed_local_save_is_agreed_and_commits_nothing(shared_dir, nodes, phase):
+    model = Model()
+    m = manager(shared_dir, model)
+    model.set(1)
+    first = m.save()
+    bad = 0 if phase == "local_commit" else COMM.size - ranks_per_node()  # a node leader
+    if COMM.rank == bad:
+        _faults.inject(phase, bad, "raise")
+    model.set(2)
+    msg = None
+    try:
+        m.save()
+    except hpckpt.CheckpointError as e:
+        msg = str(e)
+    _faults.clear()
+    assert all_ranks(msg is not None and f"rank {bad}: RuntimeError: injected fault" in msg), msg
+    assert len(set(COMM.allgather(msg))) == 1
+    assert int(model.ckpt.save_counter.local) == 1  # rolled back
+    assert m.latest_checkpoint == first and m.local_checkpoints == [first]
+    left: list = []
+    on_rank0(
+        lambda: left.extend(
+            n for i in range(nodes) for n in os.listdir(node_dir(shared_dir, i)) if "ckpt-2" in n
+        )
+    )
+    assert all_ranks(not left), left
+    model.clear()
+    assert manager(shared_dir, model).restore_or_initialize() == first
+    assert model.holds(1)

@@ -62,7 +62,8 @@ def message_specs(parts: list[tuple[np.ndarray, Sequence[int], Box]], cache: lis
     the split depends only on the parts' sizes, so both build the same messages.
     Every datatype made is appended to ``cache``: free them after the transfer.
     """
-    alone, small = [], []
+    alone: list[tuple[np.ndarray, Sequence[int], Box]] = []
+    small: list[tuple[np.ndarray, Sequence[int], Box]] = []
     for p in parts:
         nbytes = p[0].dtype.itemsize * int(np.prod(p[2][1], dtype=np.int64))
         (alone if nbytes >= ALONE_BYTES else small).append(p)
