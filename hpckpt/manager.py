@@ -347,6 +347,7 @@ class CheckpointManager:
                     retain=lambda c, when: self._retain(path, deadline, c, when),
                     lock=self._lock,
                     unlock=self._unlock,
+                    on_error=rollback,
                 )
             self._lock(deadline)
             self._core.write(

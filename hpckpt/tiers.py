@@ -158,6 +158,95 @@ def _rank0_warn(comm: MPI.Comm, message: str) -> None:
         warnings.warn(message, stacklevel=4)
 
 
+class _Job:
+    """One save of a :class:`TieredSaves`: its local part and its flush (either may run
+    in the background, on the communicator they are given)."""
+
+    def __init__(
+        self,
+        owner: TieredSaves,
+        path: str,
+        name: str,
+        local_path: str,
+        options: CheckpointOptions,
+        deadline: Deadline,
+        retain: Callable[[MPI.Comm, float], None],
+        lock: Callable[[Deadline], None],
+        unlock: Callable[[], None],
+    ) -> None:
+        self.owner = owner
+        self.path = path
+        self.name = name
+        self.local_path = local_path
+        self.options = options
+        self.deadline = deadline
+        self.retain = retain
+        self.lock = lock
+        self.unlock = unlock
+        self.plan: Any = None
+        self.now = 0.0
+        self.saved: Any = None
+        self.tensors: Any = None
+        self.committed = False
+
+    def local(self, comm: MPI.Comm, recycle: tuple[str, str] | None) -> None:
+        """Write and commit the local checkpoint; local retention; write callbacks.
+
+        Collective: call on all ranks of ``comm``.
+        """
+        o = self.owner
+        with gc_paused():
+            self.saved = write_local(
+                comm,
+                o.nodes,
+                o.tier.path,
+                self.name,
+                self.plan.tensors,
+                graph=self.plan.graph,
+                redundancy=o.tier.redundancy,
+                created=self.now,
+                deadline=self.deadline,
+                recycle=recycle,
+            )
+        self.committed = True
+        kept = [x for x in o.local if x.name != self.name]
+        kept.append(_Local(self.local_path, self.name, self.now, self.saved.token))
+        kept.sort(key=lambda x: x.created)
+        o.local = kept[-o.tier.keep :]
+        keep = {x.name: x.token for x in o.local}
+        remove_local(comm, o.nodes, o.tier.path, o.name, keep, self.deadline)
+        run_write_callbacks(comm, self.local_path, self.options, self.deadline)
+
+    def map(self, comm: MPI.Comm) -> None:
+        """Each rank's pieces as maps of its node's file, with their save-time checksums.
+
+        Collective: call on all ranks of ``comm``.
+        """
+        what = f"persisting {self.path!r}"
+        self.tensors = _dist.run_agreed(
+            comm, what, lambda: mapped_copies(self.saved, self.plan.tensors), self.deadline
+        )
+
+    def flush(self, comm: MPI.Comm) -> None:
+        """Write the standard checkpoint to the parallel file system; the manager's
+        retention and state file.
+
+        Collective: call on all ranks of ``comm``.
+        """
+        t0 = time.monotonic()
+        with gc_paused():
+            SHARED_FILE.write(
+                comm,
+                self.path,
+                self.tensors,
+                graph=self.plan.graph,
+                options=io_options(self.options),
+                deadline=self.deadline,
+            )
+        self.retain(comm, self.now)
+        self.owner.persist_seconds = time.monotonic() - t0
+
+
 class TieredSaves:
     """The local tier and background persistence of one :class:`CheckpointManager`.
 
@@ -206,7 +295,7 @@ class TieredSaves:
             key=lambda x: x.created,
         )
         self._writer: AsyncWriter | None = None
-        self._flushing: str | None = None
+        self._job: tuple[str, str, str] | None = None  # (kind, path, name) of a background job
         self.persist_seconds: float | None = None
 
     # -- state --
@@ -238,12 +327,16 @@ class TieredSaves:
         retain: Callable[[MPI.Comm, float], None],
         lock: Callable[[Deadline], None],
         unlock: Callable[[], None],
+        on_error: Callable[[], None] | None = None,
     ) -> str:
         """Save to the local tier; persist to ``path`` in the background when due.
 
         ``retain(comm, when)`` records a persisted checkpoint (state file, retention of
         persisted checkpoints); ``lock``/``unlock`` hold the manager's directory while
-        a flush writes into it.
+        a flush writes into it. With ``options.enable_async`` (and the snapshot within
+        ``async_memory_budget``), the state is copied into reused staging buffers and
+        the local save itself runs in the background too; ``on_error()`` is called when
+        it fails there before its local commit.
 
         Returns:
             The local checkpoint's path.
@@ -252,79 +345,104 @@ class TieredSaves:
         """
         comm = self.core.comm
         persist = persist or (self.persist_every is not None and count % self.persist_every == 0)
-        self._collect(wait=persist)
+        # One background job at a time: a flush delays only saves that persist (or
+        # snapshot); a local save in the background delays every save.
+        busy_local = self._job is not None and self._job[0] == "local"
+        self._collect(wait=persist or options.enable_async or busy_local)
         name = os.path.basename(path)
-        what = f"local save of {name!r}"
-        with gc_paused():
-            plan = self.core.plan(deadline, what)
-            now = float(_dist.bcast_json(comm, float(self.clock()), 0, deadline))
-            saved = write_local(
-                comm,
-                self.nodes,
-                self.tier.path,
-                name,
-                plan.tensors,
-                graph=plan.graph,
-                redundancy=self.tier.redundancy,
-                created=now,
-                deadline=deadline,
-            )
         local_path = os.path.join(self.tier.path, name)
-        self.local = [x for x in self.local if x.name != name]
-        self.local.append(_Local(local_path, name, now, saved.token))
-        self.local.sort(key=lambda x: x.created)
-        self.local = self.local[-self.tier.keep :]
-        remove_local(
-            comm,
-            self.nodes,
-            self.tier.path,
-            self.name,
-            {x.name: x.token for x in self.local},
-            deadline,
-        )
-        run_write_callbacks(comm, local_path, options, deadline)
+        what = f"local save of {name!r}"
+        job = _Job(self, path, name, local_path, options, deadline, retain, lock, unlock)
+        with gc_paused():
+            job.plan = self.core.plan(deadline, what)
+            job.now = float(_dist.bcast_json(comm, float(self.clock()), 0, deadline))
+            if options.enable_async:
+                budget = options.async_memory_budget
+                fits = async_supported() and (budget is None or job.plan.nbytes <= budget)
+                if _dist.all_true(comm, fits, deadline):
+                    self._in_background(job, persist, on_error)
+                    return local_path
+                if self._writer is not None:
+                    self._writer.staging.clear()  # over the budget: hold no snapshot
+            job.local(comm, self._recycled(name))
         if persist:
-            self._persist(path, plan, saved, now, options, deadline, retain, lock, unlock)
+            self._persist(job)
         return local_path
 
-    def _persist(
-        self,
-        path: str,
-        plan: Any,
-        saved: Any,
-        now: float,
-        options: CheckpointOptions,
-        deadline: Deadline,
-        retain: Callable[[MPI.Comm, float], None],
-        lock: Callable[[Deadline], None],
-        unlock: Callable[[], None],
-    ) -> None:
-        comm = self.core.comm
-        what = f"persisting {path!r}"
-        tensors = _dist.run_agreed(comm, what, lambda: mapped_copies(saved, plan.tensors), deadline)
-        iopts = io_options(options)
-        lock(deadline)
+    def _recycled(self, name: str) -> tuple[str, str] | None:
+        """The local checkpoint whose files this save reuses (SCR reuses its cache so):
+        the one of the same name, else the oldest when ``keep`` are kept, but never one
+        that a background job uses, and never the only complete one (``keep`` of 1). It
+        is dropped from the list now: the save uncommits it first, whatever happens."""
+        if self.tier.keep < 2:
+            return None
+        busy = self._job[2] if self._job is not None else None
+        same = [x for x in self.local if x.name == name]
+        cand = same[0] if same else (self.local[0] if len(self.local) >= self.tier.keep else None)
+        if cand is None or cand.name == busy:
+            return None
+        self.local = [x for x in self.local if x is not cand]
+        return cand.name, cand.token
 
-        def job(c: MPI.Comm) -> None:
-            t0 = time.monotonic()
-            try:
-                with gc_paused():
-                    SHARED_FILE.write(
-                        c, path, tensors, graph=plan.graph, options=iopts, deadline=deadline
-                    )
-                retain(c, now)
-                self.persist_seconds = time.monotonic() - t0
-            finally:
-                unlock()
-
-        if not async_supported():  # no MPI_THREAD_MULTIPLE: persist now
-            job(comm)
-            return
+    def _writer_for(self, comm: MPI.Comm) -> AsyncWriter:
         if self._writer is None:
             self._writer = AsyncWriter(comm)
-        self._flushing = path
-        self._writer.submit(job)
-        _unsynced[id(self)] = (path, self._writer)
+        return self._writer
+
+    def _persist(self, job: _Job) -> None:
+        """Flush a committed local save to the parallel file system in the background."""
+        comm = self.core.comm
+        job.map(comm)
+        job.lock(job.deadline)
+
+        def run(c: MPI.Comm) -> None:
+            try:
+                job.flush(c)
+            finally:
+                job.unlock()
+
+        if not async_supported():  # no MPI_THREAD_MULTIPLE: persist now
+            run(comm)
+            return
+        self._submit(("flush", job.path, job.name), run, None)
+
+    def _in_background(self, job: _Job, persist: bool, on_error: Callable[[], None] | None) -> None:
+        """Snapshot into staging buffers; the local save (and the flush) in the background."""
+        comm = self.core.comm
+        staging = self._writer_for(comm).staging
+        for t in job.plan.tensors:
+            t.pieces = [(st, staging.copy(t.key, i, a)) for i, (st, a) in enumerate(t.pieces)]
+        staging.commit()
+        recycle = self._recycled(job.name)
+        if persist:
+            job.lock(job.deadline)
+
+        def run(c: MPI.Comm) -> None:
+            try:
+                job.local(c, recycle)
+                if persist:
+                    job.map(c)
+                    job.flush(c)
+            finally:
+                if persist:
+                    job.unlock()
+
+        def failed() -> None:
+            if not job.committed and on_error is not None:
+                on_error()  # nothing was committed: the save did not happen
+
+        self._submit(("local", job.path, job.name), run, failed)
+
+    def _submit(
+        self,
+        kind: tuple[str, str, str],
+        run: Callable[[MPI.Comm], None],
+        on_error: Callable[[], None] | None,
+    ) -> None:
+        writer = self._writer_for(self.core.comm)
+        self._job = kind
+        writer.submit(run, on_error)
+        _unsynced[id(self)] = (kind[1], writer)
 
     def _collect(self, *, wait: bool) -> None:
         """Raise the agreed error of a finished flush; with ``wait``, wait for it first.
@@ -332,11 +450,11 @@ class TieredSaves:
         Collective: call on all ranks.
         """
         w = self._writer
-        if w is None or self._flushing is None:
+        if w is None or self._job is None:
             return
         if not wait and not _dist.all_true(self.core.comm, not w.busy):
             return
-        self._flushing = None
+        self._job = None
         _unsynced.pop(id(self), None)
         w.wait()
 
@@ -349,8 +467,8 @@ class TieredSaves:
 
     @property
     def flushing(self) -> str | None:
-        """The path being persisted in the background (as this rank last saw it)."""
-        return self._flushing
+        """The path of the background job not yet collected (a flush, or a local save)."""
+        return self._job[1] if self._job is not None else None
 
     # -- restoring --
 

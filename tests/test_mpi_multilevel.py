@@ -465,3 +465,50 @@ def test_a_failed_local_save_is_agreed_and_commits_nothing(shared_dir, nodes, ph
     model.clear()
     assert manager(shared_dir, model).restore_or_initialize() == first
     assert model.holds(1)
+
+
+ASYNC = hpckpt.CheckpointOptions(enable_async=True)
+
+
+def test_an_asynchronous_local_save_snapshots_the_state(shared_dir, nodes):
+    model = Model()
+    m = manager(shared_dir, model)
+    model.set(1)
+    if COMM.rank == 0:  # the background local save waits: the snapshot is what is saved
+        _faults.inject("local_create", 0, "hang", "2")
+    path = m.save(options=ASYNC, persist=True)
+    model.set(5)  # changed while the save runs
+    m.sync()
+    _faults.clear()
+    assert m.local_checkpoints == [path] and m.latest_checkpoint == path
+    assert m.checkpoints == [os.path.join(shared_dir, "pfs", "ckpt-1")]
+    model.clear()
+    assert m.restore_or_initialize() == path
+    assert model.holds(1)
+    model.clear()
+    model.ckpt.restore(m.checkpoints[0]).assert_consumed()  # the persisted copy too
+    assert model.holds(1)
+
+
+def test_a_failed_asynchronous_local_save_rolls_back_and_is_raised(shared_dir, nodes):
+    model = Model()
+    m = manager(shared_dir, model)
+    model.set(1)
+    first = m.save()
+    bad = COMM.size - 1
+    if COMM.rank == bad:
+        _faults.inject("local_data", bad, "raise")
+    model.set(2)
+    m.save(options=ASYNC)
+    msg = None
+    try:
+        m.sync()
+    except hpckpt.CheckpointError as e:
+        msg = str(e)
+    _faults.clear()
+    assert all_ranks(msg is not None and f"rank {bad}: RuntimeError: injected fault" in msg)
+    assert int(model.ckpt.save_counter.local) == 1  # the save did not happen
+    assert m.latest_checkpoint == first
+    model.clear()
+    assert m.restore_or_initialize() == first
+    assert model.holds(1)

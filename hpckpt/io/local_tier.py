@@ -12,10 +12,10 @@ Call order of :func:`write_local` (collective over the checkpoint's communicator
 2. each node's lowest rank (its *leader*) creates the node's data file
    ``P.node-<i>.own-<token>.bin`` at its final size and, with partner redundancy,
    the file for the partner copy of node ``i - 1``; agreed;
-3. every rank writes its pieces into its node's file with ``pwrite`` while a worker
-   thread checksums them (both in worker threads, during step 4);
+3. every rank writes its pieces into its node's file with ``pwrite``, checksumming
+   each chunk just before it is written (in a worker thread, during step 4);
 4. partner copy: the ``k``-th rank of node ``i`` streams its bytes over MPI, in
-   chunks of ``CHUNK_BYTES``, to rank ``k mod size`` of node ``i + 1``, which receives
+   chunks (:mod:`.partner`), to rank ``k mod size`` of node ``i + 1``, which receives
    them straight into a memory map of ``P.node-<i>.partner-<token>.bin`` at the same
    offsets (a byte-identical copy); every rank takes part in every round, also after
    a local failure;
@@ -49,27 +49,23 @@ from .. import _dist, _faults
 from .._dist import Deadline
 from ..errors import CheckpointError
 from ..topology import NodeMap
-from .checksum import DEFAULT_ALGORITHM, checksum
-from .datatypes import byte_ranges_spec
+from .checksum import DEFAULT_ALGORITHM, checksum_function
 from .fsutil import atomic_write, fsync_path, remove_later, remove_quietly
 from .index import CheckpointIndex, dataset_name_for_key
 from .local_index import LocalIndex, SliceLocations
-from .mpiio import Piece, posix_io
+from .partner import copy_to_partner
 from .paths import local_data_name, local_directory, local_marker_name, new_token, parse_local_name
 from .write import SaveTensor, agree_structure, index_entries, library_versions
 
 __all__ = [
-    "CHUNK_BYTES",
     "LocalSave",
     "mapped_copies",
     "remove_local",
     "write_local",
 ]
 
-CHUNK_BYTES = 256 << 20  # partner copy: stream bytes per round
-GROUP_BYTES = 1 << 20  # partner copy: smaller pieces travel together, larger ones alone
 REGION_ALIGN = 4096  # each rank's region in its node's file starts at a multiple of this
-_TAG = 0x3100
+WRITE_CHUNK_BYTES = 4 << 20  # own pieces: checksummed and written chunk by chunk
 
 
 @dataclass
@@ -109,12 +105,48 @@ def _regions(nodes: NodeMap, lengths: list[int]) -> tuple[list[int], list[int]]:
     return offsets, sizes
 
 
-def _create(path: str, size: int) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+def _create(path: str, size: int, reuse: str | None) -> None:
+    """Create ``path`` of ``size`` bytes; from the file ``reuse`` (renamed) if it exists.
+
+    A reused file keeps its pages: writing into memory that a file system already
+    allocated (and, for ``/dev/shm``, zeroed) costs half as much as into a new file.
+    """
+    if reuse is not None:
+        try:
+            os.replace(reuse, path)
+        except FileNotFoundError:
+            pass
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
     try:
         os.ftruncate(fd, size)
     finally:
         os.close(fd)
+
+
+def _write_own(path: str, pieces: list[tuple[int, np.ndarray]]) -> list[int]:
+    """``pwrite`` each ``(offset, array)`` in chunks, checksumming each chunk just before
+    it is written (still in the cache: one pass over memory); returns the checksums."""
+    fn = checksum_function(DEFAULT_ALGORITHM)
+    out = []
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        for offset, a in pieces:
+            flat = a.reshape(-1).view(np.uint8)
+            crc = 0
+            for lo in range(0, len(flat), WRITE_CHUNK_BYTES):
+                chunk = flat[lo : lo + WRITE_CHUNK_BYTES]
+                crc = fn(chunk, crc)
+                view = memoryview(chunk.data)
+                done = 0
+                while done < len(view):
+                    n = os.pwrite(fd, view[done:], offset + lo + done)
+                    if n <= 0:
+                        raise OSError(f"short write to {path!r} (no space?)")
+                    done += n
+            out.append(int(crc))
+    finally:
+        os.close(fd)
+    return out
 
 
 def write_local(
@@ -128,8 +160,15 @@ def write_local(
     redundancy: str,
     created: float,
     deadline: Deadline,
+    recycle: tuple[str, str] | None = None,
 ) -> LocalSave:
     """Write and commit local checkpoint ``name`` of the tier at ``pattern``.
+
+    ``recycle`` (name, token): a committed local checkpoint that this save replaces;
+    each leader first removes its marker (uncommitting it), then renames its data files
+    to this save's names and writes over them (SCR reuses its cache the same way). A
+    crash meanwhile leaves it incomplete (its files gone under its name), never
+    damaged: readers judge a checkpoint by its files' names and sizes.
 
     Raises:
         CheckpointError: On every rank, if anything failed on any rank (nothing is
@@ -158,11 +197,20 @@ def write_local(
 
     def create() -> None:
         _faults.point("local_create", rank)
-        if leader:
-            os.makedirs(directory, exist_ok=True)
-            _create(own_file, sizes[node])
-            if partner:
-                _create(partner_file, sizes[origin])
+        if not leader:
+            return
+        os.makedirs(directory, exist_ok=True)
+        old_own = old_partner = None
+        if recycle is not None:
+            r_name, r_token = recycle
+            remove_quietly(os.path.join(directory, local_marker_name(r_name)))
+            old_own = os.path.join(directory, local_data_name(r_name, node, "own", r_token))
+            old_partner = os.path.join(
+                directory, local_data_name(r_name, origin, "partner", r_token)
+            )
+        _create(own_file, sizes[node], old_own)
+        if partner:
+            _create(partner_file, sizes[origin], old_partner)
 
     try:
         _dist.run_agreed(comm, what, create, deadline)
@@ -204,22 +252,19 @@ def _write_and_commit(
     base = region[rank]
     exc: BaseException | None = None
     # Every rank makes every collective call below, also after a local failure.
-    # The checksums and the write of this rank's pieces run in worker threads (both
-    # release the GIL) while this thread streams the partner copy.
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="hpckpt-local") as pool:
-        crcs: Future = pool.submit(lambda: [checksum(a) for _, _, a in own])
-        pieces = [
-            Piece(base + r, a.shape, (0,) * a.ndim, a)
-            for r, (_, _, a) in zip(rel, own, strict=True)
-        ]
-        written = pool.submit(posix_io, own_file, pieces, write=True, fsync=False)
+    # This rank's pieces are checksummed and written (chunk by chunk) in a worker thread
+    # (both release the GIL) while this thread streams the partner copy.
+    values: list[int] = [0] * len(own)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hpckpt-local") as pool:
+        pieces = [(base + r, a) for r, (_, _, a) in zip(rel, own, strict=True)]
+        written: Future = pool.submit(_write_own, own_file, pieces)
         if redundancy == "partner":
             try:
-                _copy_to_partner(comm, nodes, own, lengths, region, partner_file, deadline)
+                copy_to_partner(comm, nodes, own, lengths, region, partner_file, deadline)
             except Exception as e:
                 exc = e
         try:
-            written.result()
+            values = written.result()
             _faults.point("local_data", rank)
         except Exception as e:
             exc = exc or e
@@ -229,10 +274,8 @@ def _write_and_commit(
                     fsync_path(own_file)
                 if nodes.origins_of(rank) and redundancy == "partner":
                     fsync_path(partner_file)
-            values: list[int] = crcs.result()
         except Exception as e:
             exc = exc or e
-            values = [0] * len(own)
     derived, listed = _rows(tensors, own, values, rel, base, rank)
     errors = _dist.gather_json(comm, _dist.failure_record(exc), 0, deadline)
     got_derived = _dist.gather_rows(comm, derived, 0, deadline)
@@ -270,153 +313,6 @@ def _write_and_commit(
         own_file,
         [(i, j, base + r, int(c)) for (i, j, _), r, c in zip(own, rel, values, strict=True)],
     )
-
-
-def _messages(sizes: list[int], lo: int, hi: int) -> list[list[tuple[int, int, int]]]:
-    """The messages that move bytes ``[lo, hi)`` of a stream of pieces of ``sizes``.
-
-    Each message is consecutive segments ``(piece, start, end)`` of the stream (so one
-    contiguous range at the receiver): a segment of at least ``GROUP_BYTES`` alone (a
-    contiguous send, which MPI moves in one copy), smaller ones grouped up to that size.
-    Sender and receiver compute the same messages from the same sizes.
-    """
-    out: list[list[tuple[int, int, int]]] = []
-    cur: list[tuple[int, int, int]] = []
-    cur_n = pos = 0
-    for k, n in enumerate(sizes):
-        a, b = max(lo, pos), min(hi, pos + n)
-        if a < b:
-            seg = (k, a - pos, b - pos)
-            if b - a >= GROUP_BYTES:
-                if cur:
-                    out.append(cur)
-                    cur, cur_n = [], 0
-                out.append([seg])
-            else:
-                cur.append(seg)
-                cur_n += b - a
-                if cur_n >= GROUP_BYTES:
-                    out.append(cur)
-                    cur, cur_n = [], 0
-        pos += n
-        if pos >= hi:
-            break
-    if cur:
-        out.append(cur)
-    return out
-
-
-def _piece_sizes(
-    comm: MPI.Comm, mine: list[int], dest: int, origins: list[int], deadline: Deadline
-) -> dict[int, list[int]]:
-    """Send this rank's piece sizes to its partner rank; receive its origins'."""
-    counts = {r: np.zeros(1, dtype=np.int64) for r in origins}
-    _dist.exchange(
-        comm,
-        [(dest, np.array([len(mine)], dtype=np.int64))],
-        list(counts.items()),
-        _TAG,
-        deadline,
-    )
-    sizes = {r: np.zeros(int(c[0]), dtype=np.int64) for r, c in counts.items()}
-    _dist.exchange(
-        comm,
-        [(dest, np.asarray(mine, dtype=np.int64))],
-        [(r, a) for r, a in sizes.items()],
-        _TAG + 1,
-        deadline,
-    )
-    return {r: [int(x) for x in a] for r, a in sizes.items()}
-
-
-def _copy_to_partner(
-    comm: MPI.Comm,
-    nodes: NodeMap,
-    own: list[tuple[int, int, np.ndarray]],
-    lengths: list[int],
-    region: list[int],
-    partner_file: str,
-    deadline: Deadline,
-) -> None:
-    """Stream this rank's bytes to its partner rank; receive what the origins send.
-
-    The piece sizes go first; then round ``j`` moves bytes ``[j * CHUNK_BYTES,
-    (j + 1) * CHUNK_BYTES)`` of every rank's stream (its pieces back to back) from the
-    sender's variables straight into a shared memory map of the receiver's partner
-    file (no buffer, no packing, one copy), in the messages of :func:`_messages`.
-    Each receiver first reserves its origins' regions (``posix_fallocate``),
-    so that a full file system is an error here, never a fault on a mapped page.
-    Every rank takes part in every round, also after a local failure.
-    """
-    rank = comm.Get_rank()
-    dest = nodes.partner_rank(rank)
-    origins = nodes.origins_of(rank)
-    mine = [a.nbytes for _, _, a in own]
-    theirs = _piece_sizes(comm, mine, dest, origins, deadline)
-    starts = {r: np.concatenate(([0], np.cumsum(v, dtype=np.int64))) for r, v in theirs.items()}
-    origins = [r for r in origins if lengths[r]]
-    rounds = max((-(-n // CHUNK_BYTES) for n in lengths), default=0)
-    exc: BaseException | None = None
-    targets: dict[int, np.ndarray] = {}
-    maps: list[np.memmap] = []
-    if origins:
-        try:
-            fd = os.open(partner_file, os.O_RDWR)
-            try:
-                for r in origins:
-                    os.posix_fallocate(fd, region[r], lengths[r])
-            finally:
-                os.close(fd)
-            for r in origins:
-                mm = np.memmap(
-                    partner_file, dtype=np.uint8, mode="r+", offset=region[r], shape=(lengths[r],)
-                )
-                maps.append(mm)
-                targets[r] = mm
-        except Exception as e:  # receive into scratch to keep the rounds going
-            exc = e
-            targets = {r: np.empty(lengths[r], np.uint8) for r in origins}
-    views = [a.reshape(-1).view(np.uint8) for _, _, a in own]
-    for j in range(rounds):
-        lo, hi = j * CHUNK_BYTES, (j + 1) * CHUNK_BYTES
-        cache: list[MPI.Datatype] = []
-        try:
-            recvs: list[tuple[int, object]] = []
-            for r in origins:
-                for msg in _messages(theirs[r], lo, hi):
-                    (k0, a0, _), (k1, _, b1) = msg[0], msg[-1]
-                    recvs.append((r, targets[r][starts[r][k0] + a0 : starts[r][k1] + b1]))
-            sends: list[tuple[int, object]] = []
-            for msg in _messages(mine, lo, hi):
-                n = sum(b - a for _, a, b in msg)
-                try:
-                    spec: object = (
-                        views[msg[0][0]][msg[0][1] : msg[0][2]]
-                        if len(msg) == 1
-                        else byte_ranges_spec([(own[k][2], a, b) for k, a, b in msg], cache)
-                    )
-                except Exception as e:  # still send the bytes the partner expects
-                    exc = exc or e
-                    spec = np.zeros(n, dtype=np.uint8)
-                sends.append((dest, spec))
-            _dist.exchange(comm, sends, recvs, _TAG + 2, deadline)
-        finally:
-            for dt in cache:
-                dt.Free()
-        if j == 0:
-            try:
-                _faults.point("partner", rank)
-            except Exception as e:
-                exc = exc or e
-    try:
-        for mm in maps:
-            mm.flush()  # msync: durable with the fsync that follows
-    except Exception as e:
-        exc = exc or e
-    finally:
-        del targets, maps
-    if exc is not None:
-        raise exc
 
 
 def _rows(
