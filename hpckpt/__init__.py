@@ -17,7 +17,7 @@ from .errors import (
     NotFoundError,
     WriteCallbackError,
 )
-from .graph import Module, PythonState, Trackable
+from .graph import Module, PythonState, RankState, Trackable
 from .io import latest_checkpoint
 from .layout import UNSHARDED, Layout
 from .management import (
@@ -58,6 +58,7 @@ __all__ = [
     "Module",
     "NotFoundError",
     "PythonState",
+    "RankState",
     "RestoredPath",
     "Trackable",
     "Variable",

@@ -11,6 +11,7 @@ pickle-based methods):
   bytes over ``Iallgatherv``/``Igatherv``/``Ibcast``;
 * :func:`bcast_bytes`: raw bytes (the index text);
 * :func:`gather_rows`: int64 rows (slice records and checksums);
+* :func:`gather_arrays`: any numeric 1-D arrays as raw bytes (packed checksums);
 * :func:`allreduce_int`, :func:`all_true`, :func:`any_true`: one int64 or flag;
 * :func:`allreduce_max`: an int64 array (the Slurm helpers' decision flags);
 * :func:`allgatherv_array`: a numeric array's raw bytes (``Variable.numpy``);
@@ -59,6 +60,7 @@ __all__ = [
     "bcast_bytes",
     "bcast_json",
     "failure_record",
+    "gather_arrays",
     "gather_json",
     "gather_rows",
     "raise_failures",
@@ -117,16 +119,22 @@ class Deadline:
             time.sleep(pause)
 
     def wait_all(self, requests: list[MPI.Request], comm: MPI.Comm) -> None:
-        """Complete every request; on timeout cancel them and raise :class:`CheckpointError`."""
+        """Complete every request (data transfers); on timeout cancel them and raise
+        :class:`CheckpointError`.
+
+        Large messages move in fragments that advance only while MPI's progress engine
+        runs, so this never sleeps between polls: without a timeout it waits in
+        ``MPI_Waitall``; with one it polls and only yields the processor.
+        """
         if not requests:
             return
+        if self.timeout is None:
+            MPI.Request.Waitall(requests)
+            return
         end = self.window()
-        spin_end = time.monotonic() + _SPIN_SECONDS
+        assert end is not None
         while not MPI.Request.Testall(requests):
-            now = time.monotonic()
-            if now < spin_end:
-                continue
-            if end is not None and now > end:
+            if time.monotonic() > end:
                 for r in requests:
                     if r != MPI.REQUEST_NULL:
                         r.Cancel()
@@ -134,7 +142,7 @@ class Deadline:
                     f"{self.what}: timed out after {self.timeout} s waiting for other ranks' "
                     f"data (this is rank {comm.Get_rank()} of {comm.Get_size()})"
                 )
-            time.sleep(min(_POLL_MAX, max(_POLL_SECONDS, (now - spin_end) / 8)))
+            time.sleep(0)
 
 
 def _encode(obj: Any) -> np.ndarray:
@@ -156,7 +164,9 @@ def allgather_json(comm: MPI.Comm, obj: Any, deadline: Deadline | None = None) -
     deadline.wait(comm.Iallgather(np.array([data.size], dtype=np.int64), counts), comm)
     displs = np.concatenate(([0], np.cumsum(counts)[:-1]))
     out = np.empty(int(counts.sum()), dtype=np.uint8)
-    deadline.wait(comm.Iallgatherv(data, [out, counts.tolist(), displs.tolist(), MPI.BYTE]), comm)
+    deadline.wait_all(
+        [comm.Iallgatherv(data, [out, counts.tolist(), displs.tolist(), MPI.BYTE])], comm
+    )
     return [_decode(out[d : d + c]) for d, c in zip(displs, counts, strict=True)]
 
 
@@ -171,13 +181,15 @@ def _gatherv(
     counts = np.empty(comm.Get_size(), dtype=np.int64) if is_root else None
     deadline.wait(comm.Igather(np.array([data.size], dtype=np.int64), counts, root=root), comm)
     if not is_root:
-        deadline.wait(comm.Igatherv(data, None, root=root), comm)
+        deadline.wait_all([comm.Igatherv(data, None, root=root)], comm)
         return None
     assert counts is not None
     displs = np.concatenate(([0], np.cumsum(counts)[:-1])).tolist()
     out = np.empty(int(counts.sum()), dtype=data.dtype)
     mpitype = MPI.BYTE if data.dtype == np.uint8 else MPI.INT64_T
-    deadline.wait(comm.Igatherv(data, [out, counts.tolist(), displs, mpitype], root=root), comm)
+    deadline.wait_all(
+        [comm.Igatherv(data, [out, counts.tolist(), displs, mpitype], root=root)], comm
+    )
     return out, counts.tolist(), displs
 
 
@@ -209,6 +221,24 @@ def gather_rows(
     return None if got is None else got[0].reshape(-1, rows.shape[1])
 
 
+def gather_arrays(
+    comm: MPI.Comm, data: np.ndarray, root: int = 0, deadline: Deadline | None = None
+) -> list[np.ndarray] | None:
+    """Gather every rank's 1-D array (any length, the same dtype everywhere) onto ``root``.
+
+    Returns the arrays in rank order on ``root``, ``None`` elsewhere. Raw bytes: nothing
+    is pickled.
+
+    Collective: call on all ranks.
+    """
+    data = np.ascontiguousarray(data).reshape(-1)
+    got = _gatherv(comm, data.view(np.uint8), root, deadline or Deadline(None))
+    if got is None:
+        return None
+    out, counts, displs = got
+    return [out[d : d + c].view(data.dtype) for d, c in zip(displs, counts, strict=True)]
+
+
 def bcast_json(comm: MPI.Comm, obj: Any, root: int = 0, deadline: Deadline | None = None) -> Any:
     """Broadcast a JSON-serializable object from ``root``.
 
@@ -222,7 +252,7 @@ def bcast_json(comm: MPI.Comm, obj: Any, root: int = 0, deadline: Deadline | Non
     if not is_root:
         data = np.empty(int(n[0]), dtype=np.uint8)
     assert data is not None
-    deadline.wait(comm.Ibcast(data, root=root), comm)
+    deadline.wait_all([comm.Ibcast(data, root=root)], comm)
     return obj if is_root else _decode(data)
 
 
@@ -301,13 +331,11 @@ def allgatherv_array(
     out = np.empty(int(sum(counts)), dtype=local.dtype)
     item = MPI.BYTE.Create_contiguous(local.dtype.itemsize).Commit()  # counts in elements
     try:
-        (deadline or Deadline(None)).wait(
-            comm.Iallgatherv(
-                [local.view(np.uint8), local.size, item],
-                [out.view(np.uint8), list(counts), displs, item],
-            ),
-            comm,
+        req = comm.Iallgatherv(
+            [local.view(np.uint8), local.size, item],
+            [out.view(np.uint8), list(counts), displs, item],
         )
+        (deadline or Deadline(None)).wait_all([req], comm)
     finally:
         item.Free()
     return out
@@ -511,7 +539,7 @@ def bcast_bytes(
         if is_root and data is not None
         else np.empty(int(n[0]), dtype=np.uint8)
     )
-    deadline.wait(comm.Ibcast(buf, root=root), comm)
+    deadline.wait_all([comm.Ibcast(buf, root=root)], comm)
     return data if is_root and data is not None else buf.tobytes()
 
 

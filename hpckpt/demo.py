@@ -156,7 +156,8 @@ def _worker(args: argparse.Namespace) -> int:
         ordered = [g for part in every for g in part]  # micro-batch order, whatever the mesh
         total = [sum(mb[i] for mb in ordered) for i in range(len(ws))]
         return [
-            t[v.layout.local_slices(v.shape)] for t, v in zip(total, net.variables, strict=False)
+            t[tuple(slice(a, a + n) for a, n in zip(v.offset, v.local.shape, strict=True))]
+            for t, v in zip(total, net.variables, strict=False)
         ]
 
     while int(step.local) < args.steps:

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "UNSHARDED",
+    "Blocks",
     "Layout",
     "LayoutSpec",
     "block_range",
@@ -50,15 +51,50 @@ def block_range(n: int, parts: int, index: int) -> tuple[int, int]:
     return start, start + base + (1 if index < rem else 0)
 
 
-def dim_bounds(n: int, parts: int, splits: Sequence[int] | None = None) -> tuple[int, ...]:
+class Blocks(Sequence[int]):
+    """The ``parts + 1`` block boundaries of the block distribution of ``n`` elements.
+
+    Computed on access (a 100,000-rank mesh costs nothing until asked), so that a
+    bisection over them costs O(log parts).
+    """
+
+    __slots__ = ("_base", "_rem", "n", "parts")
+
+    def __init__(self, n: int, parts: int) -> None:
+        self.n = n
+        self.parts = parts
+        self._base, self._rem = divmod(n, parts)
+
+    def __len__(self) -> int:
+        return self.parts + 1
+
+    def __getitem__(self, i: int) -> int:  # type: ignore[override]
+        if i < 0:
+            i += self.parts + 1
+        if not 0 <= i <= self.parts:
+            raise IndexError(i)
+        return self.n if i == self.parts else i * self._base + min(i, self._rem)
+
+    def largest(self) -> int:
+        """The size of the largest block."""
+        return self._base + (1 if self._rem else 0)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    def __repr__(self) -> str:
+        return f"Blocks({self.n}, {self.parts})"
+
+
+def dim_bounds(n: int, parts: int, splits: Sequence[int] | None = None) -> Sequence[int]:
     """The ``parts + 1`` block boundaries of a dimension of ``n`` elements.
 
     ``splits`` (explicit ownership ranges, PETSc-style) when given, else the block
-    distribution of :func:`block_range`.
+    distribution of :func:`block_range` (computed on access: :class:`Blocks`).
     """
     if splits is not None:
         return tuple(splits)
-    return (*(block_range(n, parts, i)[0] for i in range(parts)), n)
+    return Blocks(n, parts)
 
 
 def validate_splits(
@@ -178,10 +214,10 @@ class LayoutSpec:
         """``splits`` as a dict."""
         return dict(self.splits)
 
-    def bounds(self, shape: Sequence[int]) -> list[tuple[int, ...] | None]:
+    def bounds(self, shape: Sequence[int]) -> list[Sequence[int] | None]:
         """Per tensor dimension: its block boundaries, or ``None`` when unsharded."""
         sp = self.splits_dict()
-        out: list[tuple[int, ...] | None] = []
+        out: list[Sequence[int] | None] = []
         for n, s in zip(shape, self.specs, strict=True):
             if s == UNSHARDED:
                 out.append(None)

@@ -49,9 +49,7 @@ class Optimizer(Module):
         """
         slot = self._get_slot(var, slot_name)
         if slot is None:
-            slot = Variable.from_local(
-                np.zeros_like(var.local), var.layout, var.shape, name=f"{var.name}/{slot_name}"
-            )
+            slot = var.zeros_like(name=f"{var.name}/{slot_name}")
             self._add_slot(var, slot_name, slot)
         return slot
 

@@ -91,6 +91,13 @@ class CheckpointOptions:
             save they run in the background thread, once the save committed. An
             exception in one is raised on every rank as ``WriteCallbackError``; the
             checkpoint stays committed.
+        progress: Report the progress of long saves and restores on rank 0:
+            ``True`` prints a line on stderr every 10 % (or 5 seconds); a callable
+            is called as ``progress(done, total)`` with bytes (at most once per
+            percent, and once with ``done == total`` at the end). ``total`` is the
+            size of the checkpoint (of what a restore reads), ``done`` rank 0's
+            share moved so far, scaled to ``total``. After an asynchronous save it
+            is called from the background thread. ``None``: no report.
     """
 
     enable_async: bool = False
@@ -104,6 +111,7 @@ class CheckpointOptions:
     alignment_threshold: int = field(default=1 << 20, kw_only=True)
     async_memory_budget: int | None = field(default=None, kw_only=True)
     write_callbacks: tuple[Callable[..., Any], ...] = field(default=(), kw_only=True)
+    progress: bool | Callable[[int, int], None] | None = field(default=None, kw_only=True)
 
     def __post_init__(self) -> None:
         callbacks = self.write_callbacks
@@ -121,6 +129,9 @@ class CheckpointOptions:
                     f"write callback {fn!r:.80} must take the checkpoint path or no argument"
                 )
         object.__setattr__(self, "write_callbacks", tuple(callbacks))
+        p = self.progress
+        if p is not None and not isinstance(p, bool) and not callable(p):
+            raise TypeError(f"progress must be True, False, None or a callable, got {p!r:.80}")
         if self.timeout is not None and (
             isinstance(self.timeout, bool)
             or not isinstance(self.timeout, (int, float))
@@ -147,9 +158,12 @@ class CheckpointOptions:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
 
 
-def io_options(options: CheckpointOptions) -> IOOptions:
-    """The storage layer's options for ``options``."""
+def io_options(
+    options: CheckpointOptions, progress: Callable[[int, int], None] | None = None
+) -> IOOptions:
+    """The storage layer's options for ``options`` (``progress``: this rank's hook)."""
     return IOOptions(
+        progress=progress,
         collective=options.collective,
         mpi_info=options.mpi_info,
         verify_checksums=options.verify_checksums,

@@ -15,6 +15,7 @@ from .errors import KeyNotFoundError, NotFoundError
 from .io import (
     CheckpointIndex,
     TensorEntry,
+    as_logical,
     latest_checkpoint,
     load_index,
     normalize_prefix,
@@ -98,22 +99,23 @@ class CheckpointReader:
         return {k: list(t.shape) for k, t in self._index.tensors.items()}
 
     def get_variable_to_dtype_map(self) -> dict[str, np.dtype]:
-        """``{key: numpy dtype}`` of every tensor."""
-        return {k: t.dtype for k, t in self._index.tensors.items()}
+        """``{key: numpy dtype}`` of every tensor (``ml_dtypes`` floats by their own dtype)."""
+        return {k: _dtype_of(t) for k, t in self._index.tensors.items()}
 
     def has_tensor(self, key: str) -> bool:
         """Whether the checkpoint holds ``key``."""
         return key in self._index.tensors
 
     def get_tensor(self, key: str) -> np.ndarray:
-        """The global array of ``key`` (checksums verified).
+        """The global array of ``key`` (checksums verified), of its saved dtype
+        (``bfloat16`` and float8 tensors as ``ml_dtypes`` arrays).
 
         Raises:
             KeyNotFoundError: No such tensor (a ``NotFoundError`` and a ``KeyError``).
             CorruptCheckpointError: Its bytes fail their checksums.
         """
         e = self._entry(key)
-        return read_tensor_serial(self._prefix, self._index, e, verify=True)
+        return as_logical(e, read_tensor_serial(self._prefix, self._index, e, verify=True))
 
     def tensor_info(self, key: str) -> TensorInfo:
         """Shape, dtype, layout and mesh at save of ``key``."""
@@ -121,7 +123,7 @@ class CheckpointReader:
         return TensorInfo(
             e.key,
             e.shape,
-            e.dtype,
+            _dtype_of(e),
             e.sharding_specs,
             e.mesh_dim_names,
             e.mesh_shape,
@@ -132,6 +134,10 @@ class CheckpointReader:
     def get_layout_map(self) -> dict[str, dict | None]:
         """``{key: {"sharding_specs": [...], "mesh": {...}}}``: each tensor's layout at save."""
         return {k: t.layout_dict() for k, t in self._index.tensors.items()}
+
+
+def _dtype_of(e: TensorEntry) -> np.dtype:
+    return as_logical(e, np.empty(0, dtype=e.dtype)).dtype
 
 
 def load_checkpoint(dir_or_path: str | os.PathLike) -> CheckpointReader:

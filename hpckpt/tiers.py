@@ -224,7 +224,7 @@ class _Job:
         """
         what = f"persisting {self.path!r}"
         self.tensors = _dist.run_agreed(
-            comm, what, lambda: mapped_copies(self.saved, self.plan.tensors), self.deadline
+            comm, what, lambda: mapped_copies(self.saved), self.deadline
         )
 
     def flush(self, comm: MPI.Comm) -> None:

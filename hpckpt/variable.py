@@ -1,4 +1,9 @@
-"""Variables: a global tensor of which each rank keeps its layout-defined shard."""
+"""Variables: a global tensor of which each rank keeps its shard (a layout's block, or any box).
+
+A Variable's shard (:attr:`Variable.local`) is either its own array or, with
+``from_local(..., copy=False)``, the caller's array itself (any strided numpy view,
+or a CPU object with ``__dlpack__`` or the buffer protocol, converted without a copy).
+"""
 
 from __future__ import annotations
 
@@ -8,28 +13,43 @@ from typing import Any
 import numpy as np
 from mpi4py import MPI
 
-from ._dist import allgatherv_array
+from ._dist import allgather_json, allgatherv_array
+from .dtypes import check_dtype
 from .layout import Layout
 from .mesh import default_mesh
 
-__all__ = ["Variable", "check_dtype"]
-
-_KINDS = "biufc"
+__all__ = ["Variable", "as_local_array", "check_dtype"]
 
 
-def check_dtype(dtype: Any) -> np.dtype:
-    """Return ``dtype`` as a native-byte-order numpy dtype, or raise ``TypeError``.
+def as_local_array(value: Any, copy: bool) -> np.ndarray:
+    """``value`` as a numpy array: the same memory when ``copy`` is False.
 
-    Supported: bool and every numeric numpy dtype (signed and unsigned integers,
-    floats, complex).
+    Without a copy, ``value`` must be a numpy array (any strides), or a CPU object
+    exporting ``__dlpack__`` (``numpy.from_dlpack``) or the buffer protocol
+    (``numpy.asarray(memoryview(value))``).
+
+    Raises:
+        TypeError: ``copy`` is False and ``value`` offers none of these.
     """
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        raise TypeError(f"{dtype!r} is not a numpy dtype") from None
-    if dt.kind not in _KINDS or dt.fields is not None or dt.subdtype is not None:
-        raise TypeError(f"dtype {dt!r} is not supported: use bool or a numeric numpy dtype")
-    return dt.newbyteorder("=")
+    if isinstance(value, np.ndarray):
+        return value
+    if not copy:
+        if hasattr(value, "__dlpack__"):
+            try:
+                return np.from_dlpack(value)
+            except (TypeError, BufferError, RuntimeError, ValueError) as e:
+                raise TypeError(
+                    f"cannot use {type(value).__name__} without a copy through DLPack: {e}"
+                ) from None
+        try:
+            mv = memoryview(value)
+        except TypeError:
+            raise TypeError(
+                f"copy=False needs a numpy array, or an object with __dlpack__ or the buffer "
+                f"protocol; got {type(value).__name__}"
+            ) from None
+        return np.asarray(mv)
+    return np.asarray(value)
 
 
 def _check_shape(shape: Sequence[int]) -> tuple[int, ...]:
@@ -42,22 +62,69 @@ def _check_shape(shape: Sequence[int]) -> tuple[int, ...]:
     return out
 
 
+def _check_offset(
+    offset: Sequence[int] | None, local: tuple[int, ...], shape: tuple[int, ...]
+) -> tuple[int, ...]:
+    """The start of this rank's box, checked against the global shape."""
+    if offset is None:
+        if local == shape:
+            return (0,) * len(shape)
+        raise ValueError(
+            f"from_local without a layout needs offset= (the start of this rank's box): the "
+            f"local value of shape {local!r} is not the whole {shape!r} tensor"
+        )
+    try:
+        off = tuple(int(x) for x in offset)
+    except TypeError:
+        raise ValueError(f"offset must be a sequence of ints, got {offset!r}") from None
+    if len(off) != len(shape) or len(local) != len(shape):
+        raise ValueError(
+            f"offset {off!r} and the local value of shape {local!r} must both have one entry "
+            f"per dimension of the {shape!r} tensor"
+        )
+    if any(o < 0 or o + n > g for o, n, g in zip(off, local, shape, strict=True)):
+        raise ValueError(
+            f"the box at offset {off!r} of shape {local!r} does not fit in the {shape!r} tensor"
+        )
+    return off
+
+
+def _mismatch_message(arr: np.ndarray, layout: Layout, shape: tuple[int, ...]) -> str:
+    want = layout.local_shape(shape)
+    rule = (
+        f"the layout's own splits {layout.splits!r}"
+        if layout.splits
+        else "the block rule (a dimension of n elements over k ranks: the first n % k blocks "
+        "get n // k + 1 elements, the others n // k)"
+    )
+    return (
+        f"local value of shape {arr.shape!r} does not match the local shape {want!r} that "
+        f"layout {list(layout.sharding_specs)!r} gives this rank (mesh coordinates "
+        f"{layout.mesh.coords!r}) of a {shape!r} tensor under {rule}. If your code splits "
+        f"differently (e.g. the remainder on the last rank), state your boundaries with "
+        f"Layout(..., splits={{mesh dim: [0, ..., n]}}), or pass offset=<start of this "
+        f"rank's box> and no layout (any box per rank)"
+    )
+
+
 class Variable:
-    """A global tensor sharded over a mesh.
+    """A global tensor of which each rank keeps a shard.
 
     Every rank passes the same global ``initial_value``; each keeps only the shard
-    its layout assigns to it (:attr:`local`).
+    its layout assigns to it (:attr:`local`). :meth:`from_local` builds a Variable
+    from each rank's own shard instead: a layout's block, or any box (``offset``).
 
     Args:
         initial_value: The global array (identical on every rank), or a scalar.
         layout: How the tensor is split over a mesh. ``None`` means replicated
             on the default 1-D mesh over ``MPI.COMM_WORLD`` (created collectively
             on first use).
-        dtype: Cast ``initial_value`` to this dtype (bool or numeric).
+        dtype: Cast ``initial_value`` to this dtype (bool, numeric, or an
+            ``ml_dtypes`` float such as ``bfloat16``).
         name: A name for messages and ``repr``.
 
     Raises:
-        TypeError: The dtype is not bool or numeric.
+        TypeError: The dtype is not supported.
         ValueError: The layout's rank differs from the value's number of dimensions.
     """
 
@@ -77,54 +144,108 @@ class Variable:
         self._init(local, layout, value.shape, name)
 
     def _init(
-        self, local: np.ndarray, layout: Layout, global_shape: tuple[int, ...], name: str | None
+        self,
+        local: np.ndarray,
+        layout: Layout | None,
+        global_shape: tuple[int, ...],
+        name: str | None,
+        offset: tuple[int, ...] | None = None,
+        comm: MPI.Comm | None = None,
     ) -> None:
         self._local = local
         self._layout = layout
         self._shape = tuple(global_shape)
         self._name = name if name is not None else "Variable"
-        self._start: tuple[int, ...] | None = None  # the hyperslab's start, on first use
+        self._start: tuple[int, ...] | None = offset  # the box's start (layouts: on first use)
+        self._comm = comm if layout is None else None
 
     @property
     def local_start(self) -> tuple[int, ...]:
-        """The global index of this rank's shard's first element (its hyperslab's start)."""
+        """The global index of this rank's shard's first element (same as :attr:`offset`)."""
         st = self._start
         if st is None:
+            assert self._layout is not None
             st = self._start = tuple(s.start for s in self._layout.local_slices(self._shape))
         return st
+
+    @property
+    def offset(self) -> tuple[int, ...]:
+        """The start of this rank's box in the global array."""
+        return self.local_start
+
+    @property
+    def comm(self) -> MPI.Comm:
+        """The communicator over which the shards are spread (the layout's mesh's)."""
+        if self._layout is not None:
+            return self._layout.mesh.comm
+        assert self._comm is not None
+        return self._comm
 
     @classmethod
     def from_local(
         cls,
         local_value: Any,
-        layout: Layout,
-        global_shape: Sequence[int],
+        layout: Layout | None = None,
+        global_shape: Sequence[int] | None = None,
         name: str | None = None,
+        *,
+        offset: Sequence[int] | None = None,
+        copy: bool = True,
+        comm: MPI.Comm | None = None,
     ) -> Variable:
         """Build a Variable from each rank's own shard.
 
+        Either a ``layout`` says where each rank's shard lies (its shape must be
+        ``layout.local_shape(global_shape)``), or, without a layout, ``offset`` gives
+        the start of this rank's box: any box per rank (load-balanced, non-Cartesian);
+        ranks with identical boxes hold replicas. The boxes must tile the global shape
+        (no gap, no overlap): a save checks it on all ranks.
+
         Args:
-            local_value: This rank's shard; its shape must be
-                ``layout.local_shape(global_shape)``.
-            layout: The layout.
+            local_value: This rank's shard.
+            layout: The layout, or ``None`` for per-rank boxes.
             global_shape: The global tensor's shape.
             name: A name for messages and ``repr``.
+            offset: Without a layout: the start of this rank's box (default: the
+                origin, when the shard is the whole tensor).
+            copy: ``False``: keep ``local_value`` itself as :attr:`local` (no copy):
+                a numpy array of any strides (a view such as ``u[1:-1, 1:-1]`` of a
+                field with ghost cells), or a CPU object with ``__dlpack__`` or the
+                buffer protocol. Saves read from it, restores write into it.
+            comm: Without a layout: the communicator of the ranks holding the boxes
+                (default ``MPI.COMM_WORLD``); its size must be the checkpoint's.
 
         Raises:
-            ValueError: The shard's shape does not match the layout.
+            ValueError: The shard's shape does not match the layout (the message
+                names the block rule and how to state other boundaries), the box does
+                not fit, or ``layout`` and ``offset`` are both given.
+            TypeError: The dtype is not supported, or ``copy=False`` and the value
+                cannot be used without a copy.
         """
+        if global_shape is None:
+            raise ValueError("from_local needs global_shape (the whole tensor's shape)")
         shape = _check_shape(global_shape)
-        _check_layout(layout, shape)
-        arr = np.asarray(local_value)
+        arr = as_local_array(local_value, copy)
         dt = check_dtype(arr.dtype)
-        want = layout.local_shape(shape)
-        if arr.shape != want:
-            raise ValueError(
-                f"local value of shape {arr.shape!r} does not match the local shape {want!r} "
-                f"of a {shape!r} tensor with layout {list(layout.sharding_specs)!r}"
+        if copy:
+            arr = np.array(arr, dtype=dt, order="C", copy=True)
+        elif arr.dtype != dt:
+            raise TypeError(
+                f"copy=False needs native byte order, got dtype {arr.dtype.str!r} (use copy=True)"
             )
         self = cls.__new__(cls)
-        self._init(np.array(arr, dtype=dt, order="C", copy=True), layout, shape, name)
+        if layout is not None:
+            if offset is not None or comm is not None:
+                raise ValueError(
+                    "from_local takes either a layout or a box (offset=, comm=), not both"
+                )
+            _check_layout(layout, shape)
+            if arr.shape != layout.local_shape(shape):
+                raise ValueError(_mismatch_message(arr, layout, shape))
+            self._init(arr, layout, shape, name)
+        else:
+            off = _check_offset(offset, arr.shape, shape)
+            self._init(arr, None, shape, name, off, comm if comm is not None else MPI.COMM_WORLD)
         return self
 
     @property
@@ -138,8 +259,8 @@ class Variable:
         return self._local.dtype
 
     @property
-    def layout(self) -> Layout:
-        """The layout."""
+    def layout(self) -> Layout | None:
+        """The layout (``None`` for a Variable of per-rank boxes, see :meth:`from_local`)."""
         return self._layout
 
     @property
@@ -149,8 +270,25 @@ class Variable:
 
     @property
     def local(self) -> np.ndarray:
-        """This rank's shard (a writable, C-contiguous numpy array)."""
+        """This rank's shard: a writable numpy array (the caller's own with ``copy=False``)."""
         return self._local
+
+    @local.setter
+    def local(self, value: Any) -> None:
+        """Re-point the Variable to another buffer of the same shape and dtype (no copy).
+
+        Raises:
+            ValueError: The shape or dtype differs.
+            TypeError: ``value`` cannot be used without a copy.
+        """
+        arr = as_local_array(value, copy=False)
+        if arr.shape != self._local.shape or arr.dtype != self._local.dtype:
+            raise ValueError(
+                f"variable {self._name!r}: cannot re-point its shard of shape "
+                f"{self._local.shape!r} and dtype {self._local.dtype} to an array of shape "
+                f"{arr.shape!r} and dtype {arr.dtype}"
+            )
+        self._local = arr
 
     @property
     def nbytes(self) -> int:
@@ -161,21 +299,34 @@ class Variable:
         """The global array, gathered from the shards.
 
         Collective: call on all ranks of the layout's mesh (unless the variable is
-        fully replicated, when no communication is needed).
+        fully replicated, when no communication is needed), or of :attr:`comm` for
+        per-rank boxes.
         """
-        if self._layout.is_fully_replicated():
-            return self._local.copy()
-        mesh = self._layout.mesh
-        comm: MPI.Comm = mesh.comm
-        out = np.empty(self._shape, dtype=self.dtype)
+        lay = self._layout
+        if lay is not None and lay.is_fully_replicated():
+            return np.array(self._local, order="C", copy=True)
+        comm = self.comm
         size = comm.Get_size()
-        slices = [self._layout.slices_at(mesh.coords_of(r), self._shape) for r in range(size)]
+        if lay is not None:
+            mesh = lay.mesh
+            slices = [lay.slices_at(mesh.coords_of(r), self._shape) for r in range(size)]
+        else:
+            boxes = allgather_json(comm, [list(self.local_start), list(self._local.shape)])
+            slices = [
+                tuple(slice(a, a + n) for a, n in zip(st, sh, strict=True)) for st, sh in boxes
+            ]
+        out = np.empty(self._shape, dtype=self.dtype)
         counts = [int(np.prod([s.stop - s.start for s in sl], dtype=np.int64)) for sl in slices]
-        flat = allgatherv_array(comm, self._local.reshape(-1), counts)
+        flat = allgatherv_array(comm, np.ascontiguousarray(self._local).reshape(-1), counts)
         displs = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64).tolist()
         for sl, d, c in zip(slices, displs, counts, strict=True):
             out[sl] = flat[d : d + c].reshape([s.stop - s.start for s in sl])
         return out
+
+    def _global_slices(self) -> tuple[slice, ...]:
+        return tuple(
+            slice(a, a + n) for a, n in zip(self.local_start, self._local.shape, strict=True)
+        )
 
     def assign(self, value: Any) -> Variable:
         """Set the global value (identical on every rank); each rank keeps its shard.
@@ -189,11 +340,11 @@ class Variable:
                 f"cannot assign a value of shape {arr.shape!r} to variable {self._name!r} "
                 f"of shape {self._shape!r}"
             )
-        self._local[...] = arr[self._layout.local_slices(self._shape)]
+        self._local[...] = arr[self._global_slices()]
         return self
 
     def assign_local(self, value: Any) -> Variable:
-        """Set this rank's shard.
+        """Set this rank's shard (copied into :attr:`local`).
 
         Raises:
             ValueError: ``value``'s shape differs from the local shard's.
@@ -207,24 +358,47 @@ class Variable:
         self._local[...] = arr
         return self
 
+    def zeros_like(self, name: str | None = None) -> Variable:
+        """A new Variable of zeros with the same shape, dtype and layout (or box)."""
+        new = Variable.__new__(Variable)
+        new._init(
+            np.zeros(self._local.shape, dtype=self.dtype),
+            self._layout,
+            self._shape,
+            name,
+            self._start if self._layout is None else None,
+            self._comm,
+        )
+        return new
+
     def __copy__(self) -> Variable:
         """The variable itself (as ``copy.copy`` of a TensorFlow variable)."""
         return self
 
     def __deepcopy__(self, memo: dict) -> Variable:
         """A new variable: a copy of this rank's shard in a new buffer, the same layout
-        (and mesh), shape and name. Local: each rank copies its own shard."""
+        (and mesh) or box, shape and name. Local: each rank copies its own shard."""
         new = Variable.__new__(type(self))
         memo[id(self)] = new
         new._init(
-            np.array(self._local, order="C", copy=True), self._layout, self._shape, self._name
+            np.array(self._local, order="C", copy=True),
+            self._layout,
+            self._shape,
+            self._name,
+            self._start if self._layout is None else None,
+            self._comm,
         )
         return new
 
     def __repr__(self) -> str:
+        where = (
+            f"layout={list(self._layout.sharding_specs)}"
+            if self._layout is not None
+            else f"offset={self.local_start}"
+        )
         return (
             f"<hpckpt.Variable {self._name!r} shape={self._shape} dtype={self.dtype} "
-            f"layout={list(self._layout.sharding_specs)} local_shape={self._local.shape}>"
+            f"{where} local_shape={self._local.shape}>"
         )
 
 

@@ -65,7 +65,7 @@ class CheckpointView:
         return self._node(node_id).key
 
     def kind(self, node_id: int) -> str:
-        """``"object"``, ``"variable"`` or ``"python_state"``."""
+        """``"object"``, ``"variable"``, ``"python_state"`` or ``"rank_state"``."""
         return self._node(node_id).kind
 
     def descendants(self) -> list[int]:

@@ -64,9 +64,11 @@ fi
 $PY -c "import h5py, sys; sys.exit(0 if h5py.get_config().mpi else 1)" \
     || die "h5py.get_config().mpi is False: h5py was not built against parallel HDF5"
 
-# 4. hpckpt itself, editable, with the test extras.
-$PY - <<'PY' 2>/dev/null || { say "installing hpckpt (editable) with test extras"; $PIP install --no-build-isolation -e '.[test]'; }
-import importlib.metadata as m, hpckpt, pytest, pytest_mpi, pytest_timeout, hypothesis, importlinter, mypy  # noqa: F401
+# 4. hpckpt itself, editable, with the test extras (they include ml_dtypes and the CPU
+#    build of torch==2.13.0 that this machine's pip index serves: the tests of
+#    hpckpt.torch run in `make test`).
+$PY - <<'PY' 2>/dev/null || { say "installing hpckpt (editable) with test extras (ml_dtypes, torch==2.13.0)"; $PIP install --no-build-isolation -e '.[test]'; }
+import importlib.metadata as m, hpckpt, pytest, pytest_mpi, pytest_timeout, hypothesis, importlinter, mypy, ml_dtypes, torch  # noqa: F401
 m.version("hpckpt")
 PY
 say "ready: $($PY -c 'import h5py, mpi4py, numpy; print(f"h5py {h5py.__version__} (HDF5 {h5py.version.hdf5_version}, mpi={h5py.get_config().mpi}), mpi4py {mpi4py.__version__}, numpy {numpy.__version__}")')"

@@ -76,7 +76,9 @@ def entries(draw: st.DrawFn, key: str, offset: int, nprocs: int) -> tuple[Tensor
         slicing: DerivedSlicing | ListedSlicing = DerivedSlicing(
             shape, layout, dtype.itemsize, draw(st.sampled_from([1, 16, REPLICA_SPLIT_BYTES]))
         )
-        slicing = DerivedSlicing(shape, layout, dtype.itemsize, REPLICA_SPLIT_BYTES)
+        slicing = DerivedSlicing(
+            shape, layout, dtype.itemsize, REPLICA_SPLIT_BYTES, draw(st.booleans())
+        )
     else:
         layout = None
         # a grid of boxes: an exact cover
@@ -157,7 +159,7 @@ def test_derived_slices_tile_every_tensor_exactly_once(data: st.DataObject) -> N
     shape = tuple(data.draw(st.lists(st.integers(0, 9), min_size=0, max_size=3)))
     layout = data.draw(layouts(shape, nprocs))
     split = data.draw(st.sampled_from([1, 8, 1 << 20]))
-    s = DerivedSlicing(shape, layout, 8, split)
+    s = DerivedSlicing(shape, layout, 8, split, data.draw(st.booleans()))
     cover = np.zeros(shape, dtype=np.int64)
     nonempty = s.nonempty()
     for i in range(len(s)):
@@ -167,17 +169,20 @@ def test_derived_slices_tile_every_tensor_exactly_once(data: st.DataObject) -> N
     assert (cover == 1).all()
     # every slice is written by exactly one mesh position
     writers = np.zeros(len(s), dtype=np.int64)
+    vectorized = s.writers(5)  # rank 0's view of who wrote what, for every rank at once
     for r in range(nprocs):
         coords = np.unravel_index(r, layout.mesh_shape)
         unused = [
             (n, k)
-            for n, k in zip(layout.dim_names, layout.mesh_shape, strict=True)
-            if n not in layout.specs
+            for n, k in zip(s.spec.dim_names, s.spec.mesh_shape, strict=True)
+            if n not in s.spec.specs
         ]
         rep = 0
         for n, k in unused:
-            rep = rep * k + int(coords[layout.dim_names.index(n)])
-        i = s.written_by([int(c) for c in coords], rep, ordinal=5)
+            rep = rep * k + int(coords[s.spec.dim_names.index(n)])
+        assert s.replica_index([int(c) for c in coords]) == rep
+        i = s.written_by([int(c) for c in coords], ordinal=5)
+        assert vectorized[r] == (-1 if i is None else i)
         if i is not None:
             writers[i] += 1
     assert (writers[nonempty] == 1).all() and (writers[~nonempty] == 0).all()

@@ -358,3 +358,130 @@ def test_ranks_with_different_layouts_never_commit_a_hole(shared_dir):
     assert all_ranks(msg is not None and "layouts" in msg), msg
     assert len(set(comm.allgather(msg))) == 1
     assert all_ranks(not os.path.exists(prefix + ".index.json"))
+
+
+def test_plan_cache_reuses_the_structure_and_notices_any_change(shared_dir):
+    """Saves of the same structure reuse rank 0's file template and every rank's offsets;
+    any change (a tensor, a shape, an option) on all ranks makes a fresh plan; every
+    checkpoint restores bit-identically and is a plain HDF5 file."""
+    from hpckpt.io import write as w
+
+    comm = MPI.COMM_WORLD
+    mesh = hpckpt.create_mesh([("x", comm.size)])
+
+    def model(extra=False, rows=12):
+        vs = {
+            "a": hpckpt.Variable(
+                np.arange(rows * 5.0).reshape(rows, 5), Layout(["x", UNSHARDED], mesh)
+            ),
+            "b": hpckpt.Variable(np.arange(7, dtype=np.int32)),
+        }
+        if extra:
+            vs["c"] = hpckpt.Variable(np.ones((3, 2), np.float32))
+        return vs
+
+    cases = [
+        (model(), None),
+        (model(), None),  # a cache hit
+        (model(extra=True), None),  # one more tensor
+        (model(rows=13), None),  # another shape
+        (model(rows=13), hpckpt.CheckpointOptions(alignment=4096)),  # another option
+        (model(rows=13), hpckpt.CheckpointOptions(alignment=4096)),  # a hit again
+    ]
+    hits = []
+    for n, (vs, opts) in enumerate(cases):
+        before = set(w._PLANS)
+        p = hpckpt.Checkpoint(**vs).write(os.path.join(shared_dir, f"c{n}"), options=opts)
+        hits.append(set(w._PLANS) == before)
+        fresh = {k: hpckpt.Variable(np.zeros_like(v.numpy()), v.layout) for k, v in vs.items()}
+        hpckpt.Checkpoint(**fresh).read(p).assert_consumed()
+        want = {k: v.numpy() for k, v in vs.items()}
+        got = {k: v.numpy() for k, v in fresh.items()}
+        with Agreed():
+            for k in vs:
+                assert np.array_equal(got[k], want[k]), (n, k)
+            if comm.rank == 0:
+                data = load_index(p).data_file
+                with h5py.File(os.path.join(shared_dir, data), "r") as f:
+                    assert np.array_equal(f["a"][...], want["a"])
+    assert all_ranks(hits == [False, True, False, False, False, True]), hits
+
+
+@pytest.mark.parametrize("chunk", [1 << 16, 1 << 25], ids=["many-chunks", "one-chunk"])
+def test_strided_shards_are_saved_in_contiguous_row_bands(shared_dir, chunk, monkeypatch):
+    """Shards split along columns are exchanged by the ranks sharing their rows and written
+    as contiguous bands (index ``rows``); they restore bit-identically onto the same and
+    other layouts, and a flipped byte in a band is caught."""
+    from hpckpt.io import aggregate
+
+    monkeypatch.setattr(aggregate, "CHUNK_BYTES", chunk)
+    comm = MPI.COMM_WORLD
+    mesh = mesh2d()
+    rng = np.random.default_rng(7)
+    a = rng.standard_normal((2049, 517)).astype(np.float32)  # uneven, > 1 MiB per shard
+    b = rng.integers(0, 1 << 30, (300, 2000), dtype=np.int64)
+    vs = {
+        "a": hpckpt.Variable(a, Layout(["x", "y"], mesh)),
+        "b": hpckpt.Variable(b, Layout([UNSHARDED, "y"], mesh)),
+    }
+    p = hpckpt.Checkpoint(**vs).write(os.path.join(shared_dir, f"bands{chunk}"))
+    with Agreed():
+        doc = json.load(open(p + ".index.json"))
+        strided = mesh.shape[1] > 1
+        assert doc["tensors"]["a/.ATTRIBUTES/VARIABLE_VALUE"].get("rows", False) is strided
+        assert doc["tensors"]["b/.ATTRIBUTES/VARIABLE_VALUE"].get("rows", False) is strided
+    flat = hpckpt.create_mesh([("r", comm.size)])
+    for la, lb in [
+        (Layout(["x", "y"], mesh), Layout([UNSHARDED, "y"], mesh)),
+        (Layout(["r", UNSHARDED], flat), Layout([UNSHARDED, "r"], flat)),
+        (Layout.replicated(flat, 2), Layout(["r", UNSHARDED], flat)),
+        (Layout(["y", "x"], mesh), Layout(["x", "y"], mesh)),
+    ]:
+        t = {
+            "a": hpckpt.Variable(np.zeros_like(a), la),
+            "b": hpckpt.Variable(np.zeros_like(b), lb),
+        }
+        hpckpt.Checkpoint(**t).read(p).assert_consumed()
+        got_a, got_b = t["a"].numpy(), t["b"].numpy()
+        assert all_ranks(np.array_equal(got_a, a) and np.array_equal(got_b, b))
+    if comm.rank == 0:
+        e = load_index(p).tensors["a/.ATTRIBUTES/VARIABLE_VALUE"]
+        with open(os.path.join(shared_dir, load_index(p).data_file), "r+b") as f:
+            f.seek(e.offset + 4 * 517 * 700 + 3)
+            x = f.read(1)
+            f.seek(e.offset + 4 * 517 * 700 + 3)
+            f.write(bytes([x[0] ^ 1]))
+    comm.Barrier()
+    t = {"a": hpckpt.Variable(np.zeros_like(a), Layout(["x", "y"], mesh))}
+    with pytest.raises(hpckpt.CorruptCheckpointError, match="checksum mismatch in tensor 'a/"):
+        hpckpt.Checkpoint(**t).read(p).expect_partial()
+
+
+def test_strided_caller_arrays_are_saved_without_row_bands(shared_dir):
+    """Row bands would need a copy of a shard held in a strided array (a field with ghost
+    cells, ``copy=False``): when any rank holds one, every rank saves the layout's own
+    slices instead, straight from the caller's arrays, and they restore in place."""
+    mesh = mesh2d()
+    n = 1400  # shards of at least 1 MiB on a 2 x 2 mesh
+    lay = Layout(["x", "y"], mesh)
+    shape = lay.local_shape((n, n))
+    start = tuple(s.start for s in lay.local_slices((n, n)))
+    field = np.full((shape[0] + 2, shape[1] + 2), -1.0)  # one ghost cell around
+    ii, jj = np.meshgrid(
+        np.arange(shape[0]) + start[0], np.arange(shape[1]) + start[1], indexing="ij"
+    )
+    field[1:-1, 1:-1] = ii * n + jj
+    v = hpckpt.Variable.from_local(field[1:-1, 1:-1], lay, (n, n), copy=False)
+    p = hpckpt.Checkpoint(v=v).write(os.path.join(shared_dir, "ghosted"))
+    with Agreed():
+        doc = json.load(open(p + ".index.json"))
+        assert "rows" not in doc["tensors"]["v/.ATTRIBUTES/VARIABLE_VALUE"]
+    target = np.zeros_like(field)
+    t = hpckpt.Variable.from_local(target[1:-1, 1:-1], lay, (n, n), copy=False)
+    hpckpt.Checkpoint(v=t).read(p).assert_consumed()
+    assert all_ranks(np.array_equal(target[1:-1, 1:-1], field[1:-1, 1:-1]))
+    assert all_ranks((target[0] == 0).all() and (target[:, 0] == 0).all())  # ghosts untouched
+    whole = hpckpt.Variable(np.zeros((n, n)), Layout.replicated(mesh, 2))
+    hpckpt.Checkpoint(v=whole).read(p).assert_consumed()
+    want = np.arange(n * n, dtype=np.float64).reshape(n, n)
+    assert all_ranks(np.array_equal(whole.numpy(), want))

@@ -52,24 +52,44 @@ class Position(hpckpt.PythonState):
 
 
 class Model:
-    """Sharded, replicated (small and split-by-rows large) tensors and Python state."""
+    """Sharded, replicated (small and split-by-rows large) tensors, columns saved in row
+    bands by the standard format, the caller's strided buffer (zero copy), per-rank
+    boxes, and Python state."""
 
     def __init__(self) -> None:
-        mesh = hpckpt.create_mesh([("x", COMM.size)])
+        n = COMM.size
+        mesh = hpckpt.create_mesh([("x", n)])
         self.w = hpckpt.Variable(np.zeros((11, 6)), Layout(["x", UNSHARDED], mesh))
         self.b = hpckpt.Variable(np.zeros(7, np.int32), Layout.replicated(mesh, 1))
         self.big = hpckpt.Variable(np.zeros((700, 500), np.float32), Layout.replicated(mesh, 2))
         self.s = hpckpt.Variable(np.float64(0), Layout.replicated(mesh, 0))
+        self.cols = hpckpt.Variable(
+            np.zeros((800, 1500), np.float32), Layout([UNSHARDED, "x"], mesh)
+        )
+        self.field = np.zeros((5, 8))  # 3 x 6 interior, ghost cells around
+        self.ghost = hpckpt.Variable.from_local(
+            self.field[1:-1, 1:-1], Layout(["x", UNSHARDED], mesh), (3 * n, 6), copy=False
+        )
+        self.box = hpckpt.Variable.from_local(
+            np.zeros((2, 3)), global_shape=(2 * n, 3), offset=(2 * COMM.rank, 0)
+        )
         self.pos = Position()
-        self.ckpt = hpckpt.Checkpoint(w=self.w, b=self.b, big=self.big, s=self.s, pos=self.pos)
+        self.ckpt = hpckpt.Checkpoint(
+            w=self.w, b=self.b, big=self.big, s=self.s, cols=self.cols, ghost=self.ghost,
+            box=self.box, pos=self.pos,
+        )  # fmt: skip
 
     @staticmethod
     def values(k: int) -> dict[str, np.ndarray]:
+        n = COMM.size
         return {
             "w": np.arange(66.0).reshape(11, 6) * k + 0.5,
             "b": (np.arange(7, dtype=np.int32) + 1) * k,
             "big": np.arange(350000, dtype=np.float32).reshape(700, 500) * k,
             "s": np.float64(k) / 3,
+            "cols": np.arange(1_200_000, dtype=np.float32).reshape(800, 1500) * k,
+            "ghost": np.arange(18.0 * n).reshape(3 * n, 6) * k - 1,
+            "box": np.arange(6.0 * n).reshape(2 * n, 3) * k + 2,
         }
 
     def set(self, k: int) -> None:
@@ -78,7 +98,7 @@ class Model:
         self.pos.step = k
 
     def clear(self) -> None:
-        for n in ("w", "b", "big", "s"):
+        for n in self.values(0):
             getattr(self, n).local[...] = 0
         self.pos.step = -1
 

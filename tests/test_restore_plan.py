@@ -49,12 +49,16 @@ def test_every_element_comes_from_exactly_one_verified_slice(data: st.DataObject
     shape = tuple(data.draw(st.lists(st.integers(0, 7), max_size=3), label="shape"))
     saved = data.draw(layout_on(shape, saved_p), label="saved layout")
     split = data.draw(st.sampled_from([1, 64, REPLICA_SPLIT_BYTES]))
-    slicing = DerivedSlicing(shape, saved, 8, split)
+    rows = data.draw(st.booleans(), label="row bands")
+    slicing = DerivedSlicing(shape, saved, 8, split, rows)
     entry = TensorEntry(
         "t", "t", np.dtype("<f8"), shape, 0, saved, slicing, np.zeros(len(slicing), np.uint32)
     )
     use_boxes = data.draw(st.booleans(), label="per-rank boxes")
-    target = data.draw(layout_on(shape, p), label="restore layout")
+    if data.draw(st.booleans(), label="restore on the saved layout"):
+        p, target = saved_p, saved
+    else:
+        target = data.draw(layout_on(shape, p), label="restore layout")
 
     def box(r: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
         coords = [int(c) for c in np.unravel_index(r, target.mesh_shape)]

@@ -4,7 +4,7 @@ Modules import MPI, h5py and hpckpt only inside ``run`` so that ``--help`` and
 ``plot`` work without an MPI launcher.
 """
 
-from . import async_save, bandwidth, multilevel, plot, reshard, small, table
+from . import async_save, bandwidth, multilevel, plot, reshard, scale, scale_model, small, table
 
 SUITES = {
     "bandwidth": bandwidth,
@@ -12,6 +12,8 @@ SUITES = {
     "reshard": reshard,
     "async": async_save,
     "multilevel": multilevel,
+    "scale-model": scale_model,
+    "scale": scale,
     "plot": plot,
     "table": table,
 }

@@ -49,5 +49,9 @@ mpi "$NP" training_status.py
 mpi 4 format_example.py
 serial format_read_h5py.py fmt/ckpt-3
 mpi "$NP" format_alignment.py
+mpi 4 heat_solver.py heat --steps 40 --stop-at 20
+mpi 3 heat_solver.py heat --steps 40
+mpi 2 torch_train.py torchrun --steps 6 --stop-at 3
+mpi 3 torch_train.py torchrun --steps 6
 HPCKPT_RANKS_PER_NODE=2 mpi 4 multilevel.py   # two emulated nodes of two ranks
 echo "# all examples passed"

@@ -15,6 +15,7 @@ storage layer's commit protocol runs (:meth:`hpckpt.io.Storage.write`), then
 
 from __future__ import annotations
 
+import math
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -29,6 +30,7 @@ from ..io import SHARED_FILE, Storage
 from ..mesh import Mesh
 from ..options import CheckpointOptions, call_write_callback, io_options
 from .async_writer import AsyncWriter, async_supported
+from .progress import reporter
 from .save_plan import SavePlan, plan_save
 
 __all__ = ["CheckpointCore", "core_of", "run_write_callbacks"]
@@ -144,7 +146,9 @@ class CheckpointCore:
         """Plan and write; returns True when the write went to the background."""
         comm = self.comm
         plan = plan_save(self._root(), comm, deadline, f"write of checkpoint {prefix!r}")
-        iopts = io_options(options)
+        total = sum(math.prod(t.shape) * t.dtype.itemsize for t in plan.tensors)
+        report = reporter(options.progress, comm, f"save of {prefix!r}", total)
+        iopts = io_options(options, report.local if report is not None else None)
         storage = self.storage
         if options.enable_async:
             # Snapshot into host memory when every rank can, within the budget.
@@ -172,6 +176,8 @@ class CheckpointCore:
                             )
                         if after is not None:
                             after(c)
+                        if report is not None:
+                            report.finish()
                         run_write_callbacks(c, prefix, options, deadline)
                     finally:
                         if finally_ is not None:
@@ -186,6 +192,8 @@ class CheckpointCore:
         )
         if after is not None:
             after(comm)
+        if report is not None:
+            report.finish()
         run_write_callbacks(comm, prefix, options, deadline)
         return False
 

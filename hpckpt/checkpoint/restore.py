@@ -30,11 +30,21 @@ from mpi4py import MPI
 from .. import _dist
 from .._dist import Deadline
 from .._gcpause import gc_paused
+from ..dtypes import logical_name, storage_dtype
 from ..errors import CheckpointError, CheckpointValueError
-from ..graph import PendingRestore, PythonState, SavedGraph, Trackable, children_of
+from ..graph import (
+    PendingRestore,
+    PythonState,
+    RankState,
+    SavedGraph,
+    Trackable,
+    children_of,
+)
 from ..io import SHARED_FILE, CheckpointIndex, ReadRequest, Storage
 from ..options import CheckpointOptions, io_options
 from ..variable import Variable
+from .progress import ProgressReport, reporter
+from .save_plan import parse_rank_state_header, rank_state_header_bytes
 
 __all__ = ["RestoreContext"]
 
@@ -109,7 +119,7 @@ class RestoreContext:
 
     def _restore_subtree(self, node: int, obj: Any) -> None:
         reads: list[tuple[int, Variable]] = []
-        states: list[tuple[int, PythonState]] = []
+        states: list[tuple[int, PythonState | RankState]] = []
         queue: deque[tuple[int, Any]] = deque([(node, obj)])
         nodes = self.graph.nodes
         while queue:
@@ -124,6 +134,9 @@ class RestoreContext:
                     reads.append((n, o))
             elif saved.kind == "python_state":
                 if isinstance(o, PythonState):
+                    states.append((n, o))
+            elif saved.kind == "rank_state":
+                if isinstance(o, RankState):
                     states.append((n, o))
             if isinstance(o, Trackable) and not o._restorable():
                 # a list changed in a way that renamed its items: matching its items by
@@ -169,7 +182,9 @@ class RestoreContext:
             owner._defer_slot(var, slot_name, PendingRestore(slot_node, self.restore_subtree))
 
     def _read(
-        self, reads: list[tuple[int, Variable]], states: list[tuple[int, PythonState]]
+        self,
+        reads: list[tuple[int, Variable]],
+        states: list[tuple[int, PythonState | RankState]],
     ) -> None:
         # The most recent restore() wins: skip what a newer restore already assigned.
         nodes = self.graph.nodes
@@ -183,71 +198,145 @@ class RestoreContext:
         comm = self.comm
         what = f"restore of checkpoint {self.prefix!r}"
         deadline = Deadline(self.options.timeout, what)
+        in_place = self.options.restore_in_place
 
         def plan() -> list[ReadRequest]:
-            requests = []
-            for n, v in reads:
-                key = nodes[n].key
-                assert key is not None
-                e = self.index.tensors[key]
-                if e.shape != v.shape:
-                    raise CheckpointValueError(
-                        f"shape mismatch for {key!r}: the checkpoint has {e.shape}, the "
-                        f"variable {v.name!r} has {v.shape}"
-                    )
-                if e.dtype != v.dtype:
-                    raise CheckpointValueError(
-                        f"dtype mismatch for {key!r}: the checkpoint has {e.dtype}, the "
-                        f"variable {v.name!r} has {v.dtype}"
-                    )
-                if v.layout.mesh.size != comm.Get_size():
-                    raise ValueError(
-                        f"variable {key!r} lives on a mesh of {v.layout.mesh.size} ranks but "
-                        f"the checkpoint's communicator has {comm.Get_size()}"
-                    )
-                requests.append(
-                    ReadRequest(
-                        e,
-                        v.local_start,
-                        v.local.shape,
-                        out=v.local if self.options.restore_in_place else None,
-                        layout=v.layout.spec(),
-                        mesh_rank=v.layout.mesh.rank,
-                    )
-                )
-            for n, _ in states:
+            requests = [self._variable_request(nodes[n].key, v, in_place) for n, v in reads]
+            for n, s in states:
                 key = nodes[n].key
                 assert key is not None
                 e = self.index.tensors[key]
                 if e.dtype != np.uint8 or len(e.shape) != 1:
                     raise CheckpointError(f"python state {key!r} is not a byte string")
-                requests.append(ReadRequest(e, (0,), e.shape))
+                if isinstance(s, RankState):
+                    requests.append(ReadRequest(e, (0,), (rank_state_header_bytes(self.index),)))
+                else:
+                    requests.append(ReadRequest(e, (0,), e.shape))
             return requests
 
         requests = _dist.run_agreed(comm, what, plan, deadline)
-        arrays = self.storage.read(
-            comm,
-            self.prefix,
-            self.index,
-            requests,
-            options=io_options(self.options),
-            deadline=deadline,
-        )
-        for (n, v), a in zip(reads, arrays, strict=False):
-            if a is not v.local:
-                v.local[...] = a
+        total = sum(r.entry.nbytes for r in requests)
+        report = reporter(self.options.progress, comm, what, total)
+        arrays = self._storage_read(requests, deadline, report)
+        if report is not None:
+            report.finish()
+        for (n, v), req, a in zip(reads, requests, arrays, strict=False):
+            if a is not req.out:
+                dest = v.local
+                st = storage_dtype(dest.dtype)
+                (dest if st == dest.dtype else dest.view(st))[...] = a
             _set_restore_uid(v, self.uid)
             self.consumed.add(nodes[n].key)  # type: ignore[arg-type]
+        raws = self._state_values(states, requests[len(reads) :], arrays[len(reads) :], deadline)
 
         def apply_states() -> None:
-            for (n, s), a in zip(states, arrays[len(reads) :], strict=True):
-                raw = a.tobytes()
-                s.deserialize(raw if nodes[n].binary else raw.decode())
+            for (n, s), raw in zip(states, raws, strict=True):
+                if isinstance(raw, list):  # a RankState saved by another number of ranks
+                    assert isinstance(s, RankState)
+                    value = s.reshard([r if nodes[n].binary else r.decode() for r in raw])
+                    if not isinstance(value, (str, bytes)):
+                        raise TypeError(
+                            f"{type(s).__name__}.reshard() returned {type(value).__name__}, "
+                            f"not str or bytes"
+                        )
+                    s.deserialize(value)
+                else:
+                    s.deserialize(raw if nodes[n].binary else raw.decode())
                 _set_restore_uid(s, self.uid)
                 self.consumed.add(nodes[n].key)  # type: ignore[arg-type]
 
         if states:
             _dist.run_agreed(comm, what, apply_states, deadline)
+
+    def _storage_read(
+        self,
+        requests: list[ReadRequest],
+        deadline: Deadline,
+        report: ProgressReport | None = None,
+    ) -> list[np.ndarray]:
+        return self.storage.read(
+            self.comm,
+            self.prefix,
+            self.index,
+            requests,
+            options=io_options(self.options, report.local if report is not None else None),
+            deadline=deadline,
+        )
+
+    def _variable_request(self, key: str | None, v: Variable, in_place: bool) -> ReadRequest:
+        """This rank's read of ``v``'s slice (into ``v.local`` itself when ``in_place``)."""
+        assert key is not None
+        comm = self.comm
+        e = self.index.tensors[key]
+        if e.shape != v.shape:
+            raise CheckpointValueError(
+                f"shape mismatch for {key!r}: the checkpoint has {e.shape}, the "
+                f"variable {v.name!r} has {v.shape}"
+            )
+        saved = e.logical_dtype or e.dtype.name
+        if e.dtype != storage_dtype(v.dtype) or e.logical_dtype != logical_name(v.dtype):
+            raise CheckpointValueError(
+                f"dtype mismatch for {key!r}: the checkpoint has {saved}, the "
+                f"variable {v.name!r} has {v.dtype}"
+            )
+        if v.comm.Get_size() != comm.Get_size():
+            raise ValueError(
+                f"variable {key!r} lives on {v.comm.Get_size()} ranks but the "
+                f"checkpoint's communicator has {comm.Get_size()}"
+            )
+        if not v.local.flags.writeable:
+            raise ValueError(f"variable {v.name!r} ({key!r}): its local array is read-only")
+        out = v.local.view(e.dtype) if in_place else None
+        lay = v.layout
+        return ReadRequest(
+            e,
+            v.local_start,
+            v.local.shape,
+            out=out,
+            layout=lay.spec() if lay is not None else None,
+            mesh_rank=lay.mesh.rank if lay is not None else None,
+        )
+
+    def _state_values(
+        self,
+        states: list[tuple[int, PythonState | RankState]],
+        requests: list[ReadRequest],
+        arrays: list[np.ndarray],
+        deadline: Deadline,
+    ) -> list[bytes | list[bytes]]:
+        """Each state's saved bytes; for a RankState, this rank's own (same number of
+        ranks) or every saved rank's (a list: another number of ranks).
+
+        Collective: call on all ranks (a second read for the RankStates' bodies).
+        """
+        out: list[bytes | list[bytes]] = [a.tobytes() for a in arrays]
+        ranked = [i for i, (_, s) in enumerate(states) if isinstance(s, RankState)]
+        if not ranked:
+            return out
+        size, rank = self.comm.Get_size(), self.comm.Get_rank()
+        what = f"restore of checkpoint {self.prefix!r}"
+
+        def plan() -> list[tuple[ReadRequest, np.ndarray]]:
+            todo = []
+            for i in ranked:
+                e = requests[i].entry
+                offsets = parse_rank_state_header(arrays[i], e.shape[0], e.key)
+                if len(offsets) - 1 == size:
+                    box = (int(offsets[rank]),), (int(offsets[rank + 1] - offsets[rank]),)
+                else:
+                    box = (int(offsets[0]),), (int(offsets[-1] - offsets[0]),)
+                todo.append((ReadRequest(e, box[0], box[1]), offsets))
+            return todo
+
+        todo = _dist.run_agreed(self.comm, what, plan, deadline)
+        bodies = self._storage_read([r for r, _ in todo], deadline)
+        for i, (_, offsets), body in zip(ranked, todo, bodies, strict=True):
+            if len(offsets) - 1 == size:
+                out[i] = body.tobytes()
+            else:
+                rel = offsets - offsets[0]
+                out[i] = [body[a:b].tobytes() for a, b in itertools.pairwise(rel.tolist())]
+        return out
 
     def unmatched_keys(self) -> list[str]:
         return sorted(

@@ -1,12 +1,20 @@
 """Save planning: from the live object graph to each rank's pieces to write.
 
 Call order of :func:`plan_save` (collective): every rank walks the graph and
-builds its tensors (agreed); rank 0's Python-state strings are broadcast; every
-rank checks that it has the same Python-state objects as rank 0 (agreed).
+builds its tensors, serializing its Python and per-rank states (agreed); every
+rank's per-rank boxes and per-rank state sizes are allgathered; every rank checks
+that the boxes tile their tensors (a gap or an overlap raises, naming the ranks,
+before anything is written) and picks the replica that writes each box (agreed);
+rank 0's Python-state sizes are broadcast; every rank checks that it has the same
+Python-state and RankState objects as rank 0 (agreed).
+
+Pieces are views of the variables' own buffers (``Variable.local``, which may be
+the caller's strided array): nothing is copied here.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,38 +23,120 @@ from mpi4py import MPI
 
 from .. import _dist, _faults
 from .._dist import Deadline
-from ..errors import CheckpointError
+from ..dtypes import logical_name, storage_dtype
+from ..errors import CheckpointError, CorruptCheckpointError
 from ..graph import build_save_graph
-from ..io import SaveTensor, derived_slicing
+from ..io import CheckpointIndex, SaveTensor, derived_slicing, tiling_problem, use_rows
 from ..variable import Variable
 
-__all__ = ["SavePlan", "plan_save", "write_pieces"]
+__all__ = [
+    "SavePlan",
+    "box_pieces",
+    "parse_rank_state_header",
+    "plan_save",
+    "rank_state_header",
+    "rank_state_header_bytes",
+    "write_pieces",
+]
+
+Piece = tuple[tuple[int, ...], np.ndarray]
 
 
-def write_pieces(
-    v: Variable, ordinal: int
-) -> tuple[list[tuple[tuple[int, ...], np.ndarray]], list[int]]:
+def _stored(a: np.ndarray) -> np.ndarray:
+    """``a`` as the stored dtype (an ``ml_dtypes`` float as same-width unsigned ints; a view)."""
+    st = storage_dtype(a.dtype)
+    return a if st == a.dtype else a.view(st)
+
+
+def write_pieces(v: Variable, ordinal: int) -> tuple[list[Piece], list[int]]:
     """This rank's share of ``v`` (the ``ordinal``-th variable saved) and its slice numbers.
 
     The slices are those the index derives from the layout (``io.derived_slicing``):
     each element is written once. A shard held by several replicas is split by rows
     among them when it is large; a small one is written whole by one replica, chosen
     round-robin by ``ordinal``, so that many small replicated tensors spread over the
-    ranks.
+    ranks. The pieces are views of ``v.local`` (no copy, whatever its strides).
     """
-    spec = v.layout.spec()
-    slicing = derived_slicing(v.shape, spec, v.dtype)
-    index, _ = v.layout.replica_position()
-    i = slicing.written_by(v.layout.mesh.coords, index, ordinal)
+    layout = v.layout
+    assert layout is not None
+    spec = layout.spec()
+    st = storage_dtype(v.dtype)
+    local = v.local
+    if use_rows(v.shape, spec, st):  # strided shards: the io layer aggregates rows
+        return [(v.local_start, _stored(local))], []
+    slicing = derived_slicing(v.shape, spec, st)
+    _, count = layout.replica_position()
+    if count == 1:  # a shard held by this rank alone: the whole of it, one slice
+        if not local.size and v.shape:
+            return [], []
+        return [(v.local_start, _stored(local))], [slicing.shard_index(layout.mesh.coords)]
+    i = slicing.written_by(layout.mesh.coords, ordinal)
     if i is None:
         return [], []
     start, shape = slicing.box(i)
-    local = v.local
     rel = tuple(
         slice(a - b, a - b + n) for a, b, n in zip(start, v.local_start, shape, strict=True)
     )
     piece = local[rel] if rel else local
-    return [(start, np.ascontiguousarray(piece))], [i]
+    return [(start, _stored(piece))], [i]
+
+
+def box_pieces(
+    v: Variable, boxes: list[list[list[int]]], rank: int, ordinal: int, key: str
+) -> list[Piece]:
+    """This rank's piece of a Variable of per-rank boxes (``boxes``: every rank's).
+
+    Ranks with identical boxes hold replicas: one of them, chosen round-robin by
+    ``ordinal``, writes the box.
+
+    Raises:
+        CheckpointError: The boxes do not tile the tensor (naming the ranks).
+    """
+    problem = tiling_problem(v.shape, [(tuple(b[0]), tuple(b[1])) for b in boxes])
+    if problem is not None:
+        raise CheckpointError(
+            f"the per-rank boxes of tensor {key!r} of shape {list(v.shape)} do not tile it: "
+            f"{problem}. Nothing was written"
+        )
+    mine = boxes[rank]
+    if not math.prod(mine[1]):  # an empty box (a scalar's box, shape [], has one element)
+        return []
+    holders = [r for r, b in enumerate(boxes) if b == mine]
+    if holders[ordinal % len(holders)] != rank:
+        return []
+    return [(tuple(mine[0]), _stored(v.local))]
+
+
+def rank_state_header(lengths: list[int]) -> np.ndarray:
+    """The header of a per-rank state tensor: ``n + 1`` little-endian int64 offsets.
+
+    Rank ``r``'s bytes are ``[offsets[r], offsets[r + 1])`` of the tensor, after the
+    header (``offsets[0]`` is the header's size).
+    """
+    head = 8 * (len(lengths) + 1)
+    return np.concatenate(([head], head + np.cumsum(lengths, dtype=np.int64))).astype("<i8")
+
+
+def rank_state_header_bytes(index: CheckpointIndex) -> int:
+    """The size of the per-rank state header of a checkpoint saved by ``index.nprocs`` ranks."""
+    return 8 * (index.nprocs + 1)
+
+
+def parse_rank_state_header(raw: np.ndarray, total: int, key: str) -> np.ndarray:
+    """The offsets of a per-rank state tensor of ``total`` bytes from its header bytes.
+
+    Raises:
+        CorruptCheckpointError: The header does not describe the tensor.
+    """
+    offsets = np.frombuffer(raw.tobytes(), dtype="<i8").astype(np.int64)
+    if (
+        len(offsets) < 2
+        or offsets[0] != raw.size
+        or offsets[-1] != total
+        or np.any(np.diff(offsets) < 0)
+    ):
+        raise CorruptCheckpointError(f"per-rank state {key!r} has a damaged header")
+    return offsets
 
 
 @dataclass
@@ -77,54 +167,108 @@ def plan_save(root: Any, comm: MPI.Comm, deadline: Deadline, what: str) -> SaveP
     Collective: call on all ranks.
     """
 
-    def plan() -> tuple[Any, list[SaveTensor], list[bytes], list[bool]]:
+    rank = comm.Get_rank()
+
+    def encode(key: str, obj: Any) -> tuple[bytes, bool]:
+        value = obj.serialize()
+        if not isinstance(value, (str, bytes)):
+            raise TypeError(
+                f"{type(obj).__name__}.serialize() for {key!r} returned "
+                f"{type(value).__name__}, not str or bytes"
+            )
+        return (value if isinstance(value, bytes) else value.encode()), isinstance(value, bytes)
+
+    def plan() -> tuple[Any, list[SaveTensor], list, list, list]:
         _faults.point("plan", comm.Get_rank())
         g = build_save_graph(root)
-        tensors = []
+        tensors, boxed = [], []
         for n, (key, v) in enumerate(g.variables):
-            if v.layout.mesh.size != comm.Get_size():
+            if v.comm.Get_size() != comm.Get_size():
                 raise ValueError(
-                    f"variable {key!r} lives on a mesh of {v.layout.mesh.size} ranks but "
-                    f"the checkpoint's communicator has {comm.Get_size()}"
+                    f"variable {key!r} lives on {v.comm.Get_size()} ranks but the "
+                    f"checkpoint's communicator has {comm.Get_size()}"
                 )
-            pieces, ids = write_pieces(v, n)
-            tensors.append(SaveTensor(key, v.dtype, v.shape, v.layout.spec(), pieces, ids))
-        data, binary = [], []
-        for key, s in g.python_states:
-            value = s.serialize()
-            if not isinstance(value, (str, bytes)):
-                raise TypeError(
-                    f"{type(s).__name__}.serialize() for {key!r} returned "
-                    f"{type(value).__name__}, not str or bytes"
+            st, logical = storage_dtype(v.dtype), logical_name(v.dtype)
+            if v.layout is not None:
+                pieces, ids = write_pieces(v, n)
+                tensors.append(
+                    SaveTensor(
+                        key,
+                        st,
+                        v.shape,
+                        v.layout.spec(),
+                        pieces,
+                        ids,
+                        logical,
+                        mesh_rank=v.layout.mesh.rank,
+                        ordinal=n,
+                        rows=use_rows(v.shape, v.layout.spec(), st),
+                    )
                 )
-            binary.append(isinstance(value, bytes))
-            data.append(value if isinstance(value, bytes) else value.encode())
-        return g, tensors, data, binary
+            else:
+                boxed.append((len(tensors), v, n))
+                tensors.append(SaveTensor(key, st, v.shape, None, [], [], logical))
+        states = [encode(k, s) for k, s in g.python_states]
+        ranked = [encode(k, s) for k, s in g.rank_states]
+        return g, tensors, boxed, states, ranked
 
-    g, tensors, data, binary = _dist.run_agreed(comm, what, plan, deadline)
+    g, tensors, boxed, states, ranked = _dist.run_agreed(comm, what, plan, deadline)
+    # Per-rank boxes and per-rank states: every rank learns every rank's (one allgather).
+    mine = {
+        "boxes": [[list(v.local_start), list(v.local.shape)] for _, v, _ in boxed],
+        "ranked": [[len(d), b] for d, b in ranked],
+    }
+    everyone = _dist.allgather_json(comm, mine, deadline)
+
+    def place_boxes() -> None:
+        if any(len(e["boxes"]) != len(boxed) or len(e["ranked"]) != len(ranked) for e in everyone):
+            raise CheckpointError(
+                f"{what}: ranks hold different numbers of per-rank-box variables or RankState "
+                f"objects (every rank must save the same objects)"
+            )
+        for j, (t, v, n) in enumerate(boxed):
+            boxes = [e["boxes"][j] for e in everyone]
+            tensors[t].pieces = box_pieces(v, boxes, rank, n, tensors[t].key)
+
+    _dist.run_agreed(comm, what, place_boxes, deadline)
     # Python state is saved from rank 0 (its lengths and kinds are broadcast); every
     # rank must have the same objects.
     keys = [k for k, _ in g.python_states]
-    mine = [keys, [len(d) for d in data], binary]
-    from_root = _dist.bcast_json(comm, mine, 0, deadline)
+    rkeys = [k for k, _ in g.rank_states]
+    from_root = _dist.bcast_json(comm, [keys, [len(d) for d, _ in states], rkeys], 0, deadline)
 
     def same_states() -> None:
-        if from_root[0] != keys:
+        if from_root[0] != keys or from_root[2] != rkeys:
             raise CheckpointError(
-                f"{what}: this rank's PythonState objects {keys[:5]} differ from rank 0's "
-                f"{from_root[0][:5]}"
+                f"{what}: this rank's PythonState/RankState objects {(keys + rkeys)[:5]} "
+                f"differ from rank 0's {(from_root[0] + from_root[2])[:5]}"
             )
+        for j, key in enumerate(rkeys):
+            kinds = [e["ranked"][j][1] for e in everyone]
+            odd = [r for r, b in enumerate(kinds) if b != kinds[0]]
+            if odd:
+                raise CheckpointError(
+                    f"{what}: RankState {key!r}: serialize() returned str on some ranks and "
+                    f"bytes on others (ranks {odd[:8]} differ from rank 0)"
+                )
 
     _dist.run_agreed(comm, what, same_states, deadline)
-    binary_keys = {k for k, b in zip(keys, from_root[2], strict=True) if b}
+    binary_keys = {k for k, (_, b) in zip(keys, states, strict=True) if b}
+    binary_keys |= {k for j, k in enumerate(rkeys) if everyone[0]["ranked"][j][1]}
     for node in g.nodes:
         node.binary = node.key in binary_keys
-    is_root = comm.Get_rank() == 0
+    is_root = rank == 0
     for i, (key, _) in enumerate(g.python_states):
         n = int(from_root[1][i])
-        pieces: list[tuple[tuple[int, ...], np.ndarray]] = (
-            [((0,), np.frombuffer(data[i], dtype=np.uint8))] if is_root else []
+        pieces: list[Piece] = (
+            [((0,), np.frombuffer(states[i][0], dtype=np.uint8))] if is_root else []
         )
         tensors.append(SaveTensor(key, np.dtype(np.uint8), (n,), None, pieces))
+    for j, key in enumerate(rkeys):
+        offsets = rank_state_header([int(e["ranked"][j][0]) for e in everyone])
+        pieces = [((0,), offsets.view(np.uint8))] if is_root else []
+        if ranked[j][0]:
+            pieces.append(((int(offsets[rank]),), np.frombuffer(ranked[j][0], dtype=np.uint8)))
+        tensors.append(SaveTensor(key, np.dtype(np.uint8), (int(offsets[-1]),), None, pieces))
     tensors.sort(key=lambda t: t.key)
     return SavePlan(tensors, g.to_json())

@@ -224,8 +224,9 @@ def tensor_json(e: TensorEntry) -> dict[str, Any]:
     return {
         "key": e.key,
         "dataset": e.dataset,
-        "dtype": np.dtype(e.dtype).name,
+        "dtype": e.logical_dtype or np.dtype(e.dtype).name,
         "dtype_str": e.dtype.str,
+        "stored_dtype": np.dtype(e.dtype).name,
         "shape": list(e.shape),
         "sharding_specs": list(e.sharding_specs),
         "mesh": {"dim_names": list(e.mesh_dim_names), "shape": list(e.mesh_shape)},

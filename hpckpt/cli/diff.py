@@ -22,6 +22,7 @@ from .common import (
     load,
 )
 from .progress import Progress
+from .values import dtype_name, kind_of, read_scalar, read_state
 
 __all__ = ["add_parser", "compare_arrays", "diff_checkpoints", "run"]
 
@@ -108,9 +109,26 @@ def compare_arrays(a: np.ndarray, b: np.ndarray, atol: float = 0.0) -> tuple[int
     return ndiff, (float("nan") if saw_nan else dmax)
 
 
+def _state_change(
+    la: Loaded, lb: Loaded, ea: TensorEntry, eb: TensorEntry, kind: str, binary: bool
+) -> dict[str, Any] | None:
+    """``None`` if a Python (or per-rank) state is unchanged, else its ``old -> new``."""
+    sa, sb = read_state(la, ea, kind), read_state(lb, eb, kind)
+    if sa.raw is None or sb.raw is None:
+        if ea.nbytes == eb.nbytes and ea.dtype == eb.dtype:
+            xa = io.read_tensor_serial(la.prefix, la.index, ea)
+            xb = io.read_tensor_serial(lb.prefix, lb.index, eb)
+            if np.array_equal(xa, xb):
+                return None
+        return {"change": "state", "old": None, "new": None}
+    if sa.raw == sb.raw and (sa.ranks is None) == (sb.ranks is None):
+        return None
+    return {"change": "state", "old": sa.texts(binary), "new": sb.texts(binary)}
+
+
 def _brief(e: TensorEntry) -> dict[str, Any]:
     return {
-        "dtype": np.dtype(e.dtype).name,
+        "dtype": dtype_name(e),
         "shape": list(e.shape),
         "sharding_specs": list(e.sharding_specs),
         "mesh": {"dim_names": list(e.mesh_dim_names), "shape": list(e.mesh_shape)},
@@ -137,34 +155,58 @@ def diff_checkpoints(
         NotFoundError: No checkpoint at one of the paths.
         CorruptCheckpointError: One of them is damaged (or a tensor fails its checksum).
     """
-    la: Loaded = load(path_a, graph=False)
-    lb: Loaded = load(path_b, graph=False)
+    la: Loaded = load(path_a)
+    lb: Loaded = load(path_b)
     ta, tb = la.index.tensors, lb.index.tensors
     added = [{"key": k, **_brief(tb[k])} for k in sorted(set(tb) - set(ta))]
     removed = [{"key": k, **_brief(ta[k])} for k in sorted(set(ta) - set(tb))]
     changed: list[dict[str, Any]] = []
     identical: list[dict[str, Any]] = []
     common = sorted(set(ta) & set(tb))
-    comparable = [k for k in common if ta[k].dtype == tb[k].dtype and ta[k].shape == tb[k].shape]
-    total = sum(2 * ta[k].nbytes for k in comparable)
+    total = sum(ta[k].nbytes + tb[k].nbytes for k in common)
     with Progress(total, "diff", enabled=progress) as bar:
         for k in common:
             ea, eb = ta[k], tb[k]
             base = {"key": k, "layout_changed": _layout_changed(ea, eb)}
-            if ea.dtype != eb.dtype or ea.shape != eb.shape:
+            kind, binary = kind_of(la, k)
+            if kind != "variable":
+                c = _state_change(la, lb, ea, eb, kind, binary)
+                bar.update(ea.nbytes + eb.nbytes)
+                if c is None:
+                    identical.append({**base, "dtype": "state", "shape": list(ea.shape)})
+                else:
+                    changed.append({**base, **c, "a": _brief(ea), "b": _brief(eb)})
+                continue
+            if ea.dtype != eb.dtype or ea.shape != eb.shape or ea.logical_dtype != eb.logical_dtype:
                 what = []
-                if ea.dtype != eb.dtype:
+                if ea.dtype != eb.dtype or ea.logical_dtype != eb.logical_dtype:
                     what.append("dtype")
                 if ea.shape != eb.shape:
                     what.append("shape")
                 changed.append({**base, "change": "+".join(what), "a": _brief(ea), "b": _brief(eb)})
+                bar.update(ea.nbytes + eb.nbytes)
                 continue
-            xa = io.read_tensor_serial(la.prefix, la.index, ea, verify=True)
-            bar.update(ea.nbytes)
-            xb = io.read_tensor_serial(lb.prefix, lb.index, eb, verify=True)
-            bar.update(eb.nbytes)
+            xa = io.read_tensor_serial(la.prefix, la.index, ea, verify=True, on_bytes=bar.update)
+            xb = io.read_tensor_serial(lb.prefix, lb.index, eb, verify=True, on_bytes=bar.update)
+            if ea.logical_dtype is not None:  # compare the values, not the bits
+                xa = io.as_logical(ea, xa).astype(np.float64)
+                xb = io.as_logical(eb, xb).astype(np.float64)
             ndiff, dmax = compare_arrays(xa, xb, atol)
-            if ndiff:
+            if ndiff and not ea.shape:
+                changed.append(
+                    {
+                        **base,
+                        "change": "value",
+                        "a": _brief(ea),
+                        "b": _brief(eb),
+                        "old": read_scalar(la, ea),
+                        "new": read_scalar(lb, eb),
+                        "num_different": ndiff,
+                        "num_elements": 1,
+                        "max_abs_diff": _number(dmax, xa.dtype.kind),
+                    }
+                )
+            elif ndiff:
                 changed.append(
                     {
                         **base,
@@ -173,13 +215,11 @@ def diff_checkpoints(
                         "b": _brief(eb),
                         "num_different": ndiff,
                         "num_elements": int(xa.size),
-                        "max_abs_diff": _number(dmax, ea.dtype.kind),
+                        "max_abs_diff": _number(dmax, xa.dtype.kind),
                     }
                 )
             else:
-                identical.append(
-                    {**base, "dtype": np.dtype(ea.dtype).name, "shape": list(ea.shape)}
-                )
+                identical.append({**base, "dtype": dtype_name(ea), "shape": list(ea.shape)})
     same = not (added or removed or changed)
     return {
         "a": la.prefix,
@@ -206,6 +246,14 @@ def _desc(t: dict[str, Any]) -> str:
     )
 
 
+def _state_desc(text: Any) -> str:
+    if text is None:
+        return "(too large to show)"
+    if isinstance(text, list):
+        return "[" + ", ".join(repr(t) for t in text[:4]) + (", ...]" if len(text) > 4 else "]")
+    return repr(text)
+
+
 def render(report: dict[str, Any], *, show_all: bool = False) -> list[str]:
     """The human-readable ``diff`` output."""
     lines = [f"--- {report['a']}", f"+++ {report['b']}"]
@@ -215,7 +263,13 @@ def render(report: dict[str, Any], *, show_all: bool = False) -> list[str]:
         lines.append(f"+ added      {t['key']}  {t['dtype']} {fmt_shape(t['shape'])}")
     for c in report["changed"]:
         a, b = c["a"], c["b"]
-        if c["change"] == "values":
+        if c["change"] == "value":
+            lines.append(f"~ changed    {c['key']}  {c['old']} -> {c['new']}")
+        elif c["change"] == "state":
+            lines.append(
+                f"~ changed    {c['key']}  {_state_desc(c['old'])} -> {_state_desc(c['new'])}"
+            )
+        elif c["change"] == "values":
             md = c["max_abs_diff"]
             md = f"{md:.6g}" if isinstance(md, float) else md
             lines.append(
@@ -230,9 +284,10 @@ def render(report: dict[str, Any], *, show_all: bool = False) -> list[str]:
         if c["layout_changed"]:
             lines.append(f"             layout: {_desc(a)} -> {_desc(b)}")
     for u in report["unchanged"]:
+        note = "  (layout changed)" if u["layout_changed"] else ""
         if show_all:
-            lines.append(f"= identical  {u['key']}  {u['dtype']} {fmt_shape(u['shape'])}")
-        if u["layout_changed"]:
+            lines.append(f"= identical  {u['key']}  {u['dtype']} {fmt_shape(u['shape'])}{note}")
+        elif note:
             lines.append(f"  (identical values, layout changed)  {u['key']}")
     s = report["summary"]
     verdict = "identical" if report["identical"] else "different"

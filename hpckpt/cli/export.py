@@ -37,7 +37,9 @@ def add_parser(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentP
         description=(
             "Read every tensor (checksum-verified) and write its global array into OUT, a "
             "NumPy .npz archive (the format of numpy.savez) whose keys are the checkpoint "
-            "keys; load it with numpy.load(OUT) (no pickle needed: every array is numeric). "
+            "keys; load it with numpy.load(OUT) (no pickle needed: every array is numeric; "
+            "bfloat16 and float8 tensors are written as their bits, same-width unsigned "
+            "integers: view them with ml_dtypes). "
             "OUT is written to a temporary file and renamed when complete."
         ),
     )
@@ -95,7 +97,9 @@ def export_checkpoint(
             zipfile.ZipFile(tmp, mode="w", compression=mode, allowZip64=True) as zf,
         ):
             for e in entries:
-                arr = io.read_tensor_serial(loaded.prefix, loaded.index, e, verify=True)
+                arr = io.read_tensor_serial(
+                    loaded.prefix, loaded.index, e, verify=True, on_bytes=bar.update
+                )
                 if arr.dtype.kind not in "biufc":  # never write an object (pickled) array
                     raise CliError(
                         f"tensor {e.key!r} has a non-numeric dtype {arr.dtype}", EXIT_IO, "io"
@@ -108,9 +112,9 @@ def export_checkpoint(
                         "dtype": arr.dtype.name,
                         "shape": list(arr.shape),
                         "nbytes": e.nbytes,
+                        "logical_dtype": e.logical_dtype,
                     }
                 )
-                bar.update(e.nbytes)
         os.replace(tmp, out)
     except BaseException:
         with contextlib.suppress(OSError):

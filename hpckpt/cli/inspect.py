@@ -9,6 +9,7 @@ from typing import Any
 
 from .. import io
 from ..graph import SavedGraph
+from ..io.index import TensorEntry
 from .common import (
     EXIT_OK,
     Loaded,
@@ -24,6 +25,7 @@ from .common import (
     table,
     tensor_json,
 )
+from .values import PREVIEW_CHARS, is_scalar, kind_of, read_scalar, read_state
 
 __all__ = ["add_parser", "inspect_checkpoint", "run"]
 
@@ -87,6 +89,18 @@ def _slots_by_var(graph: SavedGraph) -> dict[int, list[tuple[int, str, int]]]:
     return out
 
 
+def _value_doc(loaded: Loaded, e: TensorEntry, kind: str, binary: bool) -> dict[str, Any]:
+    """What a node's value shows: a scalar's value, a Python state's text (truncated)."""
+    if kind == "variable":
+        return {"value": read_scalar(loaded, e)} if is_scalar(e) else {}
+    st = read_state(loaded, e, kind)
+    limit = 60 if kind == "rank_state" else PREVIEW_CHARS
+    doc: dict[str, Any] = {"binary": binary, "text": st.texts(binary, limit)}
+    if st.ranks is not None:
+        doc["nranks"] = len(st.ranks)
+    return doc
+
+
 def _tree(loaded: Loaded) -> tuple[dict[str, Any], dict[str, int]]:
     graph = loaded.graph
     assert graph is not None
@@ -108,6 +122,8 @@ def _tree(loaded: Loaded) -> tuple[dict[str, Any], dict[str, int]]:
         counts[node.kind] += 1
         doc["key"] = node.key
         doc["tensor"] = tensor_json(tensors[node.key]) if node.key is not None else None
+        if node.key is not None:
+            doc.update(_value_doc(loaded, tensors[node.key], node.kind, node.binary))
         doc["children"] = [node_doc(c, cname) for cname, c in node.children]
         doc["slots"] = [
             node_doc(s, slot_name, {"slot": slot_name, "owner": paths.get(owner, "?") or "(root)"})
@@ -153,12 +169,16 @@ def inspect_checkpoint(path: str) -> dict[str, Any]:
         "library": index.library,
         "tree": tree,
         "warnings": warnings,
-        "tensors": [tensor_json(t) for t in index.tensors.values()],
+        "tensors": [
+            {**tensor_json(t), **_value_doc(loaded, t, *kind_of(loaded, t.key))}
+            for t in index.tensors.values()
+        ],
         "totals": {
             "nodes": len(loaded.graph.nodes) if loaded.graph is not None else 0,
             "objects": counts.get("object", 0),
             "variables": counts.get("variable", 0),
             "python_states": counts.get("python_state", 0),
+            "rank_states": counts.get("rank_state", 0),
             "slot_variables": counts.get("slot", 0),
             "unreachable_nodes": counts.get("unreachable", 0),
             "tensors": len(index.tensors),
@@ -170,10 +190,31 @@ def inspect_checkpoint(path: str) -> dict[str, Any]:
 
 
 def _tensor_text(t: dict[str, Any]) -> str:
+    if t["per_rank_boxes"]:
+        return f"{t['dtype']} {fmt_shape(t['shape'])}  per-rank boxes  {t['nbytes']} B"
     return (
         f"{t['dtype']} {fmt_shape(t['shape'])}  layout {fmt_layout(t['sharding_specs'])}  "
         f"mesh {fmt_mesh(t['mesh']['dim_names'], t['mesh']['shape'])}  {t['nbytes']} B"
     )
+
+
+def _value_text(doc: dict[str, Any]) -> str:
+    return f"  = {doc['value']}" if "value" in doc else ""
+
+
+def _state_text(doc: dict[str, Any]) -> str:
+    """``python state, 176 B: {"pos": 160}`` / ``per-rank state of 4 ranks, ...``."""
+    n = doc["tensor"]["nbytes"]
+    text = doc.get("text")
+    if doc["kind"] == "python_state":
+        head = f"python state, {n} B"
+        return head + (": (too large to show)" if text is None else f": {text}")
+    head = f"per-rank state of {doc.get('nranks', '?')} ranks, {n} B"
+    if text is None:
+        return head + ": (too large to show)"
+    shown = [f"[{r}] {t}" for r, t in enumerate(text[:4])]
+    more = f", ... ({len(text) - 4} more)" if len(text) > 4 else ""
+    return f"{head}: " + ", ".join(shown) + more
 
 
 def _render_node(doc: dict[str, Any], depth: int, out: list[str]) -> None:
@@ -183,15 +224,26 @@ def _render_node(doc: dict[str, Any], depth: int, out: list[str]) -> None:
         out.append(f"{pad}{label} -> same object as {doc['ref'] or '(root)'}")
         return
     if doc["kind"] == "variable":
-        out.append(f"{pad}{label}: {_tensor_text(doc['tensor'])}")
-    elif doc["kind"] == "python_state":
-        out.append(f"{pad}{label}: python state, {doc['tensor']['nbytes']} B")
+        out.append(f"{pad}{label}: {_tensor_text(doc['tensor'])}{_value_text(doc)}")
+    elif doc["kind"] in ("python_state", "rank_state"):
+        out.append(f"{pad}{label}: {_state_text(doc)}")
     else:
         out.append(f"{pad}{label}" + ("" if depth == 0 else "/"))
     for s in doc["slots"]:
         _render_node(s, depth + 1, out)
     for c in doc["children"]:
         _render_node(c, depth + 1, out)
+
+
+def _flat_value(t: dict[str, Any]) -> str:
+    if "value" in t:
+        return str(t["value"])
+    text = t.get("text")
+    if isinstance(text, list):
+        text = f"{len(text)} ranks: " + ", ".join(text[:2]) + (", ..." if len(text) > 2 else "")
+    if isinstance(text, str):
+        return text if len(text) <= 40 else text[:40] + "..."
+    return ""
 
 
 def render(report: dict[str, Any], *, flat: bool = False) -> list[str]:
@@ -219,10 +271,11 @@ def render(report: dict[str, Any], *, flat: bool = False) -> list[str]:
                 fmt_layout(t["sharding_specs"]),
                 fmt_mesh(t["mesh"]["dim_names"], t["mesh"]["shape"]),
                 str(t["nbytes"]),
+                _flat_value(t),
             ]
             for t in sorted(report["tensors"], key=lambda t: t["key"])
         ]
-        lines += table(["KEY", "DTYPE", "SHAPE", "LAYOUT", "MESH", "BYTES"], rows, {5})
+        lines += table(["KEY", "DTYPE", "SHAPE", "LAYOUT", "MESH", "BYTES", "VALUE"], rows, {5})
     else:
         _render_node(report["tree"], 0, lines)
     lines.append("")
@@ -230,7 +283,8 @@ def render(report: dict[str, Any], *, flat: bool = False) -> list[str]:
         f"{tot['tensors']} tensors, {tot['tensor_bytes']} bytes "
         f"({fmt_bytes(tot['tensor_bytes'])}); "
         f"{tot['variables']} variables ({tot['slot_variables']} slots), "
-        f"{tot['python_states']} python state(s), {tot['objects']} objects; "
+        f"{tot['python_states']} python state(s), {tot['rank_states']} per-rank state(s), "
+        f"{tot['objects']} objects; "
         f"data file {tot['data_file_bytes']} bytes"
     )
     if tot["unreachable_nodes"]:

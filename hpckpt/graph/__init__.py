@@ -13,11 +13,12 @@ edges from an owner (an optimizer) to per-variable slot variables.
 Pure logic: no MPI, no files.
 """
 
-from .base import PendingRestore, PythonState, Trackable
+from .base import PendingRestore, PythonState, RankState, Trackable
 from .containers import TrackedDict, TrackedList, children_of, is_trackable, wrap
 from .module import Module
 from .saved import (
     PYSTATE_SUFFIX,
+    RANKSTATE_SUFFIX,
     SLOT_MARKER,
     VARIABLE_SUFFIX,
     SavedGraph,
@@ -31,11 +32,13 @@ from .saved import (
 
 __all__ = [
     "PYSTATE_SUFFIX",
+    "RANKSTATE_SUFFIX",
     "SLOT_MARKER",
     "VARIABLE_SUFFIX",
     "Module",
     "PendingRestore",
     "PythonState",
+    "RankState",
     "SaveGraph",
     "SaveNode",
     "SavedGraph",

@@ -11,9 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import CheckpointError
 from ..variable import Variable
 
-__all__ = ["PendingRestore", "PythonState", "Trackable"]
+__all__ = ["PendingRestore", "PythonState", "RankState", "Trackable"]
 
 
 @dataclass
@@ -174,3 +175,41 @@ class PythonState(Trackable):
     def deserialize(self, string_value: str | bytes) -> None:
         """Restore the state from what :meth:`serialize` returned (a ``str`` or ``bytes``)."""
         raise NotImplementedError
+
+
+class RankState(Trackable):
+    """Per-rank Python state (a per-rank RNG, a rank's data-loader position).
+
+    Every rank's :meth:`serialize` is saved. A restore on the same number of ranks
+    gives each rank its own value (:meth:`deserialize`); on another number of ranks
+    every rank gets the list of all saved values (by saved rank) in :meth:`reshard`,
+    which returns the value this rank deserializes, or raises (the default: a
+    ``CheckpointError`` saying so).
+
+    ``deserialize`` and ``reshard`` get ``str`` or ``bytes``, as ``serialize``
+    returned them on rank 0 (every rank must return the same kind).
+    """
+
+    def serialize(self) -> str | bytes:
+        """Return this rank's state as a string (or bytes)."""
+        raise NotImplementedError
+
+    def deserialize(self, string_value: str | bytes) -> None:
+        """Restore this rank's state from what :meth:`serialize` returned."""
+        raise NotImplementedError
+
+    def reshard(self, saved: list[str | bytes]) -> str | bytes:
+        """This rank's state from the states of a checkpoint saved by ``len(saved)`` ranks.
+
+        Called on every rank when a checkpoint is restored on another number of ranks;
+        what it returns is passed to :meth:`deserialize`. Override it to derive the
+        state (e.g. ``saved[rank % len(saved)]``, or a fresh seed from them).
+
+        Raises:
+            CheckpointError: Always, by default.
+        """
+        raise CheckpointError(
+            f"{type(self).__name__} was saved by {len(saved)} ranks and cannot be restored on "
+            f"another number of ranks: override {type(self).__name__}.reshard(saved) to "
+            f"decide what each rank gets"
+        )

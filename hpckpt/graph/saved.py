@@ -13,11 +13,12 @@ from typing import Any
 
 from ..errors import CorruptCheckpointError
 from ..variable import Variable
-from .base import PythonState, Trackable
+from .base import PythonState, RankState, Trackable
 from .containers import children_of
 
 __all__ = [
     "PYSTATE_SUFFIX",
+    "RANKSTATE_SUFFIX",
     "SLOT_MARKER",
     "VARIABLE_SUFFIX",
     "SaveGraph",
@@ -31,6 +32,7 @@ __all__ = [
 
 VARIABLE_SUFFIX = ".ATTRIBUTES/VARIABLE_VALUE"
 PYSTATE_SUFFIX = ".ATTRIBUTES/py_state"
+RANKSTATE_SUFFIX = ".ATTRIBUTES/rank_state"
 SLOT_MARKER = ".OPTIMIZER_SLOT"
 
 
@@ -62,11 +64,13 @@ class SaveGraph:
         nodes: Node 0 is the root; each records its object, first path and edges.
         variables: ``(key, Variable)`` of every variable node, in node order.
         python_states: ``(key, PythonState)`` of every python-state node.
+        rank_states: ``(key, RankState)`` of every per-rank state node.
     """
 
     nodes: list[SaveNode]
     variables: list[tuple[str, Variable]]
     python_states: list[tuple[str, PythonState]]
+    rank_states: list[tuple[str, RankState]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         out = []
@@ -88,6 +92,8 @@ def _kind(obj: Any) -> str:
         return "variable"
     if isinstance(obj, PythonState):
         return "python_state"
+    if isinstance(obj, RankState):
+        return "rank_state"
     return "object"
 
 
@@ -145,6 +151,7 @@ def build_save_graph(root: Any, *, check: bool = True) -> SaveGraph:
         done = end
     variables: list[tuple[str, Variable]] = []
     states: list[tuple[str, PythonState]] = []
+    rank_states: list[tuple[str, RankState]] = []
     for node in nodes:
         if isinstance(node.obj, Variable):
             node.key = node.path if node.is_slot else _join(node.path, VARIABLE_SUFFIX)
@@ -152,7 +159,10 @@ def build_save_graph(root: Any, *, check: bool = True) -> SaveGraph:
         elif isinstance(node.obj, PythonState):
             node.key = _join(node.path, PYSTATE_SUFFIX)
             states.append((node.key, node.obj))
-    return SaveGraph(nodes, variables, states)
+        elif isinstance(node.obj, RankState):
+            node.key = _join(node.path, RANKSTATE_SUFFIX)
+            rank_states.append((node.key, node.obj))
+    return SaveGraph(nodes, variables, states, rank_states)
 
 
 # --- the saved graph ----------------------------------------------------------------
@@ -236,7 +246,7 @@ def parse_graph(doc: Any, tensor_keys: set[str]) -> SavedGraph:
         if not isinstance(d, dict):
             raise CorruptCheckpointError(f"index: graph node {i} is not an object")
         kind = d.get("kind")
-        if kind not in ("object", "variable", "python_state"):
+        if kind not in ("object", "variable", "python_state", "rank_state"):
             raise CorruptCheckpointError(f"index: graph node {i} has a bad kind {kind!r}")
         children = d.get("children")
         slots = d.get("slots")
@@ -254,7 +264,7 @@ def parse_graph(doc: Any, tensor_keys: set[str]) -> SavedGraph:
             sl.append((node_id(e[0]), e[1], node_id(e[2])))
         key = d.get("key")
         binary = d.get("binary", False)
-        if not isinstance(binary, bool) or (binary and kind != "python_state"):
+        if not isinstance(binary, bool) or (binary and kind not in ("python_state", "rank_state")):
             raise CorruptCheckpointError(f"index: graph node {i} has a bad binary flag")
         if kind == "object":
             if key is not None:

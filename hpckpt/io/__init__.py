@@ -42,7 +42,7 @@ from .._dist import Deadline
 from .cleanup import delete_checkpoint_files, remove_checkpoint_files, remove_orphans
 from .fsutil import wait_removals
 from .index import CheckpointIndex, SliceEntry, TensorEntry
-from .load import load_index, read_index_file, read_tensor_serial, verify_tensor
+from .load import as_logical, load_index, read_index_file, read_tensor_serial, verify_tensor
 from .local_index import REDUNDANCIES, LocalIndex, parse_local_index
 from .local_read import LocalTierStorage, open_local
 from .local_scan import LocalCandidate, scan_local
@@ -68,7 +68,7 @@ from .statefile import (
     state_from_paths,
     write_state,
 )
-from .write import SaveTensor, derived_slicing, write_checkpoint
+from .write import SaveTensor, derived_slicing, tiling_problem, use_rows, write_checkpoint
 
 __all__ = [
     "NODE_FIELD",
@@ -85,12 +85,14 @@ __all__ = [
     "ReadRequest",
     "SaveTensor",
     "SharedFileStorage",
+    "as_logical",
     "SliceEntry",
     "Storage",
     "TensorEntry",
     "checkpoint_exists",
     "data_file_path",
     "derived_slicing",
+    "use_rows",
     "delete_checkpoint_files",
     "index_path",
     "latest_checkpoint",
@@ -111,6 +113,7 @@ __all__ = [
     "resolve_latest",
     "scan_local",
     "state_from_paths",
+    "tiling_problem",
     "verify_tensor",
     "wait_removals",
     "write_local",

@@ -14,6 +14,7 @@ import numpy as np
 from mpi4py import MPI
 
 from .slicing import Box
+from .strided import strided_type
 
 __all__ = [
     "ALONE_BYTES",
@@ -33,6 +34,12 @@ def part_datatype(
     isz = array.dtype.itemsize
     if not array.ndim:
         return MPI.Get_address(array), MPI.BYTE.Create_contiguous(isz)
+    if not array.flags.c_contiguous:  # the caller's strided array: the part's own strides
+        sl = tuple(
+            slice(a - o, a - o + n) for a, o, n in zip(part[0], origin, part[1], strict=True)
+        )
+        addr, t = strided_type(array[sl], cache)
+        return addr, t.Dup()
     elem = MPI.BYTE.Create_contiguous(isz)
     cache.append(elem)
     rel = [a - o for a, o in zip(part[0], origin, strict=True)]

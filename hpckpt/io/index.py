@@ -141,7 +141,10 @@ class TensorEntry:
                     f"index: tensor {self.key!r} has {len(raw) // 4} checksums for "
                     f"{len(self.slicing)} slices"
                 )
-            a = self._crc_array = np.frombuffer(raw, dtype="<u4").astype(np.uint32)
+            a = np.frombuffer(raw, dtype="<u4")
+            if a.dtype != np.uint32:  # a big-endian machine
+                a = a.astype(np.uint32)
+            self._crc_array = a
         return a
 
     def packed_checksums(self) -> str:
@@ -205,6 +208,8 @@ class TensorEntry:
             ).tolist()
         else:
             d["slices"] = None
+            if self.slicing.rows:
+                d["rows"] = True
         d["checksums"] = self.packed_checksums()
         if self.logical_dtype is not None:
             d["logical_dtype"] = self.logical_dtype
@@ -215,7 +220,7 @@ class TensorEntry:
         sl: tuple = (
             ("listed", s.starts.tolist(), s.shapes.tolist())
             if isinstance(s, ListedSlicing)
-            else ("derived", s.sub)
+            else ("derived", s.sub, s.rows)
         )
         return (
             self.key,

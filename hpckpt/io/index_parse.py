@@ -33,7 +33,7 @@ from .index import (
     check_name,
 )
 from .paths import is_data_file_name
-from .slicing import DerivedSlicing, ListedSlicing, Slicing, check_exact_cover
+from .slicing import ListedSlicing, Slicing, cached_slicing, check_exact_cover
 
 __all__ = ["parse_index", "parse_index_document"]
 
@@ -273,7 +273,10 @@ class _Parser:
                         f"index: tensor {key!r} has neither a layout nor a slice list"
                     )
                 raise KeyError(key)
-            slicing = DerivedSlicing(shape, layout, dtype.itemsize, self.split_bytes)
+            rows = d.get("rows", False)
+            if v and type(rows) is not bool:
+                raise CorruptCheckpointError(f"index: tensor {key!r}.rows is not a bool")
+            slicing = cached_slicing(shape, layout, dtype.itemsize, self.split_bytes, rows)
         else:
             slicing = self._listed(key, raw, shape)
         crcs = d.get("checksums")

@@ -8,18 +8,22 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 
 import numpy as np
 
+from ..dtypes import from_logical
 from ..errors import CorruptCheckpointError
 from . import hdf5
 from .fsutil import read_required
 from .index import MAX_INDEX_BYTES, CheckpointIndex, TensorEntry
 from .index_parse import parse_index
+from .mpiio import READ_CHUNK_BYTES
 from .paths import data_file_path, index_path, is_data_file_name
 from .verify import verify_whole
 
 __all__ = [
+    "as_logical",
     "load_index",
     "named_data_file",
     "read_index_bytes",
@@ -92,10 +96,34 @@ def verify_tensor(entry: TensorEntry, array: np.ndarray, algorithm: str) -> None
     verify_whole(entry, array, algorithm)
 
 
+def as_logical(entry: TensorEntry, array: np.ndarray) -> np.ndarray:
+    """``array`` (a tensor's stored bytes) viewed as its logical dtype (``bfloat16``, ...).
+
+    Raises:
+        CorruptCheckpointError: The index names an unknown logical dtype or one of
+            another width.
+        ImportError: Reading it needs ``ml_dtypes``, which is not installed.
+    """
+    if entry.logical_dtype is None:
+        return array
+    try:
+        return array.view(from_logical(entry.logical_dtype, entry.dtype))
+    except ValueError as e:
+        raise CorruptCheckpointError(f"tensor {entry.key!r}: {e}") from None
+
+
 def read_tensor_serial(
-    prefix: str, index: CheckpointIndex, entry: TensorEntry, *, verify: bool = True
+    prefix: str,
+    index: CheckpointIndex,
+    entry: TensorEntry,
+    *,
+    verify: bool = True,
+    on_bytes: Callable[[int], None] | None = None,
 ) -> np.ndarray:
     """Read one whole tensor on a single process (no MPI); verify its checksums.
+
+    The bytes are read in chunks of ``READ_CHUNK_BYTES``; ``on_bytes(n)`` is told of
+    each (a progress bar). The array has the stored dtype (see :func:`as_logical`).
 
     Raises:
         CorruptCheckpointError: Short read or checksum mismatch.
@@ -105,8 +133,16 @@ def read_tensor_serial(
     path = data_file_path(prefix, index.data_file)
     out = np.empty(entry.shape, dtype=entry.dtype)
     buf = out.reshape(-1).view(np.uint8)
+    n = 0
     with open(path, "rb", buffering=0) as f:
-        n = os.preadv(f.fileno(), [buf.data], entry.offset) if buf.size else 0
+        while n < buf.size:
+            hi = min(n + READ_CHUNK_BYTES, buf.size)
+            got = os.preadv(f.fileno(), [buf[n:hi].data], entry.offset + n)
+            if got <= 0:
+                break
+            n += got
+            if on_bytes is not None:
+                on_bytes(got)
     if n != buf.size:
         raise CorruptCheckpointError(
             f"short read of tensor {entry.key!r}: {n} of {buf.size} bytes at offset {entry.offset}"

@@ -35,10 +35,11 @@ source of a flush to the parallel file system: no copy in memory).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -55,7 +56,13 @@ from .index import CheckpointIndex, dataset_name_for_key
 from .local_index import LocalIndex, SliceLocations
 from .partner import copy_to_partner
 from .paths import local_data_name, local_directory, local_marker_name, new_token, parse_local_name
-from .write import SaveTensor, agree_structure, index_entries, library_versions
+from .write import (
+    SaveTensor,
+    index_entries,
+    library_versions,
+    structure_hash,
+    without_rows,
+)
 
 __all__ = [
     "LocalSave",
@@ -79,6 +86,8 @@ class LocalSave:
         own_file: This rank's node's data file.
         pieces: ``(tensor number, piece number, byte offset in own_file, checksum)``
             of each non-empty piece this rank wrote.
+        tensors: The tensors as saved (tensors planned in row bands are saved in the
+            slices their layout derives: there is no shared file to write bands into).
     """
 
     name: str
@@ -86,6 +95,7 @@ class LocalSave:
     created: float
     own_file: str
     pieces: list[tuple[int, int, int, int]] = field(default_factory=list)
+    tensors: list[SaveTensor] = field(default_factory=list)
 
 
 def _align(n: int) -> int:
@@ -123,18 +133,31 @@ def _create(path: str, size: int, reuse: str | None) -> None:
         os.close(fd)
 
 
+def _chunks(a: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """``(byte offset, bytes)`` of ``a`` in C order, in chunks of about ``WRITE_CHUNK_BYTES``
+    (views of a C-contiguous array; copies of a few rows of a strided one)."""
+    if a.flags.c_contiguous:
+        flat = a.reshape(-1).view(np.uint8)
+        for lo in range(0, len(flat), WRITE_CHUNK_BYTES):
+            yield lo, flat[lo : lo + WRITE_CHUNK_BYTES]
+        return
+    row = a[0].nbytes if a.ndim else a.nbytes
+    step = max(1, WRITE_CHUNK_BYTES // max(row, 1))
+    for r in range(0, a.shape[0], step):
+        yield r * row, np.ascontiguousarray(a[r : r + step]).reshape(-1).view(np.uint8)
+
+
 def _write_own(path: str, pieces: list[tuple[int, np.ndarray]]) -> list[int]:
-    """``pwrite`` each ``(offset, array)`` in chunks, checksumming each chunk just before
-    it is written (still in the cache: one pass over memory); returns the checksums."""
+    """``pwrite`` each ``(offset, array)`` (any strides) in C order, chunk by chunk,
+    checksumming each chunk just before it is written (still in the cache: one pass over
+    memory); returns the checksums."""
     fn = checksum_function(DEFAULT_ALGORITHM)
     out = []
     fd = os.open(path, os.O_WRONLY)
     try:
         for offset, a in pieces:
-            flat = a.reshape(-1).view(np.uint8)
             crc = 0
-            for lo in range(0, len(flat), WRITE_CHUNK_BYTES):
-                chunk = flat[lo : lo + WRITE_CHUNK_BYTES]
+            for lo, chunk in _chunks(a):
                 crc = fn(chunk, crc)
                 view = memoryview(chunk.data)
                 done = 0
@@ -147,6 +170,42 @@ def _write_own(path: str, pieces: list[tuple[int, np.ndarray]]) -> list[int]:
     finally:
         os.close(fd)
     return out
+
+
+def _region_views(
+    path: str,
+    base: int,
+    own: list[tuple[int, int, np.ndarray]],
+    rel: list[int],
+    length: int,
+    ok: bool,
+) -> list[tuple[int, int, np.ndarray]]:
+    """This rank's pieces as contiguous byte views of its region of ``path`` (zeros of
+    the same sizes when the region could not be written: the partner copy still gets
+    the bytes it expects, and the save fails anyway)."""
+    if not length:
+        return []
+    region = (
+        np.memmap(path, dtype=np.uint8, mode="r", offset=base, shape=(length,))
+        if ok
+        else np.zeros(length, dtype=np.uint8)
+    )
+    return [(i, j, region[r : r + a.nbytes]) for (i, j, a), r in zip(own, rel, strict=True)]
+
+
+def _agree_structure(
+    comm: MPI.Comm, tensors: Sequence[SaveTensor], deadline: Deadline, what: str
+) -> None:
+    h = structure_hash(tensors)
+    got = _dist.allreduce_max(comm, np.array([h, -h], dtype=np.int64), deadline)
+    if got[0] == -got[1]:
+        return
+    hashes = _dist.allgather_json(comm, h, deadline)
+    odd = [r for r, x in enumerate(hashes) if x != hashes[0]]
+    raise CheckpointError(
+        f"{what}: ranks disagree on the tensors to save, or on their layouts (ranks {odd} "
+        f"differ from rank 0): every rank must save the same keys, dtypes, shapes and layouts"
+    )
 
 
 def write_local(
@@ -178,7 +237,8 @@ def write_local(
     """
     what = f"local save of {name!r} to {pattern!r}"
     rank = comm.Get_rank()
-    agree_structure(comm, tensors, deadline, what)
+    tensors = [without_rows(t) for t in tensors]  # no shared file: each rank its slices
+    _agree_structure(comm, tensors, deadline, what)
     own = [(i, j, a) for i, t in enumerate(tensors) for j, (_, a) in enumerate(t.pieces) if a.size]
     rel, pos = [], 0
     for _, _, a in own:
@@ -255,19 +315,32 @@ def _write_and_commit(
     # This rank's pieces are checksummed and written (chunk by chunk) in a worker thread
     # (both release the GIL) while this thread streams the partner copy.
     values: list[int] = [0] * len(own)
+    waited = False
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hpckpt-local") as pool:
         pieces = [(base + r, a) for r, (_, _, a) in zip(rel, own, strict=True)]
         written: Future = pool.submit(_write_own, own_file, pieces)
         if redundancy == "partner":
+            stream = own
+            if any(not a.flags.c_contiguous for _, _, a in own):
+                # strided pieces (the caller's own arrays): stream their bytes from this
+                # rank's region of the node file once it is written
+                waited = True
+                try:
+                    values = written.result()
+                    _faults.point("local_data", rank)
+                except Exception as e:
+                    exc = e
+                stream = _region_views(own_file, base, own, rel, lengths[rank], exc is None)
             try:
-                copy_to_partner(comm, nodes, own, lengths, region, partner_file, deadline)
+                copy_to_partner(comm, nodes, stream, lengths, region, partner_file, deadline)
             except Exception as e:
-                exc = e
-        try:
-            values = written.result()
-            _faults.point("local_data", rank)
-        except Exception as e:
-            exc = exc or e
+                exc = exc or e
+        if not waited:
+            try:
+                values = written.result()
+                _faults.point("local_data", rank)
+            except Exception as e:
+                exc = exc or e
         try:
             if exc is None:
                 if own:
@@ -312,6 +385,7 @@ def _write_and_commit(
         created,
         own_file,
         [(i, j, base + r, int(c)) for (i, j, _), r, c in zip(own, rel, values, strict=True)],
+        list(tensors),
     )
 
 
@@ -364,7 +438,7 @@ def _local_index(
         n = math.prod(t.shape) * t.dtype.itemsize
         offsets.append(pos if n else None)
         pos += n
-    entries = index_entries(tensors, names, offsets, derived, listed, what)
+    entries = index_entries(tensors, names, offsets, derived[:, :4], listed, what)
     locations: dict[str, SliceLocations] = {}
     d_sorted = derived[np.argsort(derived[:, 0], kind="stable")] if len(derived) else derived
     l_sorted = listed[np.argsort(listed[:, 0], kind="stable")] if len(listed) else listed
@@ -441,8 +515,9 @@ def remove_local(
     _dist.run_agreed(comm, f"removing old local checkpoints of {pattern!r}", remove, deadline)
 
 
-def mapped_copies(save: LocalSave, tensors: Sequence[SaveTensor]) -> list[SaveTensor]:
-    """``tensors`` with this rank's pieces replaced by read-only maps of ``save``'s file.
+def mapped_copies(save: LocalSave) -> list[SaveTensor]:
+    """The tensors of ``save`` with this rank's pieces replaced by read-only maps of its
+    file (C-contiguous, whatever the strides of the arrays saved).
 
     Each piece keeps its save-time checksum (``SaveTensor.checksums``): a write of
     these copies checks its bytes against it. The maps stay valid after the file is
@@ -451,11 +526,11 @@ def mapped_copies(save: LocalSave, tensors: Sequence[SaveTensor]) -> list[SaveTe
     Raises:
         CheckpointError: This rank's pieces differ from those of ``save``.
     """
+    tensors = save.tensors
     where = {(i, j): (off, crc) for i, j, off, crc in save.pieces}
-    spans = [off for off, _ in where.values()]
-    if not spans:
-        return [_replace(t, [(s, a) for s, a in t.pieces], None) for t in tensors]
-    lo = min(spans)
+    if not where:
+        return [dataclasses.replace(t, checksums=None) for t in tensors]
+    lo = min(off for off, _ in where.values())
     hi = max(off + tensors[i].pieces[j][1].nbytes for (i, j), (off, _) in where.items())
     region = np.memmap(save.own_file, dtype=np.uint8, mode="r", offset=lo, shape=(hi - lo,))
     out = []
@@ -472,13 +547,5 @@ def mapped_copies(save: LocalSave, tensors: Sequence[SaveTensor]) -> list[SaveTe
             view = region[off - lo : off - lo + a.nbytes].view(a.dtype).reshape(a.shape)
             pieces.append((start, view))
             crcs.append(crc)
-        out.append(_replace(t, pieces, crcs))
+        out.append(dataclasses.replace(t, pieces=pieces, checksums=crcs))
     return out
-
-
-def _replace(
-    t: SaveTensor, pieces: list[tuple[tuple[int, ...], np.ndarray]], crcs: list[int] | None
-) -> SaveTensor:
-    return SaveTensor(
-        t.key, t.dtype, t.shape, t.layout, pieces, list(t.slice_ids), t.logical_dtype, crcs
-    )

@@ -1,6 +1,7 @@
 """Collective raw IO of hyperslabs into contiguous datasets with ``MPI.File``.
 
-A *piece* is one C-contiguous numpy array that holds the hyperslab
+A *piece* is one numpy array (C-contiguous, or strided: a view of the caller's
+field, moved without a packing copy) that holds the hyperslab
 ``[start, start + array.shape)`` of a global C-order array stored contiguously
 at byte ``offset`` of the file. Each rank packs its pieces into rounds of
 bounded size; every round is one ``Set_view`` + ``Write_all``/``Read_all`` whose
@@ -19,12 +20,13 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 from mpi4py import MPI
 
 from .._dist import Deadline, allreduce_int
+from .strided import MIN_VIEW_BYTES, memory_split, run_bytes, strided_type
 
 __all__ = [
     "Piece",
@@ -38,10 +40,11 @@ __all__ = [
 MAX_PIECE_BYTES = 256 << 20
 MAX_ROUND_BYTES = 1 << 30
 MAX_ROUND_PIECES = 4096
-READ_CHUNK_BYTES = 8 << 20  # streamed reads: small enough that a chunk's CRC finds it in cache
+READ_CHUNK_BYTES = 2 << 20  # streamed reads: a chunk is checksummed while it is still in the cache
 SIEVE_MAX_SPAN = 2  # sieved reads read at most this many times a piece's bytes
 SIEVE_CALL_BYTES = 64 << 20  # file bytes per sieved preadv
 IOV_MAX = 1024  # iovecs per preadv (Linux's limit)
+PROGRESS_STEP = 64 << 20  # direct transfers report progress at least this often
 
 
 @dataclass(frozen=True)
@@ -170,7 +173,11 @@ def split_direct(
         return [], list(pieces)
     direct, aggregated = [], []
     for p in pieces:
-        if p.nbytes >= threshold and (_file_run(p) is not None or (not write and _sievable(p))):
+        if (
+            p.nbytes >= threshold
+            and (_file_run(p) is not None or (not write and _sievable(p)))
+            and (p.array.flags.c_contiguous or run_bytes(p.array) >= MIN_VIEW_BYTES)
+        ):
             direct.append(p)
         else:
             aggregated.append(p)
@@ -204,7 +211,7 @@ def _round_types(pieces: list[Piece], cache: _TypeCache) -> tuple[MPI.Datatype, 
     Pieces whose hyperslab is one contiguous run of the file (the common case:
     shards along the first axis, 1-D shards, whole tensors) are plain byte blocks
     of the struct, so they cost no datatype of their own; others are subarrays.
-    Memory is always byte blocks at the arrays' addresses.
+    Memory is byte blocks at the arrays' addresses (strided arrays: their strides).
     """
     flens, fdisps, ftypes = [], [], []
     for p in pieces:
@@ -222,42 +229,91 @@ def _round_types(pieces: list[Piece], cache: _TypeCache) -> tuple[MPI.Datatype, 
                 cache.own(elem.Create_subarray(list(p.global_shape), list(a.shape), list(p.start)))
             )
     ft = cache.own(MPI.Datatype.Create_struct(flens, fdisps, ftypes).Commit())
-    mt = cache.own(
-        MPI.BYTE.Create_hindexed(
-            [p.nbytes for p in pieces], [MPI.Get_address(p.array) for p in pieces]
-        ).Commit()
-    )
+    if all(p.array.flags.c_contiguous for p in pieces):
+        mt = cache.own(
+            MPI.BYTE.Create_hindexed(
+                [p.nbytes for p in pieces], [MPI.Get_address(p.array) for p in pieces]
+            ).Commit()
+        )
+        return ft, mt
+    # strided arrays (views of the caller's fields): their strides as datatypes, no copy
+    addrs: list[int] = []
+    mtypes: list[MPI.Datatype] = []
+    for p in pieces:
+        addr, t = strided_type(p.array, cache._owned)
+        addrs.append(addr)
+        mtypes.append(t)
+    mt = cache.own(MPI.Datatype.Create_struct([1] * len(pieces), addrs, mtypes).Commit())
     return ft, mt
 
 
 def _runs(p: Piece) -> list[tuple[int, np.ndarray]]:
     """``(file offset, contiguous memory view)`` of every contiguous run of a piece.
 
-    The runs are consecutive slices of the piece's (C-contiguous) memory, in
-    ascending file order; their offsets are computed with numpy, so that a
-    strided piece of many thousand rows costs microseconds, not a Python loop.
+    A run is contiguous both in the file and in memory: a strided array (a view
+    of a field with ghost cells) is cut at its memory's contiguous blocks too. The
+    runs are consecutive in the piece's C order, in ascending file order; their
+    offsets are computed with numpy, so that a strided piece of many thousand rows
+    costs milliseconds, not a Python loop per element.
     """
     first = _file_run(p)
     a = p.array
-    if first is not None:
+    if first is not None and a.flags.c_contiguous:
         return [(first, a.reshape(-1))]
     g, start, shape = p.global_shape, p.start, a.shape
     # split the leading dimensions until the remaining suffix is one contiguous run
     k = len(g) - 1
     while k > 0 and shape[k] == g[k]:
         k -= 1
-    # dims [0, k) vary; each index gives a run of shape[k:] (full after dim k)
+    k = max(k, memory_split(a)) if not a.flags.c_contiguous else k
+    # dims [0, k) vary; each index gives a run of shape[k:] (full after dim k in the file)
     isz = a.dtype.itemsize
     strides = [isz] * len(g)
     for i in range(len(g) - 2, -1, -1):
         strides[i] = strides[i + 1] * g[i + 1]
-    offsets = np.full((1,), p.offset + start[k] * strides[k], dtype=np.int64)
+    base = p.offset + sum(start[i] * strides[i] for i in range(k, len(g)))
+    offsets = np.full((1,), base, dtype=np.int64)
     for i in range(k):
         along = (start[i] + np.arange(shape[i], dtype=np.int64)) * strides[i]
         offsets = (offsets[:, None] + along[None, :]).reshape(-1)
-    n = math.prod(shape[k:])
-    flat = a.reshape(-1)
-    return [(off, flat[j * n : (j + 1) * n]) for j, off in enumerate(offsets.tolist())]
+    if a.flags.c_contiguous:
+        n = math.prod(shape[k:])
+        flat = a.reshape(-1)
+        return [(off, flat[j * n : (j + 1) * n]) for j, off in enumerate(offsets.tolist())]
+    views = (_block(a, idx) for idx in np.ndindex(*shape[:k]))
+    return list(zip(offsets.tolist(), views, strict=True))
+
+
+def _block(a: np.ndarray, idx: tuple[int, ...]) -> np.ndarray:
+    """``a[idx]`` as a flat view (a 1-element view, not a scalar, for a full index)."""
+    key: tuple[Any, ...] = (*idx, Ellipsis)
+    return a[key].reshape(-1)
+
+
+def _groups(runs: list[tuple[int, np.ndarray]]) -> Iterator[list[tuple[int, np.ndarray]]]:
+    """Consecutive runs that are adjacent in the file, at most ``IOV_MAX`` per group."""
+    cur: list[tuple[int, np.ndarray]] = []
+    end = -1
+    for off, mem in runs:
+        if cur and (off != end or len(cur) >= IOV_MAX):
+            yield cur
+            cur = []
+        cur.append((off, mem))
+        end = off + mem.nbytes
+    if cur:
+        yield cur
+
+
+def _write_group(fd: int, group: list[tuple[int, np.ndarray]]) -> None:
+    """Write adjacent runs with one ``pwritev`` (run by run if it comes back short)."""
+    if len(group) == 1:
+        _transfer(fd, group[0][1].data.cast("B"), group[0][0], True)
+        return
+    iov = [mem.data.cast("B") for _, mem in group]
+    total = sum(len(v) for v in iov)
+    if os.pwritev(fd, iov, group[0][0]) != total:
+        for off, mem in group:
+            _transfer(fd, mem.data.cast("B"), off, True)
 
 
 def posix_io(
@@ -268,6 +324,7 @@ def posix_io(
     chunk_bytes: int | None = None,
     on_chunk: Callable[[Piece, int, int], None] | None = None,
     fsync: bool = True,
+    on_moved: Callable[[int], None] | None = None,
 ) -> None:
     """Independent IO of this rank's pieces with ``pwrite``/``preadv`` at their offsets.
 
@@ -277,7 +334,8 @@ def posix_io(
     of ``chunk_bytes`` (default ``READ_CHUNK_BYTES``), reads of a sievable strided
     piece in spans (``_sieved_read``); after each, ``on_chunk(piece, lo, hi)`` is
     told that bytes ``[lo, hi)`` of ``piece.array`` have arrived (so that they can
-    be checksummed while the next ones are read).
+    be checksummed while the next ones are read). ``on_moved(n)`` is told of every
+    ``n`` bytes moved (progress).
     """
     fd = os.open(path, os.O_WRONLY if write else os.O_RDONLY)
     try:
@@ -287,9 +345,20 @@ def posix_io(
             runs = _runs(p)
             if not write and len(runs) > 1 and _sievable(p):
                 _sieved_read(fd, runs, None if on_chunk is None else partial(on_chunk, p))
+                if on_moved is not None:
+                    on_moved(p.nbytes)
+                continue
+            if write and len(runs) > 1:
+                for group in _groups(runs):
+                    _write_group(fd, group)
+                    if on_moved is not None:
+                        on_moved(sum(m.nbytes for _, m in group))
                 continue
             streamed = on_chunk is not None and not write and len(runs) == 1
-            step = (chunk_bytes or READ_CHUNK_BYTES) if streamed else 1 << 62
+            if streamed:
+                step = chunk_bytes or READ_CHUNK_BYTES
+            else:  # in pieces of PROGRESS_STEP when someone follows the progress
+                step = PROGRESS_STEP if on_moved is not None else 1 << 62
             for off, mem in runs:
                 view = mem.data.cast("B")
                 for lo in range(0, len(view), step):
@@ -297,6 +366,8 @@ def posix_io(
                     _transfer(fd, view[lo:hi], off + lo, write)
                     if streamed:
                         on_chunk(p, lo, hi)  # type: ignore[misc]
+                    if on_moved is not None:
+                        on_moved(hi - lo)
         if write and fsync:
             os.fsync(fd)
     finally:
@@ -392,6 +463,7 @@ def collective_io(
     collective: bool = True,
     max_round_bytes: int = MAX_ROUND_BYTES,
     deadline: Deadline | None = None,
+    on_moved: Callable[[int], None] | None = None,
 ) -> int:
     """Write (or read into) every rank's pieces; returns the number of rounds.
 
@@ -424,6 +496,8 @@ def collective_io(
                 (fh.Write_all if collective else fh.Write)(buf)
             else:
                 (fh.Read_all if collective else fh.Read)(buf)
+            if on_moved is not None and error is None and i < len(rounds):
+                on_moved(sum(p.nbytes for p in rounds[i]))
     finally:
         cache.free()
     if error is not None:

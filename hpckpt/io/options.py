@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 __all__ = ["IOOptions"]
@@ -22,6 +23,8 @@ class IOOptions:
         alignment: Datasets of at least ``alignment_threshold`` bytes start at a
             multiple of this many bytes.
         alignment_threshold: See ``alignment``.
+        progress: Told ``progress(done, total)`` as this rank's data moves: bytes of
+            its own share moved so far, and its whole share (``None``: not told).
     """
 
     collective: bool = True
@@ -30,3 +33,4 @@ class IOOptions:
     direct_io_threshold: int | None = 1 << 20
     alignment: int = 1 << 20
     alignment_threshold: int = 1 << 20
+    progress: Callable[[int, int], None] | None = None

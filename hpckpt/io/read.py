@@ -38,11 +38,22 @@ from .datatypes import message_specs
 from .index import CheckpointIndex, TensorEntry
 from .index_parse import parse_index
 from .load import read_index_bytes
-from .mpiio import Piece, contiguous_offset
+from .mpiio import Piece
 from .options import IOOptions
 from .paths import data_file_path, index_path
-from .slicing import Box, TargetGrid, TargetList, Targets, box_intersection, owner_of, volume
-from .transfer import move_pieces
+from .slicing import (
+    Box,
+    DerivedSlicing,
+    Slicing,
+    TargetGrid,
+    TargetList,
+    Targets,
+    box_intersection,
+    mesh_coords,
+    owner_of,
+    volume,
+)
+from .transfer import ProgressCounter, move_pieces
 from .verify import SliceCheck
 
 __all__ = ["ROUND_BYTES", "VALIDATORS", "ReadRequest", "read_index", "read_tensors"]
@@ -60,9 +71,9 @@ class ReadRequest:
         entry: The saved tensor.
         start: The slice's first element in the global array.
         shape: The slice's shape.
-        out: Where to read it: a C-contiguous array of ``shape`` and the entry's dtype
-            (a variable's own shard, so that a restore needs no second buffer), or
-            ``None`` for a new array.
+        out: Where to read it: a writable array of ``shape`` and the entry's dtype,
+            of any strides (a variable's own shard, or the caller's array it
+            aliases: a restore needs no second buffer), or ``None`` for a new array.
         layout: The layout every rank's slice derives from (the same on every rank),
             or ``None`` when each rank has its own box (the boxes are gathered).
         mesh_rank: This rank's rank in ``layout``'s mesh (it must be its rank in the
@@ -83,7 +94,6 @@ class ReadRequest:
             o is not None
             and o.shape == self.shape
             and o.dtype == self.entry.dtype
-            and o.flags.c_contiguous
             and o.flags.writeable
         ):
             return o
@@ -178,8 +188,14 @@ def _plan(
         mine: Box = (tuple(req.start), tuple(req.shape))
         if req.shape and not volume(req.shape):
             continue
-        targets = _targets(req, None if (use_grid and req.layout is not None) else boxes[k])
         slicing = req.entry.slicing
+        if use_grid and isinstance(slicing, DerivedSlicing) and _same_shards(req, slicing):
+            # the common restart: the layout it was saved with, one rank per shard
+            i = _own_shard(req, slicing, rank)
+            if i is not None:
+                plan.owned.append(_Owned(k, i, mine, local_part=mine))
+                continue
+        targets = _targets(req, None if (use_grid and req.layout is not None) else boxes[k])
         for i in slicing.query(mine):
             sbox = slicing.box(i)
             cells = targets.query(sbox)
@@ -197,6 +213,24 @@ def _plan(
                 o.sends.extend((r, cpart) for r in ranks if r != rank)
             plan.owned.append(o)
     return plans
+
+
+def _same_shards(req: ReadRequest, slicing: Slicing) -> bool:
+    """Whether the request's layout is the one the tensor was saved with, unreplicated."""
+    return (
+        isinstance(slicing, DerivedSlicing)
+        and req.layout is not None
+        and req.layout == slicing.spec
+        and slicing.replicas == 1
+    )
+
+
+def _own_shard(req: ReadRequest, slicing: DerivedSlicing, rank: int) -> int | None:
+    """The saved slice that is exactly this rank's new slice, if there is one."""
+    coords = mesh_coords(rank, slicing.spec.mesh_shape)
+    i = slicing.grid.linear(slicing.grid.cell_of(coords))
+    box = slicing.box(i)
+    return i if box == (tuple(req.start), tuple(req.shape)) else None
 
 
 def _rounds(requests: Sequence[ReadRequest]) -> list[list[int]]:
@@ -294,9 +328,19 @@ def read_tensors(
     _dist.agree(comm, what, exc, deadline)
     path = data_file_path(prefix, index.data_file)
     fn = checksum_function(index.checksum)
+    counter = ProgressCounter(options, _owned_bytes(requests, plans))
     for n, group in enumerate(_rounds(requests)):
-        _read_round(comm, path, requests, arrays, plans, group, fn, options, deadline, what, n)
+        _read_round(
+            comm, path, requests, arrays, plans, group, fn, options, deadline, what, n, counter
+        )
     return arrays
+
+
+def _owned_bytes(requests: Sequence[ReadRequest], plans: list[_Plan]) -> int:
+    """Bytes this rank reads from the file (the saved slices it owns)."""
+    return sum(
+        volume(o.box[1]) * requests[o.t].entry.dtype.itemsize for p in plans for o in p.owned
+    )
 
 
 def _read_round(
@@ -311,6 +355,7 @@ def _read_round(
     deadline: Deadline,
     what: str,
     number: int,
+    counter: ProgressCounter,
 ) -> None:
     exc: BaseException | None = None
     checks: dict[int, SliceCheck] = {}
@@ -322,16 +367,8 @@ def _read_round(
             dest = arrays[o.t]
             rel = _rel(o.box, req.start)
             view = dest[rel] if rel else dest
-            if (
-                o.box == o.local_part
-                and view.flags.c_contiguous
-                and (
-                    not dest.ndim
-                    or contiguous_offset(dest.shape, tuple(s.start for s in rel), o.box[1])
-                    is not None
-                )
-            ):
-                o.buffer, o.in_place = view, True  # read straight into the variable
+            if o.box == o.local_part:
+                o.buffer, o.in_place = view, True  # straight into the variable (any strides)
             else:
                 o.buffer = np.empty(o.box[1], dtype=req.entry.dtype)
             e = req.entry
@@ -348,7 +385,16 @@ def _read_round(
             c.update(lo, hi)
 
     try:
-        move_pieces(comm, path, pieces, options, write=False, deadline=deadline, on_chunk=on_chunk)
+        move_pieces(
+            comm,
+            path,
+            pieces,
+            options,
+            write=False,
+            deadline=deadline,
+            on_chunk=on_chunk,
+            on_moved=counter.hook(),
+        )
     except MPI.Exception as e:
         exc = exc or CorruptCheckpointError(f"MPI-IO error reading {path!r}: {e}")
     except OSError as e:

@@ -17,6 +17,7 @@ verifies its checksum and hands the parts to the other ranks that need them.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from bisect import bisect_left, bisect_right
@@ -24,7 +25,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from ..layout import LayoutSpec, block_range
+from ..layout import Blocks, LayoutSpec, block_range
 
 __all__ = [
     "Box",
@@ -34,13 +35,37 @@ __all__ = [
     "TargetGrid",
     "TargetList",
     "Targets",
+    "block_of",
     "box_intersection",
+    "cached_slicing",
+    "rows_spec",
+    "strided_shards",
     "check_exact_cover",
+    "mesh_coords",
     "owner_of",
+    "tiling_problem",
     "volume",
 ]
 
 Box = tuple[tuple[int, ...], tuple[int, ...]]  # (start, shape)
+
+
+def mesh_coords(rank: int, mesh_shape: Sequence[int]) -> list[int]:
+    """The row-major coordinates of ``rank`` in a mesh of ``mesh_shape``."""
+    out = []
+    for d in reversed(mesh_shape):
+        rank, c = divmod(rank, d)
+        out.append(c)
+    return out[::-1]
+
+
+def block_of(n: int, parts: int, i: int) -> int:
+    """The block (of ``block_range(n, parts, .)``) that holds element ``i`` (non-empty)."""
+    base, rem = divmod(n, parts)
+    big = rem * (base + 1)
+    if i < big:
+        return i // (base + 1)
+    return rem + (i - big) // base
 
 
 def volume(shape: Sequence[int]) -> int:
@@ -106,7 +131,11 @@ class _Grid:
         return i
 
     def unravel(self, i: int) -> tuple[int, ...]:
-        return tuple(int(x) for x in np.unravel_index(i, self.dims)) if self.dims else ()
+        out = []
+        for d in reversed(self.dims):
+            i, c = divmod(i, d)
+            out.append(c)
+        return tuple(reversed(out))
 
     def cell_of(self, coords: Sequence[int]) -> tuple[int, ...]:
         """The cell held at mesh ``coords``."""
@@ -125,31 +154,62 @@ class DerivedSlicing:
     its block of the shard's rows), else 1 (one replica writes the whole shard).
     Empty slices are counted (their checksum is 0) so that indices are arithmetic.
 
+    With ``rows`` (aggregated writes), a layout that splits a tensor along later
+    dimensions (whose shards are strided in the file) is saved in contiguous bands of
+    whole rows instead: the slices are those of the layout that keeps only the first
+    dimension's sharding, each of its cells split by rows among all the ranks that
+    hold a part of it (they exchange their parts before writing).
+
     Args:
         shape: The tensor's global shape.
         spec: Its layout at save.
         itemsize: Bytes per element.
         split_bytes: The replica-split threshold recorded in the index.
+        rows: Contiguous row bands (aggregated writes).
     """
 
     listed = False
 
     def __init__(
-        self, shape: tuple[int, ...], spec: LayoutSpec, itemsize: int, split_bytes: int
+        self,
+        shape: tuple[int, ...],
+        spec: LayoutSpec,
+        itemsize: int,
+        split_bytes: int,
+        rows: bool = False,
     ) -> None:
         self.shape = shape
+        self.layout = spec
+        self.rows = rows
+        if rows:
+            spec = rows_spec(spec)
         self.spec = spec
         self.grid = _Grid(shape, spec)
         self.replicas = spec.replicas()
         largest = 1
         for n, b in zip(shape, self.grid.bounds, strict=True):
-            largest *= n if b is None else max((y - x for x, y in itertools.pairwise(b)), default=0)
+            if b is None:
+                largest *= n
+            elif isinstance(b, Blocks):
+                largest *= b.largest()
+            else:
+                largest *= max((y - x for x, y in itertools.pairwise(b)), default=0)
         split = self.replicas > 1 and len(shape) >= 1 and largest * itemsize >= split_bytes
-        self.sub = self.replicas if split else 1
+        self.sub = self.replicas if (split or (rows and self.replicas > 1 and shape)) else 1
         self.count = self.grid.ncells * self.sub
 
     def __len__(self) -> int:
         return self.count
+
+    def nonempty_list(self) -> list[int]:
+        """1 for each slice that holds an element, else 0 (pure Python: small counts)."""
+        if self.count > 256:
+            return [int(x) for x in self.nonempty()]
+        out = []
+        for i in range(self.count):
+            sh = self.box(i)[1]
+            out.append(1 if (not sh or volume(sh)) else 0)
+        return out
 
     def nonempty(self) -> np.ndarray:
         """A bool per slice: whether it holds any element (vectorized, no Python loop)."""
@@ -187,18 +247,71 @@ class DerivedSlicing:
         out = []
         for cell in self.grid.cells_meeting(box):
             base = self.grid.linear(cell) * self.sub
-            for s in range(self.sub):
+            if self.sub == 1:
+                out.append(base)
+                continue
+            # the sub-blocks (rows split among replicas) that meet the box's rows
+            cstart, cshape = self.grid.cell_box(cell)
+            lo = max(box[0][0], cstart[0]) - cstart[0]
+            hi = min(box[0][0] + box[1][0], cstart[0] + cshape[0]) - cstart[0]
+            first = block_of(cshape[0], self.sub, lo)
+            last = block_of(cshape[0], self.sub, hi - 1)
+            for s in range(first, last + 1):
                 b = self.box(base + s)
                 if volume(b[1]) and box_intersection(b, box) is not None:
                     out.append(base + s)
         return out
 
-    def written_by(self, coords: Sequence[int], replica_index: int, ordinal: int) -> int | None:
+    def writers(self, ordinal: int) -> np.ndarray:
+        """For every mesh rank (row-major), the non-empty slice it writes, or -1 (vectorized).
+
+        The same rule as :meth:`written_by`, for all ranks at once.
+        """
+        spec = self.spec
+        nranks = math.prod(spec.mesh_shape)
+        if nranks <= 64:  # a loop costs less than numpy's calls
+            out = []
+            for r in range(nranks):
+                i = self.written_by(mesh_coords(r, spec.mesh_shape), ordinal)
+                out.append(-1 if i is None else i)
+            return np.asarray(out, dtype=np.int64)
+        ranks = np.arange(nranks, dtype=np.int64)
+        coords = np.unravel_index(ranks, spec.mesh_shape)
+        cell = np.zeros(nranks, dtype=np.int64)
+        for s, k in zip(spec.specs, self.grid.dims, strict=True):
+            c = coords[spec.dim_names.index(s)] if s != "unsharded" else 0
+            cell = cell * k + c
+        rep = np.zeros(nranks, dtype=np.int64)
+        for name, k, c in zip(spec.dim_names, spec.mesh_shape, coords, strict=True):
+            if name not in spec.specs:
+                rep = rep * k + c
+        if self.sub > 1:
+            idx = cell * self.sub + rep
+        else:
+            idx = np.where(rep == ordinal % self.replicas, cell, -1)
+        full = self.nonempty()
+        return np.where((idx >= 0) & full[np.maximum(idx, 0)], idx, -1)
+
+    def shard_index(self, coords: Sequence[int]) -> int:
+        """The slice of the shard at mesh ``coords`` when shards are not split (``sub == 1``)."""
+        return self.grid.linear(self.grid.cell_of(coords)) * self.sub
+
+    def replica_index(self, coords: Sequence[int]) -> int:
+        """The position of mesh ``coords`` among the replicas of its cell (row-major over
+        the mesh dimensions the slicing's layout does not use)."""
+        rep = 0
+        for name, k, c in zip(self.spec.dim_names, self.spec.mesh_shape, coords, strict=True):
+            if name not in self.spec.specs:
+                rep = rep * k + c
+        return rep
+
+    def written_by(self, coords: Sequence[int], ordinal: int) -> int | None:
         """The slice the rank at mesh ``coords`` writes (``None``: none).
 
-        ``replica_index`` is its position among the replicas of its shard; ``ordinal``
-        the tensor's position in the save (small replicated shards go round-robin).
+        ``ordinal`` is the tensor's position in the save (small replicated shards are
+        written round-robin by the replica ``ordinal % replicas``).
         """
+        replica_index = self.replica_index(coords)
         base = self.grid.linear(self.grid.cell_of(coords)) * self.sub
         if self.sub > 1:
             i = base + replica_index
@@ -207,6 +320,36 @@ class DerivedSlicing:
         else:
             return None
         return i if volume(self.box(i)[1]) else None
+
+
+@functools.lru_cache(maxsize=4096)
+def cached_slicing(
+    shape: tuple[int, ...], spec: LayoutSpec, itemsize: int, split_bytes: int, rows: bool = False
+) -> DerivedSlicing:
+    """A shared :class:`DerivedSlicing` (they are immutable; many tensors share one)."""
+    return DerivedSlicing(shape, spec, itemsize, split_bytes, rows)
+
+
+def rows_spec(spec: LayoutSpec) -> LayoutSpec:
+    """The layout of row bands: only the first dimension's sharding is kept."""
+    if not spec.specs:
+        return spec
+    first = spec.specs[0]
+    splits = tuple((k, b) for k, b in spec.splits if k == first)
+    return LayoutSpec(
+        (first, *("unsharded",) * (len(spec.specs) - 1)), spec.dim_names, spec.mesh_shape, splits
+    )
+
+
+def strided_shards(shape: Sequence[int], spec: LayoutSpec) -> bool:
+    """Whether the layout cuts the tensor along a later dimension (its shards are strided
+    in the file, unless they are single rows)."""
+    if len(shape) < 2:
+        return False
+    for d, s in enumerate(spec.specs[1:], start=1):
+        if s != "unsharded" and spec.mesh_shape[spec.dim_names.index(s)] > 1 and shape[d] > 0:
+            return True
+    return False
 
 
 class ListedSlicing:
@@ -304,14 +447,108 @@ def check_exact_cover(shape: tuple[int, ...], starts: np.ndarray, shapes: np.nda
     return None
 
 
+def _grid_cells(
+    shape: tuple[int, ...], boxes: list[Box]
+) -> tuple[list[np.ndarray], list[tuple[slice, ...]]]:
+    """The compressed grid of ``boxes`` (cut points per dimension) and each box's cells."""
+    cuts = [
+        np.unique(
+            np.asarray([0, n] + [b[0][d] for b in boxes] + [b[0][d] + b[1][d] for b in boxes])
+        )
+        for d, n in enumerate(shape)
+    ]
+    cells = [
+        tuple(
+            slice(int(np.searchsorted(c, a)), int(np.searchsorted(c, a + n)))
+            for c, a, n in zip(cuts, b[0], b[1], strict=True)
+        )
+        for b in boxes
+    ]
+    return cuts, cells
+
+
+def tiling_problem(shape: tuple[int, ...], boxes: Sequence[Box]) -> str | None:
+    """Whether per-rank boxes tile ``shape`` (``boxes[r]`` is rank ``r``'s), naming ranks.
+
+    Identical boxes are replicas; empty boxes are ignored. Returns ``None`` when the
+    distinct boxes cover every element exactly once, else a description naming the
+    ranks whose boxes lie outside the tensor, overlap, or leave a gap (with the
+    ranks whose boxes border it).
+    """
+    boxes = [(tuple(int(x) for x in s), tuple(int(x) for x in n)) for s, n in boxes]
+    holders: dict[Box, list[int]] = {}
+    for r, b in enumerate(boxes):
+        if len(b[0]) != len(shape) or len(b[1]) != len(shape):
+            return f"rank {r}'s box {list(b[0])} + {list(b[1])} has the wrong number of dimensions"
+        if volume(b[1]):
+            holders.setdefault(b, []).append(r)
+    outside = [
+        r
+        for b, rs in holders.items()
+        for r in rs
+        if any(a < 0 or a + n > m for a, n, m in zip(b[0], b[1], shape, strict=True))
+    ]
+    if outside:
+        return f"the boxes of ranks {outside[:8]} lie outside the tensor"
+    distinct = list(holders)
+    if not shape:
+        return None if distinct else "no rank holds the scalar"
+    if not volume(shape):
+        return None
+    cuts, cells = _grid_cells(shape, distinct)
+    dims = tuple(len(c) - 1 for c in cuts)
+    if math.prod(dims) > 1 << 22:
+        problem = check_exact_cover(
+            shape,
+            np.asarray([b[0] for b in distinct], dtype=np.int64),
+            np.asarray([b[1] for b in distinct], dtype=np.int64),
+        )
+        ranks = sorted(r for rs in holders.values() for r in rs)
+        return None if problem is None else f"{problem} (boxes of ranks {ranks[:16]})"
+    owner = np.full(dims, -1, dtype=np.int64)
+    problems = []
+    for i, idx in enumerate(cells):
+        region = owner[idx]
+        clash = np.unique(region[region >= 0])
+        for j in clash[:4].tolist():
+            inter = box_intersection(distinct[j], distinct[i])
+            assert inter is not None
+            problems.append(
+                f"the boxes of ranks {holders[distinct[j]]} and {holders[distinct[i]]} overlap "
+                f"(at start {list(inter[0])}, shape {list(inter[1])})"
+            )
+        region[...] = i
+        if len(problems) >= 4:
+            break
+    if not problems:
+        gaps = np.argwhere(owner < 0)
+        if len(gaps):
+            cell = gaps[0]
+            start = tuple(int(cuts[d][c]) for d, c in enumerate(cell))
+            size = tuple(int(cuts[d][c + 1] - cuts[d][c]) for d, c in enumerate(cell))
+            near = sorted(
+                r
+                for b, rs in holders.items()
+                if box_intersection((tuple(a - 1 for a in start), tuple(n + 2 for n in size)), b)
+                is not None
+                for r in rs
+            )
+            problems.append(
+                f"no rank's box covers the elements at start {list(start)}, shape {list(size)} "
+                f"({len(gaps)} uncovered region(s)); the boxes of ranks {near[:8]} border it"
+            )
+    return "; ".join(problems) if problems else None
+
+
 class TargetGrid:
     """Where every rank's slice of a tensor lies on restore, from a layout.
 
     Args:
         shape: The tensor's global shape.
         spec: The layout at restore.
-        rank_of: Maps mesh coordinates to the rank in the checkpoint's communicator
-            (default: the row-major rank of the mesh).
+
+    Mesh coordinates map to ranks row-major (the rank in the mesh's communicator,
+    which the restore checks is the rank in the checkpoint's communicator).
     """
 
     def __init__(self, shape: tuple[int, ...], spec: LayoutSpec) -> None:
@@ -323,24 +560,26 @@ class TargetGrid:
             for i, (n, k) in enumerate(zip(spec.dim_names, spec.mesh_shape, strict=True))
             if n not in spec.specs
         ]
+        strides = [1] * len(spec.mesh_shape)
+        for i in range(len(strides) - 2, -1, -1):
+            strides[i] = strides[i + 1] * spec.mesh_shape[i + 1]
+        self._strides = strides
+        offs = [0]
+        for i, k in self._unused:
+            offs = [o + c * strides[i] for o in offs for c in range(k)]
+        self._replica_offsets = sorted(offs)
 
     def ranks_of(self, cell: Sequence[int]) -> list[int]:
         """The ranks holding ``cell`` (its replicas), in ascending order."""
-        coords = [0] * len(self.spec.mesh_shape)
+        base = 0
         for d, s in enumerate(self.spec.specs):
             if s != "unsharded":
-                coords[self.spec.dim_names.index(s)] = cell[d]
-        out = []
-        for rep in itertools.product(*(range(k) for _, k in self._unused)):
-            for (i, _), c in zip(self._unused, rep, strict=True):
-                coords[i] = c
-            out.append(int(np.ravel_multi_index(coords, self.spec.mesh_shape)) if coords else 0)
-        return sorted(out)
+                base += cell[d] * self._strides[self.spec.dim_names.index(s)]
+        return [base + off for off in self._replica_offsets]
 
     def box_of(self, rank: int) -> Box:
         """The slice rank ``rank`` holds."""
-        coords = np.unravel_index(rank, self.spec.mesh_shape) if self.spec.mesh_shape else ()
-        return self.grid.cell_box(self.grid.cell_of([int(c) for c in coords]))
+        return self.grid.cell_box(self.grid.cell_of(mesh_coords(rank, self.spec.mesh_shape)))
 
     def query(self, box: Box) -> list[tuple[Box, list[int]]]:
         """The non-empty target cells meeting ``box``: ``(cell box, ranks)``."""
@@ -386,16 +625,18 @@ def owner_of(slice_box: Box, cells: list[tuple[Box, list[int]]], salt: int) -> i
     """The rank that reads a saved slice on restore: deterministic on every rank.
 
     A rank whose new slice contains the saved slice whole reads it straight into
-    place; otherwise a rank of the cell holding the largest part of it. Among the
-    replicas of that cell, the choice rotates with ``salt`` (slice and tensor
+    place; otherwise a rank of a cell holding the largest part of it. Among the tied
+    cells and their replicas, the choice rotates with ``salt`` (slice and tensor
     numbers) so that the reads spread over the ranks.
     """
-    best: tuple[int, list[int]] | None = None
+    best = -1
+    tied: list[int] = []
     for cbox, ranks in cells:
         inter = box_intersection(cbox, slice_box)
         v = volume(inter[1]) if inter is not None else 0
-        if best is None or v > best[0]:
-            best = (v, ranks)
-    assert best is not None, "a saved slice that no rank needs has no owner"
-    ranks = best[1]
-    return ranks[salt % len(ranks)]
+        if v > best:
+            best, tied = v, list(ranks)
+        elif v == best:
+            tied.extend(ranks)
+    assert tied, "a saved slice that no rank needs has no owner"
+    return tied[salt % len(tied)]

@@ -18,7 +18,25 @@ from .fsutil import fsync_path
 from .mpiio import Piece, collective_io, open_file, posix_io, split_direct
 from .options import IOOptions
 
-__all__ = ["move_pieces"]
+__all__ = ["ProgressCounter", "move_pieces"]
+
+
+class ProgressCounter:
+    """Adds up the bytes a rank moves and tells ``options.progress(done, total)``."""
+
+    def __init__(self, options: IOOptions, total: int) -> None:
+        self.fn = options.progress
+        self.total = int(total)
+        self.done = 0
+
+    def __call__(self, n: int) -> None:
+        self.done = min(self.done + int(n), self.total)
+        if self.fn is not None:
+            self.fn(self.done, self.total)
+
+    def hook(self) -> Callable[[int], None] | None:
+        """This counter as an ``on_moved`` callback (``None`` when nobody listens)."""
+        return self if self.fn is not None else None
 
 
 def move_pieces(
@@ -31,6 +49,7 @@ def move_pieces(
     deadline: Deadline,
     on_chunk: Callable[[Piece, int, int], None] | None = None,
     on_written: Callable[[], None] | None = None,
+    on_moved: Callable[[int], None] | None = None,
 ) -> None:
     """Move this rank's pieces: large contiguous runs directly, the rest with MPI-IO.
 
@@ -52,7 +71,7 @@ def move_pieces(
         else (pieces, [])
     )
     if not any_true(comm, bool(aggregated), deadline):
-        posix_io(path, direct, write=write, on_chunk=on_chunk, fsync=False)
+        posix_io(path, direct, write=write, on_chunk=on_chunk, fsync=False, on_moved=on_moved)
         if write:
             _faults.point("mid_data", comm.Get_rank())
             if on_written is not None:
@@ -65,14 +84,16 @@ def move_pieces(
         comm, path, MPI.MODE_WRONLY if write else MPI.MODE_RDONLY, options.mpi_info
     ) as fh:
         try:
-            collective_io(fh, comm, aggregated, write=write, deadline=deadline)
+            collective_io(fh, comm, aggregated, write=write, deadline=deadline, on_moved=on_moved)
             if write:
                 _faults.point("mid_data", comm.Get_rank())
         except Exception as e:  # keep taking part; raised below
             exc = e
         if exc is None and direct:
             try:
-                posix_io(path, direct, write=write, on_chunk=on_chunk, fsync=False)
+                posix_io(
+                    path, direct, write=write, on_chunk=on_chunk, fsync=False, on_moved=on_moved
+                )
             except Exception as e:
                 exc = e
         if write:

@@ -17,6 +17,7 @@ import numpy as np
 from ..errors import CorruptCheckpointError
 from .checksum import checksum_function
 from .index import TensorEntry, slice_byte_range
+from .strided import COrderCursor, crc_of
 
 __all__ = ["SliceCheck", "mismatch", "verify_whole"]
 
@@ -32,33 +33,43 @@ def mismatch(entry: TensorEntry, i: int) -> CorruptCheckpointError:
 
 
 class SliceCheck:
-    """The running checksum of one saved slice being read into a C-contiguous buffer.
+    """The running checksum of one saved slice being read into a buffer.
 
     Args:
         entry: The tensor.
         index: The slice's number.
-        buffer: Where the slice's bytes arrive (exactly the slice, C-contiguous).
+        buffer: Where the slice's bytes arrive (exactly the slice; C-contiguous, or a
+            strided view of the caller's array, walked in C order without a copy).
         fn: The index's checksum function.
     """
 
-    __slots__ = ("buffer", "crc", "entry", "fn", "index", "seen")
+    __slots__ = ("array", "buffer", "crc", "cursor", "entry", "fn", "index", "seen", "size")
 
     def __init__(
         self, entry: TensorEntry, index: int, buffer: np.ndarray, fn: Callable[..., int]
     ) -> None:
         self.entry = entry
         self.index = index
-        self.buffer = buffer.reshape(-1).view(np.uint8)
+        self.array = buffer
+        contiguous = buffer.flags.c_contiguous
+        self.buffer = buffer.reshape(-1).view(np.uint8) if contiguous else None
+        self.cursor = None if contiguous else COrderCursor(buffer, fn)
+        self.size = int(buffer.nbytes)
         self.fn = fn
         self.crc = 0
         self.seen = 0
 
     def update(self, lo: int, hi: int) -> None:
-        """Bytes ``[lo, hi)`` of the buffer have arrived (in order): checksum them now."""
+        """Bytes ``[lo, hi)`` of the buffer (C order) have arrived: checksum them now."""
         if lo != self.seen:  # out of order: fall back to a whole pass in finish()
             self.seen = -1
             return
-        self.crc = self.fn(self.buffer[lo:hi], self.crc)
+        if self.cursor is not None:
+            self.cursor.feed(hi - lo)
+            self.crc = self.cursor.crc
+        else:
+            assert self.buffer is not None
+            self.crc = self.fn(self.buffer[lo:hi], self.crc)
         self.seen = hi
 
     def finish(self) -> None:
@@ -67,8 +78,13 @@ class SliceCheck:
         Raises:
             CorruptCheckpointError: The bytes differ from those saved.
         """
-        crc = self.crc if self.seen == self.buffer.size else self.fn(self.buffer)
-        if not self.buffer.size:
+        if self.seen == self.size:
+            crc = self.crc
+        elif self.buffer is not None:
+            crc = self.fn(self.buffer)
+        else:
+            crc = crc_of(self.array, self.fn)
+        if not self.size:
             crc = 0
         if crc != int(self.entry.checksums[self.index]):
             raise mismatch(self.entry, self.index)

@@ -19,7 +19,9 @@ Call order (``write_checkpoint`` is collective; inside it):
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -34,22 +36,36 @@ from .._dist import Deadline
 from ..errors import CheckpointError, CorruptCheckpointError
 from ..layout import LayoutSpec
 from . import hdf5
-from .checksum import DEFAULT_ALGORITHM, checksum
+from .aggregate import BandTask, write_bands
+from .checksum import DEFAULT_ALGORITHM, checksum, checksum_function
 from .cleanup import remove_stale_files
 from .fsutil import atomic_write, fsync_path, remove_quietly
 from .index import REPLICA_SPLIT_BYTES, CheckpointIndex, TensorEntry, dataset_name_for_key
 from .mpiio import Piece
 from .options import IOOptions
 from .paths import data_file_name, data_file_path, index_path, new_token
-from .slicing import DerivedSlicing, ListedSlicing, check_exact_cover
-from .transfer import move_pieces
+from .slicing import (
+    DerivedSlicing,
+    ListedSlicing,
+    cached_slicing,
+    check_exact_cover,
+    mesh_coords,
+    strided_shards,
+    tiling_problem,
+    volume,
+)
+from .template import FileTemplate, capture, create_from
+from .transfer import ProgressCounter, move_pieces
 
 __all__ = [
     "SaveTensor",
-    "agree_structure",
     "derived_slicing",
     "index_entries",
     "library_versions",
+    "structure_hash",
+    "tiling_problem",
+    "use_rows",
+    "without_rows",
     "write_checkpoint",
 ]
 
@@ -66,9 +82,18 @@ class SaveTensor:
             (:func:`derived_slicing`), and ``slice_ids`` names the slice of each
             piece. ``None``: per-rank boxes, listed in the index (every rank's
             pieces together must tile the tensor exactly once).
-        pieces: ``(start, array)`` hyperslabs this rank writes (C-contiguous arrays).
+        pieces: ``(start, array)`` hyperslabs this rank writes (arrays of any strides:
+            strided views are written and checksummed without a copy of the whole).
         slice_ids: With a layout, the derived slice index of each piece.
         logical_dtype: The dtype the bytes hold if it is not a numpy dtype.
+        mesh_rank: This rank's rank in the layout's mesh. When it is the rank in the
+            checkpoint's communicator on every rank (the usual case), rank 0 knows from
+            the layouts which slices each rank wrote and gathers packed checksum arrays
+            only; otherwise it gathers a record per slice.
+        ordinal: The ``ordinal`` the pieces were chosen with (``DerivedSlicing.written_by``:
+            small replicated shards are written by the replica ``ordinal % replicas``).
+        rows: Saved in row bands (:mod:`.aggregate`): ``pieces`` is then this rank's
+            whole shard, which the ranks sharing its rows exchange before writing.
         checksums: The save-time checksum of each piece when the pieces are copies
             of saved data (a flush of the local tier to the parallel file system):
             the bytes written must match them, so that the index records checksums
@@ -82,12 +107,35 @@ class SaveTensor:
     pieces: list[tuple[tuple[int, ...], np.ndarray]]
     slice_ids: list[int] = field(default_factory=list)
     logical_dtype: str | None = None
+    mesh_rank: int | None = None
+    ordinal: int = 0
+    rows: bool = False
     checksums: list[int] | None = None
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the whole tensor."""
+        return math.prod(self.shape) * self.dtype.itemsize
 
-def derived_slicing(shape: tuple[int, ...], layout: LayoutSpec, dtype: np.dtype) -> DerivedSlicing:
+
+def derived_slicing(
+    shape: tuple[int, ...], layout: LayoutSpec, dtype: np.dtype, rows: bool = False
+) -> DerivedSlicing:
     """The slices a save writes for a layout-based tensor (what the index derives)."""
-    return DerivedSlicing(shape, layout, dtype.itemsize, REPLICA_SPLIT_BYTES)
+    return cached_slicing(tuple(shape), layout, dtype.itemsize, REPLICA_SPLIT_BYTES, rows)
+
+
+ROWS_MIN_BYTES = 1 << 20
+
+
+def use_rows(shape: tuple[int, ...], layout: LayoutSpec, dtype: np.dtype) -> bool:
+    """Whether a tensor is saved in row bands: its shards are strided in the file and the
+    largest is at least ``ROWS_MIN_BYTES`` (smaller ones go through collective MPI-IO)."""
+    if not strided_shards(shape, layout):
+        return False
+    sl = derived_slicing(shape, layout, dtype)
+    largest = max((volume(sl.box(i)[1]) for i in range(min(len(sl), 64))), default=0)
+    return largest * dtype.itemsize >= ROWS_MIN_BYTES
 
 
 def library_versions() -> dict[str, str]:
@@ -111,6 +159,7 @@ def structure_hash(tensors: Sequence[SaveTensor]) -> int:
     """A 63-bit hash of what every rank must agree on: keys, dtypes, shapes, layouts."""
     h = hashlib.blake2b(digest_size=8)
     for t in tensors:
+        h.update(b"r" if t.rows else b"-")
         lay = (
             repr((t.layout.specs, t.layout.dim_names, t.layout.mesh_shape, t.layout.splits))
             if t.layout
@@ -142,30 +191,59 @@ def write_checkpoint(
     Collective: call on all ranks.
     """
     what = f"write of checkpoint {prefix!r}"
+    agreed = _agree_structure(comm, tensors, options, deadline, what)
+    if agreed[2]:  # some rank's strided shard is not a contiguous array: no row bands
+        tensors = [without_rows(t) for t in tensors]
     # (tensor, piece number, array) of every non-empty piece
-    own = [(i, j, a) for i, t in enumerate(tensors) for j, (_, a) in enumerate(t.pieces) if a.size]
+    own = [
+        (i, j, a)
+        for i, t in enumerate(tensors)
+        if not t.rows
+        for j, (_, a) in enumerate(t.pieces)
+        if a.size
+    ]
     # The checksums run in a worker thread while the written pages are flushed to disk:
     # the sync is waiting on the device, the CRC on the CPU.
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hpckpt-crc")
     try:
-        return _write_and_commit(comm, prefix, tensors, own, pool, graph, options, deadline, what)
+        return _write_and_commit(
+            comm, prefix, tensors, own, pool, graph, options, deadline, what, agreed[:2]
+        )
     finally:
         pool.shutdown(wait=True)
 
 
-def agree_structure(
-    comm: MPI.Comm, tensors: Sequence[SaveTensor], deadline: Deadline, what: str
-) -> None:
-    """Raise the same :class:`CheckpointError` on every rank unless all ranks save the
-    same keys, dtypes, shapes and layouts (ranks that differ are named).
+@dataclass
+class _CachedPlan:
+    """What a save with the same structure can reuse (every rank: offsets; rank 0: template)."""
 
-    Collective: call on all ranks.
-    """
-    h = structure_hash(tensors)
-    lo = _dist.allreduce_int(comm, h, MPI.MIN, deadline)
-    hi = _dist.allreduce_int(comm, h, MPI.MAX, deadline)
-    if lo == hi:
-        return
+    offsets: list[int | None]
+    size: int
+    template: FileTemplate | None = None
+
+
+# the plan of the last save of each structure (a few: a job saves one or two structures)
+_PLANS: dict[int, _CachedPlan] = {}
+_MAX_PLANS = 4
+
+
+def _agree_structure(
+    comm: MPI.Comm, tensors: Sequence[SaveTensor], options: IOOptions, deadline: Deadline, what: str
+) -> tuple[int, bool, bool]:
+    """Agree that every rank saves the same structure (one reduction); returns its hash,
+    whether every rank holds a cached plan for it, and whether any rank holds a strided
+    shard in a non-contiguous array (then no tensor is saved in row bands: the band
+    exchange would need a copy of the shard, the zero-copy path does not)."""
+    h = structure_hash(tensors) ^ hash((options.alignment, options.alignment_threshold)) & (
+        (1 << 63) - 1
+    )
+    cached = h in _PLANS
+    loose = any(t.rows and any(not a.flags.c_contiguous for _, a in t.pieces) for t in tensors)
+    got = _dist.allreduce_max(
+        comm, np.array([h, -h, 0 if cached else 1, int(loose)], dtype=np.int64), deadline
+    )
+    if got[0] == -got[1]:
+        return h, not got[2], bool(got[3])
     hashes = _dist.allgather_json(comm, h, deadline)
     odd = [r for r, x in enumerate(hashes) if x != hashes[0]]
     raise CheckpointError(
@@ -184,9 +262,10 @@ def _write_and_commit(
     options: IOOptions,
     deadline: Deadline,
     what: str,
+    agreed: tuple[int, bool],
 ) -> int:
     rank = comm.Get_rank()
-    agree_structure(comm, tensors, deadline, what)
+    h, cached = agreed
     names = [dataset_name_for_key(t.key) for t in tensors]
 
     def create() -> dict | None:
@@ -196,6 +275,10 @@ def _write_and_commit(
         os.makedirs(os.path.dirname(prefix) or ".", exist_ok=True)
         token = new_token()
         path = data_file_path(prefix, data_file_name(prefix, token))
+        hit = _PLANS.get(h) if cached else None
+        if hit is not None and hit.template is not None:
+            create_from(path, hit.template)  # the same structure as last time
+            return {"token": token}
         specs = [
             hdf5.DatasetSpec(n, t.dtype, t.shape, t.logical_dtype)
             for n, t in zip(names, tensors, strict=True)
@@ -203,10 +286,20 @@ def _write_and_commit(
         offsets, size = hdf5.create_data_file(
             path, specs, alignment=options.alignment, threshold=options.alignment_threshold
         )
+        raw = [(o, t.nbytes) for o, t in zip(offsets, tensors, strict=True) if o is not None]
+        tpl = capture(path, raw, size)
+        _remember(h, _CachedPlan(offsets, size, tpl))
         return {"token": token, "offsets": offsets, "size": size}
 
     plan = _dist.run_agreed(comm, what, create, deadline)
-    plan = _dist.bcast_json(comm, plan, 0, deadline)
+    if cached:  # every rank knows the offsets: only the token travels
+        token = _dist.bcast_json(comm, plan["token"] if plan is not None else None, 0, deadline)
+        hit = _PLANS[h]
+        plan = {"token": token, "offsets": hit.offsets, "size": hit.size}
+    else:
+        plan = _dist.bcast_json(comm, plan, 0, deadline)
+        if rank != 0:
+            _remember(h, _CachedPlan(plan["offsets"], plan["size"]))
     data_name = data_file_name(prefix, plan["token"])
     data_path = data_file_path(prefix, data_name)
     offsets: list[int | None] = plan["offsets"]
@@ -224,7 +317,26 @@ def _write_and_commit(
             pieces.append(Piece(off, tensors[i].shape, tuple(tensors[i].pieces[j][0]), a))
     except Exception as e:
         exc, pieces = e, []
+    bands: list[tuple[int, int, int]] = []
+    tasks = [
+        BandTask(
+            i,
+            derived_slicing(t.shape, t.layout, t.dtype, rows=True),
+            t.layout,
+            t.dtype,
+            offsets[i],
+            t.pieces[0][1] if t.pieces else np.empty(0),
+        )
+        for i, t in enumerate(tensors)
+        if t.rows and t.layout is not None
+    ]
+    if tasks:  # strided shards: exchanged, then written in contiguous bands
+        bands, err = write_bands(
+            comm, data_path, tasks, deadline, checksum_function(DEFAULT_ALGORITHM)
+        )
+        exc = exc or err
     crcs: list[Future] = []
+    counter = ProgressCounter(options, sum(p.nbytes for p in pieces))
     try:
         move_pieces(
             comm,
@@ -234,21 +346,34 @@ def _write_and_commit(
             write=True,
             deadline=deadline,
             on_written=lambda: crcs.append(pool.submit(_checksums, own)),
+            on_moved=counter.hook(),
         )
         _faults.point("after_data", rank)
     except Exception as e:
         exc = exc or e
+    packed = _dist.all_true(
+        comm, all(t.mesh_rank == rank for t in tensors if t.layout is not None), deadline
+    )
     derived, listed = _records(tensors, own, rank)
+    crc_array = np.zeros(0, dtype=np.uint32)
     try:
         if exc is None:
             values = crcs[0].result() if crcs else _checksums(own)
             _check_known(tensors, own, values, what)
             derived, listed = _records(tensors, own, rank, values)
+            if bands:  # in tensor order with the others
+                extra = np.asarray([[i, k, c, rank] for i, k, c in bands], dtype=np.int64)
+                derived = np.concatenate([derived, extra])
+                derived = derived[np.argsort(derived[:, 0], kind="stable")]
+            if packed:  # the layouts say who wrote what: checksums only, in tensor order
+                crc_array = derived[:, 2].astype(np.uint32)
+                derived = derived[:0]
     except Exception as e:
         exc = e
 
     errors = _dist.gather_json(comm, _dist.failure_record(exc), 0, deadline)
-    got_derived = _dist.gather_rows(comm, derived, 0, deadline)
+    got_crcs = _dist.gather_arrays(comm, crc_array, 0, deadline) if packed else None
+    got_derived = _dist.gather_rows(comm, derived, 0, deadline) if not packed else derived
     got_listed = _dist.gather_rows(comm, listed, 0, deadline)
     records: list | None = None
     if rank == 0:
@@ -257,6 +382,8 @@ def _write_and_commit(
         if all(r is None for r in records):
             try:
                 _faults.point("before_commit", rank)
+                if got_crcs is not None:
+                    got_derived = _rows_from_layouts(tensors, got_crcs, what)
                 entries = index_entries(tensors, names, offsets, got_derived, got_listed, what)
                 _commit(prefix, data_path, data_name, plan, entries, graph, comm)
             except Exception as e:
@@ -283,6 +410,88 @@ def _check_known(
                 f"{what}: piece {j} of tensor {tensors[i].key!r} does not match the checksum "
                 f"computed when it was saved (its source copy is damaged)"
             )
+
+
+def _rows_from_layouts(
+    tensors: Sequence[SaveTensor], crcs: list[np.ndarray], what: str
+) -> np.ndarray:
+    """Rank 0: ``[tensor, slice, crc, rank]`` rows from each rank's packed checksums.
+
+    Every rank sent the checksums of the derived slices it wrote, in tensor order;
+    which slice each rank writes follows from the layouts (``DerivedSlicing.writers``).
+    """
+    nranks = len(crcs)
+    if nranks <= 64:  # a loop costs less than numpy's calls
+        lists = [c.tolist() for c in crcs]
+        pos = [0] * nranks
+        out: list[list[int]] = []
+        for i, t in enumerate(tensors):
+            if t.layout is None:
+                continue
+            sl = derived_slicing(t.shape, t.layout, t.dtype, t.rows)
+            if math.prod(sl.spec.mesh_shape) != nranks:
+                raise CheckpointError(f"{what}: tensor {t.key!r}: its mesh is not the checkpoint's")
+            for r, k in enumerate(sl.writers(t.ordinal).tolist()):
+                if k < 0:
+                    continue
+                if pos[r] >= len(lists[r]):
+                    raise CheckpointError(
+                        f"{what}: ranks sent fewer checksums than their layouts say"
+                    )
+                out.append([i, k, lists[r][pos[r]], r])
+                pos[r] += 1
+        if pos != [len(x) for x in lists]:
+            raise CheckpointError(f"{what}: ranks sent more checksums than their layouts say")
+        return np.asarray(out, dtype=np.int64).reshape(len(out), 4)
+    ptr = np.zeros(nranks, dtype=np.int64)
+    starts = np.concatenate(([0], np.cumsum([len(c) for c in crcs])[:-1])).astype(np.int64)
+    flat = np.concatenate(crcs) if crcs else np.zeros(0, dtype=np.uint32)
+    parts = []
+    for i, t in enumerate(tensors):
+        if t.layout is None:
+            continue
+        w = derived_slicing(t.shape, t.layout, t.dtype, t.rows).writers(t.ordinal)
+        if len(w) != nranks:
+            raise CheckpointError(f"{what}: tensor {t.key!r}: its mesh is not the checkpoint's")
+        who = np.flatnonzero(w >= 0)
+        at = starts[who] + ptr[who]
+        if np.any(ptr[who] >= np.asarray([len(crcs[k]) for k in who], dtype=np.int64)):
+            raise CheckpointError(f"{what}: ranks sent fewer checksums than their layouts say")
+        rows = np.empty((len(who), 4), dtype=np.int64)
+        rows[:, 0] = i
+        rows[:, 1] = w[who]
+        rows[:, 2] = flat[at]
+        rows[:, 3] = who
+        parts.append(rows)
+        ptr[who] += 1
+    if any(int(ptr[k]) != len(crcs[k]) for k in range(nranks)):
+        raise CheckpointError(f"{what}: ranks sent more checksums than their layouts say")
+    return np.concatenate(parts) if parts else np.zeros((0, 4), dtype=np.int64)
+
+
+def without_rows(t: SaveTensor) -> SaveTensor:
+    """``t`` saved in the slices its layout derives instead of row bands: this rank's
+    share of its shard (``pieces`` held the whole shard)."""
+    if not t.rows or t.layout is None:
+        return t
+    sl = derived_slicing(t.shape, t.layout, t.dtype)
+    pieces: list[tuple[tuple[int, ...], np.ndarray]] = []
+    ids: list[int] = []
+    if t.pieces and t.mesh_rank is not None:
+        start, local = t.pieces[0]
+        i = sl.written_by(mesh_coords(t.mesh_rank, t.layout.mesh_shape), t.ordinal)
+        if i is not None:
+            b0, b1 = sl.box(i)
+            rel = tuple(slice(a - o, a - o + n) for a, o, n in zip(b0, start, b1, strict=True))
+            pieces, ids = [(b0, local[rel] if rel else local)], [i]
+    return dataclasses.replace(t, pieces=pieces, slice_ids=ids, rows=False)
+
+
+def _remember(h: int, plan: _CachedPlan) -> None:
+    _PLANS.pop(h, None)
+    while len(_PLANS) >= _MAX_PLANS:
+        _PLANS.pop(next(iter(_PLANS)))
+    _PLANS[h] = plan
 
 
 def _width(tensors: Sequence[SaveTensor]) -> int:
@@ -336,13 +545,9 @@ def index_entries(
     rows in the order given.
     """
     width = _width(tensors)
-    by_tensor_d: dict[int, np.ndarray] = {}
-    if len(derived):
-        order = np.argsort(derived[:, 0], kind="stable")
-        derived = derived[order]
-        cuts = np.flatnonzero(np.diff(derived[:, 0])) + 1
-        for part in np.split(derived, cuts):
-            by_tensor_d[int(part[0, 0])] = part
+    by_tensor_d: dict[int, list[list[int]]] = {}
+    for row in derived.tolist():
+        by_tensor_d.setdefault(row[0], []).append(row)
     by_tensor_l: dict[int, np.ndarray] = {}
     if len(listed):
         order = np.argsort(listed[:, 0], kind="stable")
@@ -354,23 +559,24 @@ def index_entries(
     for i, t in enumerate(tensors):
         nd = len(t.shape)
         if t.layout is not None:
-            slicing = derived_slicing(t.shape, t.layout, t.dtype)
-            rows = by_tensor_d.get(i, np.zeros((0, 4), dtype=np.int64))
-            crcs = np.zeros(len(slicing), dtype=np.uint32)
-            seen = np.zeros(len(slicing), dtype=np.int64)
-            ids = rows[:, 1]
-            if np.any(ids < 0) or np.any(ids >= len(slicing)):
-                raise CheckpointError(f"{what}: tensor {t.key!r}: a slice number out of range")
-            np.add.at(seen, ids, 1)
-            crcs[ids] = rows[:, 2].astype(np.uint32)
-            sizes = slicing.nonempty()
-            if np.any(seen[sizes] != 1) or np.any(seen[~sizes] != 0):
-                missing = np.flatnonzero(sizes & (seen == 0)).tolist()
-                twice = np.flatnonzero(seen > 1).tolist()
+            slicing = derived_slicing(t.shape, t.layout, t.dtype, t.rows)
+            n = len(slicing)
+            crc_list = [0] * n
+            seen = [0] * n
+            for _, k, crc, _ in by_tensor_d.get(i, ()):
+                if not 0 <= k < n:
+                    raise CheckpointError(f"{what}: tensor {t.key!r}: a slice number out of range")
+                seen[k] += 1
+                crc_list[k] = crc
+            full = slicing.nonempty_list()
+            if seen != full:
+                missing = [k for k in range(n) if full[k] and not seen[k]]
+                twice = [k for k in range(n) if seen[k] > full[k]]
                 raise CheckpointError(
                     f"{what}: tensor {t.key!r} would be committed with holes or overlaps "
                     f"(slices never written: {missing[:8]}, written more than once: {twice[:8]})"
                 )
+            crcs = np.array(crc_list, dtype=np.uint32)
             entries[t.key] = TensorEntry(
                 t.key,
                 names[i],
