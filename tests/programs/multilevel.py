@@ -65,8 +65,10 @@ def main():
         for k in range(1, n + 1):
             for name, v in values(k).items():
                 vs[name].assign(v)
-            if k == n and comm.rank == rank and phase != "-":
-                _faults.inject(phase, rank, action)
+            if k == n and phase != "-":
+                m.sync()  # the fault is for save N (and its flush), not an earlier flush
+                if comm.rank == rank:
+                    _faults.inject(phase, rank, action)
             m.save()
         m.sync()  # a flush that dies, dies here at the latest
         say(f"SURVIVED rank={comm.rank}")
