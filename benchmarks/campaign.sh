@@ -2,7 +2,7 @@
 # The measurements behind docs/performance.md, one after the other on this machine.
 # Every command and its verbose output go to benchmarks/results/runs.log; each suite
 # writes its JSON next to it. Usage: bash benchmarks/campaign.sh [name ...]
-# (names: bw1 bw2 bw4 bw8 big sweep cold 2d small reshard async plot; default: all)
+# (names: bw1 bw2 bw4 bw8 big sweep cold 2d small reshard async multilevel plot; default: all)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_btl=self,vader
@@ -23,7 +23,7 @@ run() {  # run NRANKS SUITE ARGS...
 
 want() { [ $# -eq 0 ] || [[ " $* " == *" $STEP "* ]]; }
 ALL="$*"
-for STEP in bw1 bw2 bw4 bw8 big sweep cold 2d small reshard async plot; do
+for STEP in bw1 bw2 bw4 bw8 big sweep cold 2d small reshard async multilevel plot; do
     want $ALL || continue
     case $STEP in
         bw1|bw2|bw4|bw8)
@@ -45,6 +45,9 @@ for STEP in bw1 bw2 bw4 bw8 big sweep cold 2d small reshard async plot; do
             run 4 reshard --sizes 256M --reps 5 --json-out "$OUT/reshard-256M-4.json" ;;
         async)
             run 4 async --sizes 1G --reps 7 --json-out "$OUT/async-1G-4.json" ;;
+        multilevel)  # 4 ranks as 2 emulated nodes; local tier in /dev/shm, parallel FS: --dir
+            run 4 multilevel --sizes 1G --reps 5 --dir "${HPCKPT_BENCH_DIR:-/var/tmp}" \
+                --json-out "$OUT/multilevel-1G-4.json" ;;
         plot)
             "$PY" -m benchmarks plot "$OUT"/bandwidth-1G-{1,2,4,8}.json "$OUT/bandwidth-sweep-4.json" \
                 "$OUT/bandwidth-big-4.json" --size 1G --ranks 4 -o "$OUT/bandwidth.png" | tee -a "$LOG" ;;

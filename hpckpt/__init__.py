@@ -35,6 +35,7 @@ from .manager import CheckpointManager, RestoredPath
 from .mesh import Mesh, create_mesh
 from .options import CheckpointOptions
 from .reader import CheckpointReader, list_variables, load_checkpoint, load_variable
+from .tiers import LocalTier
 from .variable import Variable
 from .view import CheckpointView
 
@@ -54,6 +55,7 @@ __all__ = [
     "InvalidStateFileError",
     "KeyNotFoundError",
     "Layout",
+    "LocalTier",
     "Mesh",
     "Module",
     "NotFoundError",

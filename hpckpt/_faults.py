@@ -12,7 +12,10 @@ Phases of a save: ``plan``, ``create``, ``before_data``, ``mid_data``,
 ``after_data``, ``before_commit`` (rank 0, before the index is written),
 ``after_commit`` (rank 0: index committed, state file not yet updated), ``state``
 (rank 0: state file written, old checkpoints not yet deleted). Of a restore:
-``read_index``, ``read_data``.
+``read_index``, ``read_data``. Of a local-tier save (multi-level checkpointing):
+``local_create``, ``local_data`` (own pieces written), ``partner`` (during the
+partner copy), ``local_commit`` (rank 0, before any marker is written),
+``local_marker`` (a node leader, its marker written).
 ``rank`` may be ``*`` for every rank.
 """
 
@@ -35,6 +38,11 @@ PHASES = (
     "state",
     "read_index",
     "read_data",
+    "local_create",
+    "local_data",
+    "partner",
+    "local_commit",
+    "local_marker",
 )
 _ACTIONS = ("raise", "exit", "kill", "hang")
 _programmatic: list[tuple[str, str, str, str]] = []

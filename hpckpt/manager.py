@@ -30,8 +30,10 @@ from .io import (
     relative_to,
     remove_orphans,
     resolve_latest,
+    wait_removals,
 )
 from .options import CheckpointOptions
+from .tiers import LocalTier, TieredSaves
 from .variable import Variable
 
 __all__ = ["CheckpointManager", "RestoredPath"]
@@ -82,9 +84,16 @@ class CheckpointManager:
             ``checkpoint_interval`` counts (default: none, the first save is not skipped).
         clock: Seconds since the epoch for save times and ``keep_checkpoint_every_n_hours``
             (default: ``time.time()``, looked up at each call); for tests and simulations.
+        local_tier: A :class:`LocalTier`: multi-level checkpointing. Every save goes to
+            node-local storage (plus a partner copy); persisted saves also go to
+            ``directory`` in the standard format, in the background (see
+            :mod:`hpckpt.tiers`).
+        persist_every: With ``local_tier``: also persist every N-th save (by
+            ``save_counter``); ``None``: only saves with ``persist=True``.
 
     Raises:
-        ValueError: A bad ``max_to_keep``, or ``checkpoint_interval`` without ``step_counter``.
+        ValueError: A bad ``max_to_keep``, ``checkpoint_interval`` without ``step_counter``,
+            or ``persist_every`` without ``local_tier``.
         TypeError: ``checkpoint`` is not a :class:`Checkpoint`.
 
     Collective: construct on all ranks (it reads the state file on rank 0).
@@ -103,6 +112,8 @@ class CheckpointManager:
         last_checkpoint_step: int | None = None,
         *,
         clock: Callable[[], float] | None = None,
+        local_tier: LocalTier | None = None,
+        persist_every: int | None = None,
     ) -> None:
         if not isinstance(checkpoint, Checkpoint):
             raise TypeError(
@@ -134,6 +145,8 @@ class CheckpointManager:
             isinstance(last_checkpoint_step, bool) or not isinstance(last_checkpoint_step, int)
         ):
             raise ValueError(f"last_checkpoint_step must be an int, got {last_checkpoint_step!r}")
+        if persist_every is not None and local_tier is None:
+            raise ValueError("persist_every needs a local_tier (every save is persisted without)")
         self._checkpoint = checkpoint
         self._directory = os.fspath(directory)
         self._max_to_keep = max_to_keep
@@ -162,6 +175,12 @@ class CheckpointManager:
             None if doc["latest"] is None else os.path.join(self._directory, doc["latest"])
         )
         self._last_preserved = float(doc["lpt"])
+        self._latest_time = float(doc.get("latest_time") or 0.0)
+        self._tiers: TieredSaves | None = None
+        if local_tier is not None:
+            self._tiers = TieredSaves(
+                checkpoint, local_tier, persist_every, checkpoint_name, self._clock
+            )
 
     def _recover(self, state: CheckpointState | None, now: float) -> dict:
         """What a new manager takes over from the state file (rank 0), as TF does.
@@ -189,10 +208,13 @@ class CheckpointManager:
             for p, t in state.checkpoints
             if min(t, now) > lpt and checkpoint_exists(os.path.join(self._directory, p))
         ]
+        latest = resolve_latest(self._directory, state)
+        times = [t for p, t in state.checkpoints if p == latest]
         return {
             "checkpoints": adopted,
-            "latest": resolve_latest(self._directory, state),
+            "latest": latest,
             "lpt": lpt,
+            "latest_time": times[-1] if times else None,
         }
 
     @property
@@ -211,8 +233,40 @@ class CheckpointManager:
 
     @property
     def latest_checkpoint(self) -> str | None:
-        """The newest checkpoint in the directory (managed or not), or ``None``."""
+        """The newest checkpoint in the directory (managed or not), or ``None``.
+
+        With a local tier: the newest complete checkpoint of either tier (a local one
+        is named by the tier's path, ``{node}`` kept, and its name).
+        """
+        if self._tiers is not None:
+            persisted = None if self._latest is None else (self._latest, self._latest_time)
+            return self._tiers.latest(persisted)
         return self._latest
+
+    @property
+    def persist_seconds(self) -> float | None:
+        """With a local tier: how long the last flush to ``directory`` took on this rank
+        (``None`` before the first one, and without a local tier)."""
+        return self._tiers.persist_seconds if self._tiers is not None else None
+
+    @property
+    def local_checkpoints(self) -> list[str]:
+        """With a local tier: its complete checkpoints, oldest first (else ``[]``)."""
+        return self._tiers.local_paths if self._tiers is not None else []
+
+    def sync(self) -> None:
+        """Wait for everything in flight: an asynchronous save, a background flush to
+        the parallel file system, the removal of old files. Raises the agreed error
+        of a background write that failed.
+
+        Collective: call on all ranks.
+        """
+        try:
+            self._checkpoint.sync()
+            if self._tiers is not None:
+                self._tiers.sync()
+        finally:
+            wait_removals()
 
     @property
     def checkpoint(self) -> Checkpoint:
@@ -229,8 +283,15 @@ class CheckpointManager:
         checkpoint_number: Any = None,
         check_interval: bool = True,
         options: CheckpointOptions | None = None,
+        *,
+        persist: bool = False,
     ) -> str | None:
         """Save a numbered checkpoint, apply retention and update the state file.
+
+        With a local tier, the checkpoint is saved to the tier (the call returns once
+        it is committed there) and, when ``persist`` is true or the save is an N-th
+        one (``persist_every``), also written to ``directory`` in the background;
+        :meth:`sync` waits for that.
 
         Args:
             checkpoint_number: The number in the name (int or int Variable); by
@@ -239,9 +300,12 @@ class CheckpointManager:
                 passed). Either way, with ``checkpoint_interval`` a second save at
                 the same step is skipped.
             options: Checkpoint options.
+            persist: With a local tier: also write this save to ``directory`` (in the
+                background). Without one every save is persisted.
 
         Returns:
-            The new checkpoint's path, or ``None`` when the interval skipped it.
+            The new checkpoint's path (with a local tier: the local path), or ``None``
+            when the interval skipped it.
 
         Collective: call on all ranks.
         """
@@ -262,20 +326,7 @@ class CheckpointManager:
         )
         path = f"{self._prefix}-{number}"
         deadline = Deadline(options.timeout, f"manager save of {path!r}")
-        comm = self._core.comm
-        lock = DirectoryLock(self._directory)
-
-        def acquire() -> None:
-            if comm.Get_rank() == 0:
-                lock.acquire()
-
         self._checkpoint.sync()  # the previous (asynchronous) save is complete first
-        _dist.run_agreed(comm, f"locking {self._directory!r} for a save", acquire, deadline)
-
-        def release() -> None:
-            if comm.Get_rank() == 0:
-                lock.release()
-
         last_step = self._last_step
 
         def rollback() -> None:
@@ -286,13 +337,26 @@ class CheckpointManager:
         if self._step_counter is not None:
             self._last_step = _as_int(self._step_counter, "step_counter")
         try:
+            if self._tiers is not None:
+                return self._tiers.save(
+                    path,
+                    options,
+                    deadline,
+                    persist=persist,
+                    count=old + 1,
+                    retain=lambda c, when: self._retain(path, deadline, c, when),
+                    lock=self._lock,
+                    unlock=self._unlock,
+                    on_error=rollback,
+                )
+            self._lock(deadline)
             self._core.write(
                 path,
                 options,
                 deadline,
                 after=lambda c: self._retain(path, deadline, c),
                 on_error=rollback,
-                finally_=release,
+                finally_=self._unlock,
             )
         except WriteCallbackError:
             raise  # the checkpoint is committed and managed
@@ -301,9 +365,25 @@ class CheckpointManager:
             raise
         return path
 
-    def _retain(self, path: str, deadline: Deadline, comm: Any) -> None:
-        # rank 0's clock decides, so that every rank keeps the same list
-        now = float(_dist.bcast_json(comm, self._clock(), 0, deadline))
+    def _lock(self, deadline: Deadline) -> None:
+        """Rank 0 takes the directory's writer lock; agreed."""
+        comm = self._core.comm
+
+        def acquire() -> None:
+            if comm.Get_rank() == 0:
+                DirectoryLock(self._directory).acquire()
+
+        _dist.run_agreed(comm, f"locking {self._directory!r} for a save", acquire, deadline)
+
+    def _unlock(self) -> None:
+        """Rank 0 releases the directory's writer lock (not collective)."""
+        if self._core.comm.Get_rank() == 0:
+            DirectoryLock(self._directory).release()
+
+    def _retain(self, path: str, deadline: Deadline, comm: Any, when: float | None = None) -> None:
+        # rank 0's clock decides, so that every rank keeps the same list (a persisted
+        # copy of a local checkpoint keeps the time it was saved: ``when``)
+        now = float(_dist.bcast_json(comm, self._clock(), 0, deadline)) if when is None else when
         kept = [(p, t) for p, t in self._kept if p != path] + [(path, now)]
         removed: list[str] = []
         last_preserved = self._last_preserved
@@ -338,6 +418,7 @@ class CheckpointManager:
         )
         self._kept = kept
         self._latest = path
+        self._latest_time = now
         self._last_preserved = last_preserved
 
     def restore_or_initialize(self) -> RestoredPath | None:
@@ -347,8 +428,23 @@ class CheckpointManager:
             The restored path (a ``str``, as in TensorFlow) whose ``status`` attribute is
             the load status of the restore; or ``None`` when it initialized.
 
+        With a local tier: the newest complete checkpoint of either tier, falling back
+        past damaged or missing ones with a warning (see :mod:`hpckpt.tiers`).
+
         Collective: call on all ranks.
         """
+        if self._tiers is not None:
+            persisted = list(self._kept)
+            if self._latest is not None and self._latest not in self.checkpoints:
+                persisted.append((self._latest, self._latest_time))
+            found = self._tiers.restore(persisted)
+            if found is not None:
+                if self._step_counter is not None:
+                    self._last_step = _as_int(self._step_counter, "step_counter")
+                return RestoredPath(*found)  # type: ignore[arg-type]
+            if self._init_fn is not None:
+                self._init_fn()
+            return None
         latest = self.latest_checkpoint
         if latest is not None:
             status = self._checkpoint.restore(latest)

@@ -13,6 +13,12 @@ the job with ``scontrol requeue`` and exit 0. The requeued job starts again and 
 When step N is reached it prints ``FINAL step=<N> checksum=<sha256 of all parameters>``
 and writes ``$HPCKPT_CKPT_DIR/result.json``.
 
+Multi-level checkpointing: with ``--local-tier PATTERN`` (or ``$HPCKPT_LOCAL_TIER``),
+every save goes to node-local storage with a copy on the partner node, every
+``--persist-every``-th one also to ``$HPCKPT_CKPT_DIR`` in the background; the save
+before a stop (signal, time limit) and the final one are persisted and waited for, so
+that the job can resume on other nodes. See docs/multilevel.md.
+
 Deterministic: the final parameters are bit-identical whatever the number of ranks and
 however often the run was interrupted. Every rank builds the same global batch from the
 step number, gathers the full weights, computes the full gradients with the same numpy
@@ -196,6 +202,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=30.0,
         help="save duration assumed before one is measured",
     )
+    p.add_argument(
+        "--local-tier",
+        default=os.environ.get("HPCKPT_LOCAL_TIER") or None,
+        metavar="PATTERN",
+        help="multi-level checkpointing: node-local directory, {node} for the node index "
+        "(default $HPCKPT_LOCAL_TIER; none: every save goes to --ckpt-dir)",
+    )
+    p.add_argument(
+        "--persist-every",
+        type=int,
+        default=int(os.environ.get("HPCKPT_PERSIST_EVERY") or 4),
+        help="with --local-tier: also persist every N-th save to --ckpt-dir (default "
+        "$HPCKPT_PERSIST_EVERY or 4)",
+    )
     p.add_argument("--no-requeue", action="store_true", help="stop without requeueing")
     p.add_argument("--result-name", default="result.json")
     args = p.parse_args(argv)
@@ -229,7 +249,14 @@ def main(argv: list[str] | None = None) -> int:
     data = DataIterator(args.seed)
     teacher = np.random.default_rng([args.seed, 2]).standard_normal((args.in_dim, args.out_dim))
     ckpt = hpckpt.Checkpoint(model=model, optimizer=opt, data=data)
-    manager = hpckpt.CheckpointManager(ckpt, args.ckpt_dir, max_to_keep=args.max_to_keep)
+    tier = hpckpt.LocalTier(args.local_tier, keep=2) if args.local_tier else None
+    manager = hpckpt.CheckpointManager(
+        ckpt,
+        args.ckpt_dir,
+        max_to_keep=args.max_to_keep,
+        local_tier=tier,
+        persist_every=args.persist_every if tier is not None else None,
+    )
 
     control = hslurm.JobControl(
         mesh.comm,
@@ -242,9 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     for sig in _EARLY_SIGNALS:  # received before the handlers of `control` were installed
         control.notify(sig)
-    restored = manager.latest_checkpoint
+    restored = manager.restore_or_initialize()  # the newest complete checkpoint, any tier
     if restored is not None:
-        ckpt.restore(restored).assert_existing_objects_matched()
+        restored.status.assert_existing_objects_matched()
     start_step = data.position
     restarts = os.environ.get("SLURM_RESTART_COUNT", "0")
     left = control.time_left() if RANK == 0 else None
@@ -281,8 +308,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"time_left={decision.time_left} margin={decision.margin:.1f}s"
                 )
             if decision.checkpoint:
-                with control.timed_save():
-                    path = manager.save(checkpoint_number=step)
+                # timed for the margin; a save before a stop is persisted and waited for
+                path = control.checkpoint(manager, decision, checkpoint_number=step)
                 last_saved = step
                 log(
                     f"CHECKPOINT step={step} path={path} "
@@ -300,8 +327,9 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"EXIT preempted step={step} code={code}")
                 return code
 
-    if last_saved != step:
-        manager.save(checkpoint_number=step)
+    if last_saved != step or tier is not None:  # a local-only last save is persisted too
+        manager.save(checkpoint_number=step, persist=True)
+    manager.sync()  # the final checkpoint is on the parallel file system
     named = [(n, v.numpy()) for n, v in model.variables()]
     slots = [
         (f"{n}/{s}", opt.get_slot(v, s).numpy())
@@ -326,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
                 "job_id": hslurm.job_id(),
                 "restart_count": int(restarts) if restarts.isdigit() else restarts,
                 "start_step": start_step,
-                "restored_from": restored,
+                "restored_from": None if restored is None else str(restored),
                 "checkpoints": manager.checkpoints,
                 "seconds": time.time() - t_start,
             },

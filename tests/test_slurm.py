@@ -594,6 +594,64 @@ def test_train_job_stops_on_sigusr1_and_resumes_on_other_rank_count(tmp_path, re
     assert result["state_checksum"] == reference["state_checksum"]
 
 
+def test_multilevel_job_persists_its_final_save_on_sigusr1(tmp_path, reference):
+    """Multi-level: SIGUSR1 -> the agreed final save is persisted before the job exits.
+
+    The job (4 ranks as 2 emulated nodes) saves to a node-local tier and persists every
+    4th save. After the signal its nodes are gone (the local tier is deleted): the
+    rerun, on 3 ranks, resumes from the parallel file system at the step it stopped,
+    and ends bit-identical to the uninterrupted run.
+    """
+    ckpt, local = tmp_path / "ckpt", tmp_path / "local-{node}"
+    env = clean_env(HPCKPT_CKPT_DIR=str(ckpt), HPCKPT_RANKS_PER_NODE="2")
+    args = [*TRAIN_ARGS[:2], "--save-every", "3", "--local-tier", str(local)]
+    log = tmp_path / "run1.log"
+    with open(log, "w") as out:
+        p = subprocess.Popen(
+            mpirun(4, str(STEPS), *args, "--step-sleep", "0.1"),
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_for(lambda: "STEP step=10 " in read(log), 120, "step 10")
+            pid = wait_for(lambda: rank_pid(p.pid, 2), 30, "the pid of rank 2")
+            os.kill(pid, signal.SIGUSR1)
+            rc = p.wait(timeout=120)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    text = read(log)
+    assert rc == 75, text
+    m = re.search(r"CHECKPOINT step=(\d+) path=(\S+) \S+ reasons=signal:SIGUSR1", text)
+    assert m, text
+    stopped = int(m.group(1))
+    assert "{node}" in m.group(2)  # saved to the local tier, and persisted:
+    assert hs_latest(ckpt) == str(ckpt / f"ckpt-{stopped}")
+    for d in tmp_path.glob("local-*"):
+        shutil.rmtree(d)  # the job's nodes are gone
+    p = subprocess.run(
+        mpirun(3, str(STEPS), *args),
+        env=clean_env(HPCKPT_CKPT_DIR=str(ckpt), HPCKPT_RANKS_PER_NODE="1"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert p.returncode == 0, p.stdout + p.stderr
+    result = json.loads((ckpt / "result.json").read_text())
+    assert result["start_step"] == stopped and result["restored_from"].startswith(str(ckpt))
+    assert result["checksum"] == reference["checksum"]
+    assert result["state_checksum"] == reference["state_checksum"]
+
+
+def hs_latest(directory: Path) -> str | None:
+    import hpckpt
+
+    return hpckpt.latest_checkpoint(str(directory))
+
+
 # --- the real Slurm cycle ------------------------------------------------------------------
 
 
@@ -791,3 +849,51 @@ def test_slurm_preempt_checkpoint_requeue_resume(slurm_env, reference, tmp_path)
         f"Slurm cycle: A (srun, USR1 at {t_signal:.1f} s) stopped at step {stopped_a}, "
         f"B (mpirun, time limit) at step {stopped_b}; both finished in {elapsed:.1f} s"
     )
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(600)
+def test_slurm_multilevel_job_persists_on_preemption_and_resumes(slurm_env, reference, tmp_path):
+    """slurm/multilevel.sbatch: node-local tier (4 ranks as 2 emulated nodes), SIGUSR1 ->
+    the final save is persisted -> requeue. The requeued run (here on the same node, whose
+    local tier Slurm's requeue left in place) resumes from that save and ends
+    bit-identical; the local tier is removed when the last step ends."""
+    out, ckpt, local = tmp_path / "ml.out", tmp_path / "ckpt", tmp_path / "local-{node}"
+    env = dict(slurm_env, HPCKPT_LOCAL_TIER=str(local), HPCKPT_RANKS_PER_NODE="2")
+    job = sbatch(
+        env,
+        "multilevel.sbatch",
+        out,
+        ckpt,
+        ["--ntasks=4", "--time=10"],
+        [str(STEPS), *TRAIN_ARGS, "--step-sleep", "0.2"],
+    )
+    try:
+        wait_for(lambda: "STEP step=10 " in read(out), 120, "the job to reach step 10")
+        p = subprocess.run(
+            ["scancel", "--batch", "--signal=USR1", job],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert p.returncode == 0, p.stderr
+        wait_for(
+            lambda: "FINAL" in read(out) and (ckpt / "result.json").exists(), 200, "the job to end"
+        )
+        wait_for(
+            lambda: job_fields(env, job).get("JobState") in (None, "COMPLETED"),
+            60,
+            "the job to complete",
+        )
+    finally:
+        subprocess.run(["scancel", job], env=env, capture_output=True, timeout=30, check=False)
+    text = read(out)
+    result = json.loads((ckpt / "result.json").read_text())
+    stopped = check_cycle(text, result, reference, "signal:SIGUSR1", 4)
+    assert re.search(rf"CHECKPOINT step={stopped} path=\S+/local-{{node}}/ckpt-{stopped} ", text)
+    assert (ckpt / f"ckpt-{stopped}.index.json").exists()  # persisted before the requeue
+    assert result["restored_from"].endswith(f"/ckpt-{stopped}")  # either tier: the same save
+    assert text.count("[train.sbatch] removing the local tier") == 1, text
+    assert not list(tmp_path.glob("local-*"))

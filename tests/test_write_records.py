@@ -8,8 +8,9 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hpckpt.io.records import rows_from_layouts as _rows_from_layouts
+from hpckpt.io.save_tensor import SaveTensor, derived_slicing
 from hpckpt.io.slicing import mesh_coords
-from hpckpt.io.write import SaveTensor, _rows_from_layouts, derived_slicing
 from hpckpt.layout import LayoutSpec
 
 

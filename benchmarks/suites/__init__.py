@@ -4,7 +4,18 @@ Modules import MPI, h5py and hpckpt only inside ``run`` so that ``--help`` and
 ``plot`` work without an MPI launcher.
 """
 
-from . import async_save, bandwidth, iomodes, plot, reshard, scale, scale_model, small, table
+from . import (
+    async_save,
+    bandwidth,
+    iomodes,
+    multilevel,
+    plot,
+    reshard,
+    scale,
+    scale_model,
+    small,
+    table,
+)
 
 SUITES = {
     "bandwidth": bandwidth,
@@ -12,6 +23,7 @@ SUITES = {
     "reshard": reshard,
     "async": async_save,
     "iomodes": iomodes,
+    "multilevel": multilevel,
     "scale-model": scale_model,
     "scale": scale,
     "plot": plot,

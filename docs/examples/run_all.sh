@@ -54,4 +54,5 @@ mpi 4 heat_solver.py heat --steps 40 --stop-at 20
 mpi 3 heat_solver.py heat --steps 40
 mpi 2 torch_train.py torchrun --steps 6 --stop-at 3
 mpi 3 torch_train.py torchrun --steps 6
+HPCKPT_RANKS_PER_NODE=2 mpi 4 multilevel.py   # two emulated nodes of two ranks
 echo "# all examples passed"

@@ -9,7 +9,7 @@
 * :mod:`.async_writer` — background saves.
 """
 
-from .api import Checkpoint, DTensorCheckpoint
+from .api import Checkpoint, DTensorCheckpoint, restore_from
 from .core import CheckpointCore, core_of
 from .state import update_state_file
 from .status import CheckpointLoadStatus, InitializationOnlyStatus
@@ -21,5 +21,6 @@ __all__ = [
     "DTensorCheckpoint",
     "InitializationOnlyStatus",
     "core_of",
+    "restore_from",
     "update_state_file",
 ]

@@ -21,9 +21,9 @@ from mpi4py import MPI
 from .. import _dist
 from .._dist import Deadline
 from .._gcpause import gc_paused
-from ..errors import CheckpointError, WriteCallbackError
+from ..errors import CheckpointError, NotFoundError, WriteCallbackError
 from ..graph import Module, SavedGraph, Trackable, children_of, is_trackable, parse_graph, wrap
-from ..io import CheckpointState, normalize_prefix, relative_to
+from ..io import CheckpointState, Storage, normalize_prefix, open_local, relative_to
 from ..layout import Layout
 from ..mesh import Mesh, default_mesh
 from ..options import CheckpointOptions, check_options
@@ -33,7 +33,7 @@ from .restore import RestoreContext
 from .state import update_state_file
 from .status import CheckpointLoadStatus, InitializationOnlyStatus
 
-__all__ = ["Checkpoint", "DTensorCheckpoint"]
+__all__ = ["Checkpoint", "DTensorCheckpoint", "restore_from"]
 
 _RESERVED = ("save_counter",)
 
@@ -236,19 +236,36 @@ class Checkpoint(Module):
         return self._restore(save_path, options)
 
     def _restore(
-        self, save_path: str | os.PathLike, options: CheckpointOptions | None
+        self,
+        save_path: str | os.PathLike,
+        options: CheckpointOptions | None,
+        storage: Storage | None = None,
     ) -> CheckpointLoadStatus:
         options = check_options(options)
         prefix = normalize_prefix(save_path)
         self.sync()
         with gc_paused():
-            return self._restore_paused(prefix, options)
+            return self._restore_paused(prefix, options, storage)
 
-    def _restore_paused(self, prefix: str, options: CheckpointOptions) -> CheckpointLoadStatus:
+    def _restore_paused(
+        self, prefix: str, options: CheckpointOptions, storage: Storage | None = None
+    ) -> CheckpointLoadStatus:
         deadline = Deadline(options.timeout, f"restore of {prefix!r}")
         core = self._hpckpt_core
         comm = core.comm
-        index = core.storage.read_index(comm, prefix, deadline)
+        if storage is None:
+            storage = core.storage
+            try:
+                index = storage.read_index(comm, prefix, deadline)
+            except NotFoundError:
+                # not in the standard format: a local-tier checkpoint (multi-level)?
+                local = open_local(comm, prefix, deadline)
+                if local is None:
+                    raise
+                storage = local
+                index = storage.read_index(comm, prefix, deadline)
+        else:
+            index = storage.read_index(comm, prefix, deadline)
 
         def check_graph() -> SavedGraph:
             if index.graph is None:
@@ -256,7 +273,7 @@ class Checkpoint(Module):
             return parse_graph(index.graph, set(index.tensors))
 
         graph = _dist.run_agreed(comm, f"restore of {prefix!r}", check_graph, deadline)
-        ctx = RestoreContext(comm, prefix, index, graph, options, core.storage)
+        ctx = RestoreContext(comm, prefix, index, graph, options, storage)
         try:
             ctx.restore_subtree(0, self)
         except BaseException:
@@ -319,3 +336,17 @@ class DTensorCheckpoint(Checkpoint):
         if not isinstance(mesh, Mesh):
             raise TypeError(f"mesh must be an hpckpt.Mesh, got {type(mesh).__name__}")
         self._hpckpt_init(mesh.comm, mesh, root, kwargs)
+
+
+def restore_from(
+    checkpoint: Checkpoint,
+    save_path: str,
+    storage: Storage,
+    options: CheckpointOptions | None = None,
+) -> CheckpointLoadStatus:
+    """``checkpoint.restore(save_path)`` from ``storage`` (a local tier's checkpoint).
+
+    Collective: call on all ranks.
+    """
+    checkpoint.save_counter  # noqa: B018 - created so that it is matched
+    return checkpoint._restore(save_path, options, storage)

@@ -31,7 +31,7 @@ from ..mesh import Mesh
 from ..options import CheckpointOptions, call_write_callback, io_options
 from .async_writer import AsyncWriter, async_supported
 from .progress import reporter
-from .save_plan import plan_save
+from .save_plan import SavePlan, plan_save
 
 __all__ = ["CheckpointCore", "core_of", "run_write_callbacks"]
 
@@ -87,6 +87,13 @@ class CheckpointCore:
         if self._async is None:
             self._async = AsyncWriter(self.comm)
         return self._async
+
+    def plan(self, deadline: Deadline, what: str) -> SavePlan:
+        """What a save writes now: every rank's pieces of the live graph (no copies).
+
+        Collective: call on all ranks.
+        """
+        return plan_save(self._root(), self.comm, deadline, what)
 
     def sync(self) -> None:
         """Wait for a running background write; raise its agreed error if it failed.

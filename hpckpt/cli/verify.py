@@ -1,4 +1,7 @@
-"""``hpckpt verify PATH``: read every tensor and check every saved slice's checksum."""
+"""``hpckpt verify PATH``: read every tensor and check every saved slice's checksum.
+
+PATH may also name a local checkpoint of a multi-level tier (``'/dev/shm/run-{node}/ckpt-8'``):
+then every present copy of every node's data (its own and its partner copy) is checked."""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from ..graph import parse_graph
 from ..io.checksum import checksum_function
 from ..io.index import CheckpointIndex, TensorEntry
 from ..io.load import read_index_file
+from ..io.local_check import find_local, is_local_path, verify_local_copy
 from .common import (
     EXIT_DAMAGED,
     EXIT_NOT_FOUND,
@@ -43,10 +47,18 @@ def add_parser(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentP
             "Validate the index, the data file's structure and the object graph, then read "
             "every tensor and check the checksum (CRC-32C) of every saved slice. Exit 0 "
             "when everything is intact, 1 on any damage (naming the tensor and file byte "
-            "range), 2 when there is no checkpoint at PATH."
+            "range), 2 when there is no checkpoint at PATH. A local checkpoint of a "
+            "multi-level tier is named by the tier's path and its name, {node} standing for "
+            "the node index ('/dev/shm/run-{node}/ckpt-8'): every node's own and partner "
+            "copies present are checked; a missing copy is a warning while another one is "
+            "intact."
         ),
     )
-    p.add_argument("path", metavar="PATH", help="checkpoint prefix, .index.json or directory")
+    p.add_argument(
+        "path",
+        metavar="PATH",
+        help="checkpoint prefix, .index.json, directory, or local checkpoint PATTERN/NAME",
+    )
     p.add_argument(
         "--all",
         action="store_true",
@@ -228,6 +240,89 @@ def _render_one(r: dict[str, Any], verbose: bool) -> list[str]:
     return lines
 
 
+def verify_local(path: str) -> dict[str, Any]:
+    """The report of ``verify`` for local checkpoint ``path`` (``PATTERN/NAME``).
+
+    Raises:
+        NotFoundError: No node directory holds its index.
+    """
+    pattern, name = os.path.split(path)
+    found, damaged = find_local(pattern or ".", names={name})
+    report: dict[str, Any] = {
+        "checkpoint": path,
+        "tier": "local",
+        "ok": False,
+        "tensors_total": None,
+        "slices_checked": 0,
+        "bytes_read": 0,
+        "checksum": None,
+        "nodes": [],
+        "errors": [],
+        "warnings": [],
+    }
+    if not found:
+        if name in damaged:
+            report["errors"].append({"message": damaged[name]})
+            return report
+        raise NotFoundError(f"no local checkpoint {name!r} in any node directory of {pattern!r}")
+    c = found[0]
+    li = c.index
+    report["tensors_total"] = len(li.index.tensors)
+    report["checksum"] = li.index.checksum
+    report["ranks"], report["node_count"] = li.nodes.nprocs, li.nodes.nodes
+    if li.index.graph is not None:
+        try:
+            parse_graph(li.index.graph, set(li.index.tensors))
+        except CorruptCheckpointError as e:
+            report["errors"].append({"message": f"{path}: {e}"})
+    for node in range(li.nodes.nodes):
+        entry: dict[str, Any] = {"node": node}
+        intact = False
+        copies = [("own", c.own[node])]
+        if li.has_partner_copies:
+            copies.append(("partner", c.partner[node]))
+        for copy, present in copies:
+            if not present:
+                entry[copy] = "missing"
+                report["warnings"].append(f"node {node}: its {copy} copy is missing")
+                continue
+            r = verify_local_copy(c, node, copy)
+            report["slices_checked"] += r.slices
+            report["bytes_read"] += r.nbytes
+            entry[copy] = "ok" if r.ok else "damaged"
+            intact = intact or r.ok
+            for key, i, rng, msg in r.problems:
+                report["errors"].append(
+                    {"node": node, "copy": copy, "tensor": key or None, "slice": i,
+                     "byte_range": list(rng), "message": msg}
+                )  # fmt: skip
+        if not intact:
+            report["errors"].append({"node": node, "message": f"node {node}: no intact copy"})
+        report["nodes"].append(entry)
+    report["ok"] = not report["errors"]
+    return report
+
+
+def _render_local(r: dict[str, Any]) -> list[str]:
+    lines = []
+    for n in r["nodes"]:
+        copies = ", ".join(f"{k} {v}" for k, v in n.items() if k != "node")
+        lines.append(f"  node {n['node']}: {copies}")
+    for e in r["errors"]:
+        lines.append(f"BAD: {e['message']}")
+    for w in r["warnings"]:
+        lines.append(f"warning: {w}")
+    if r["ok"]:
+        lines.append(
+            f"OK: {r['checkpoint']}: {r['tensors_total']} tensors on {r['node_count']} nodes, "
+            f"{r['slices_checked']} slices, {r['bytes_read']} bytes "
+            f"({fmt_bytes(r['bytes_read'])}) verified ({r['checksum']})"
+        )
+    else:
+        lines.append(f"DAMAGED: {r['checkpoint']}: {len(r['errors'])} problem(s)")
+    return lines
+
+
 def _prefixes_of_directory(directory: str) -> list[str]:
     listing = list_directory(directory)
     out = [c["path"] for c in listing["checkpoints"] if c["committed"]]
@@ -244,6 +339,13 @@ def run(args: argparse.Namespace) -> int:
                 f"--all needs a directory, {args.path!r} is not one", EXIT_NOT_FOUND, "usage"
             )
         prefixes = _prefixes_of_directory(args.path)
+    elif is_local_path(args.path):
+        report = verify_local(args.path)
+        if args.json:
+            dump_json(report)
+        else:
+            emit([f"verifying local checkpoint {args.path}", *_render_local(report)])
+        return EXIT_OK if report["ok"] else EXIT_DAMAGED
     else:
         prefixes = [resolve(args.path)]
     reports = [verify_checkpoint(p, progress=args.progress) for p in prefixes]

@@ -17,8 +17,14 @@ Modules:
   system's stripe or block size, striping hints);
 * :mod:`.verify` — checksum verification of what a read covers;
 * :mod:`.write`, :mod:`.read` — the collective write (commit protocol) and read paths;
+  :mod:`.save_tensor` (what a save writes per tensor) and :mod:`.records` (checksum
+  records and index entries);
 * :mod:`.load` — single-process loading (reader, command line);
-* :mod:`.cleanup`, :mod:`.lock` — removing old files, the directory's writer lock.
+* :mod:`.cleanup`, :mod:`.lock` — removing old files, the directory's writer lock;
+* the local tier of multi-level checkpointing: :mod:`.local_index` (its index),
+  :mod:`.local_tier` (writing, partner copies, retention), :mod:`.local_scan`
+  (finding complete local checkpoints), :mod:`.local_read` (restoring, with
+  fallback to partner copies).
 
 The storage interface the layers above use is :class:`Storage` (one shared HDF5
 file per checkpoint: :data:`SHARED_FILE`). Call order, for every implementation:
@@ -46,12 +52,19 @@ from .filters import Compression, parse_compression
 from .fsutil import wait_removals
 from .index import CheckpointIndex, SliceEntry, TensorEntry
 from .load import as_logical, load_index, read_index_file, read_tensor_serial, verify_tensor
+from .local_index import REDUNDANCIES, LocalIndex, parse_local_index
+from .local_read import LocalTierStorage, open_local
+from .local_scan import LocalCandidate, scan_local
+from .local_tier import LocalSave, mapped_copies, remove_local, write_local
 from .lock import DirectoryLock
 from .options import IO_MODES, IOOptions
 from .paths import (
+    NODE_FIELD,
     checkpoint_exists,
     data_file_path,
     index_path,
+    local_directory,
+    local_prefix,
     normalize_prefix,
     relative_to,
 )
@@ -68,12 +81,18 @@ from .write import SaveTensor, derived_slicing, tiling_problem, use_rows, write_
 
 __all__ = [
     "IO_MODES",
+    "NODE_FIELD",
+    "REDUNDANCIES",
     "SHARED_FILE",
     "CheckpointIndex",
     "CheckpointState",
     "Compression",
     "DirectoryLock",
     "IOOptions",
+    "LocalCandidate",
+    "LocalIndex",
+    "LocalSave",
+    "LocalTierStorage",
     "ReadRequest",
     "SaveTensor",
     "SharedFileStorage",
@@ -89,19 +108,27 @@ __all__ = [
     "index_path",
     "latest_checkpoint",
     "load_index",
+    "local_directory",
+    "local_prefix",
+    "mapped_copies",
     "normalize_prefix",
     "parse_compression",
+    "open_local",
+    "parse_local_index",
     "read_index_file",
     "read_state",
     "read_tensor_serial",
     "relative_to",
     "remove_checkpoint_files",
+    "remove_local",
     "remove_orphans",
     "resolve_latest",
+    "scan_local",
     "state_from_paths",
     "tiling_problem",
     "verify_tensor",
     "wait_removals",
+    "write_local",
     "write_state",
 ]
 

@@ -36,7 +36,7 @@ from .index import (
 from .paths import is_data_file_name
 from .slicing import ListedSlicing, Slicing, cached_slicing, check_exact_cover
 
-__all__ = ["parse_index"]
+__all__ = ["parse_index", "parse_index_document"]
 
 _DTYPE_RE = re.compile(r"^[<>|=][biufc][0-9]{1,2}$")
 _LOGICAL_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
@@ -490,4 +490,15 @@ def parse_index(
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
         kind = "nested too deeply" if isinstance(e, RecursionError) else f"not valid JSON ({e})"
         raise CorruptCheckpointError(f"{source}: index is {kind}") from None
+    return _Parser(source, validate=not trusted).index(doc)
+
+
+def parse_index_document(
+    doc: Any, *, source: str = "index", trusted: bool = False
+) -> CheckpointIndex:
+    """Build an index from its already decoded JSON document (embedded in another file).
+
+    Raises:
+        CorruptCheckpointError: The document is not a valid index (version 1 or 2).
+    """
     return _Parser(source, validate=not trusted).index(doc)

@@ -5,7 +5,12 @@ The one place that knows how checkpoint files are named:
 * ``P.index.json`` commits checkpoint ``P``; ``P.data-<token>.h5`` holds its data
   (``<token>`` is unique per write);
 * ``DIR/checkpoint`` is the state file, ``DIR/.hpckpt.lock`` the writer lease;
-* ``<file>.tmp-<hex>`` is a file being replaced atomically.
+* ``<file>.tmp-<hex>`` is a file being replaced atomically;
+* the local tier (multi-level checkpointing), in each node's directory (the tier's
+  path with ``{node}`` replaced by the node's index): ``P.local.json`` commits local
+  checkpoint ``P`` (the same document on every node), ``P.node-<i>.own-<token>.bin``
+  holds node ``i``'s data, ``P.node-<i>.partner-<token>.bin`` its partner copy (on
+  node ``i + 1``).
 
 and the rules built on the names: which files of a directory are leftovers of an
 interrupted save (:func:`find_leftovers`), and which relative paths stay inside a
@@ -26,9 +31,13 @@ from ..errors import CorruptCheckpointError
 
 __all__ = [
     "INDEX_SUFFIX",
+    "LOCAL_COPIES",
+    "LOCAL_SUFFIX",
     "LOCK_NAME",
+    "NODE_FIELD",
     "STATE_FILE",
     "Leftover",
+    "LocalName",
     "NameInfo",
     "check_relative",
     "checkpoint_exists",
@@ -37,9 +46,14 @@ __all__ = [
     "find_leftovers",
     "index_path",
     "is_data_file_name",
+    "local_data_name",
+    "local_directory",
+    "local_marker_name",
+    "local_prefix",
     "new_token",
     "normalize_prefix",
     "own_data_files",
+    "parse_local_name",
     "parse_name",
     "relative_to",
     "step_of",
@@ -53,6 +67,15 @@ LOCK_NAME = ".hpckpt.lock"
 _DATA_RE = re.compile(r"^(?P<prefix>[^/\\\x00]+)\.data-(?P<token>[0-9a-f]{8,64})\.h5$")
 _TMP_RE = re.compile(r"^(?P<target>[^/\\\x00]+)\.tmp-[0-9a-f]+$")
 _STEP_RE = re.compile(r"-(\d+)$")
+
+LOCAL_SUFFIX = ".local.json"
+LOCAL_COPIES = ("own", "partner")
+NODE_FIELD = "{node}"
+_LOCAL_DATA_RE = re.compile(
+    r"^(?P<ckpt>[^/\\\x00]+)\.node-(?P<node>[0-9]{1,9})\.(?P<copy>own|partner)"
+    r"-(?P<token>[0-9a-f]{8,64})\.bin$"
+)
+_LOCAL_TMP_RE = re.compile(r"^(?P<ckpt>[^/\\\x00]+)\.local\.json\.tmp-[0-9a-f]+$")
 
 
 def normalize_prefix(path: str | os.PathLike) -> str:
@@ -245,3 +268,66 @@ def relative_to(directory: str, path: str) -> str:
     if rel == ".." or rel.startswith("../"):
         raise ValueError(f"checkpoint {path!r} is not inside directory {directory!r}")
     return rel
+
+
+# --- the local tier (multi-level checkpointing) ---------------------------------------
+
+
+def local_directory(pattern: str, node: int) -> str:
+    """Node ``node``'s directory of a local tier: ``{node}`` in ``pattern`` replaced."""
+    return pattern.replace(NODE_FIELD, str(int(node)))
+
+
+def local_prefix(pattern: str, name: str) -> str:
+    """The path naming local checkpoint ``name`` of a tier (``{node}`` kept)."""
+    return os.path.join(pattern, name)
+
+
+def local_marker_name(name: str) -> str:
+    """``P.local.json``: the commit marker and index of local checkpoint ``P``."""
+    return name + LOCAL_SUFFIX
+
+
+def local_data_name(name: str, node: int, copy: str, token: str) -> str:
+    """``P.node-<i>.<copy>-<token>.bin``: node ``i``'s data (``copy``: own or partner)."""
+    if copy not in LOCAL_COPIES:
+        raise ValueError(f"bad local copy kind {copy!r}")
+    return f"{name}.node-{int(node)}.{copy}-{token}.bin"
+
+
+@dataclass(frozen=True)
+class LocalName:
+    """What a file name in a local tier directory is.
+
+    Attributes:
+        kind: ``"marker"`` (``P.local.json``), ``"data"`` or ``"tmp"`` (a marker being
+            written).
+        checkpoint: The checkpoint's name (``ckpt-3``).
+        node: For data: the node whose data it holds.
+        copy: For data: ``"own"`` or ``"partner"``.
+        token: For data: the save's token.
+    """
+
+    kind: str
+    checkpoint: str
+    node: int | None = None
+    copy: str | None = None
+    token: str | None = None
+
+
+def parse_local_name(name: str) -> LocalName | None:
+    """Classify one file name of a local tier directory (``None``: not a local-tier file)."""
+    if name.startswith("."):
+        return None
+    if name.endswith(LOCAL_SUFFIX) and len(name) > len(LOCAL_SUFFIX):
+        ck = name[: -len(LOCAL_SUFFIX)]
+        return None if "/" in ck or "\x00" in ck else LocalName("marker", ck)
+    m = _LOCAL_DATA_RE.match(name)
+    if m:
+        return LocalName(
+            "data", m.group("ckpt"), int(m.group("node")), m.group("copy"), m.group("token")
+        )
+    t = _LOCAL_TMP_RE.match(name)
+    if t:
+        return LocalName("tmp", t.group("ckpt"))
+    return None

@@ -34,6 +34,7 @@ from ..errors import CheckpointError, CorruptCheckpointError
 from ..layout import LayoutSpec
 from . import hdf5, phdf5
 from .checksum import checksum_function
+from .datatypes import message_specs
 from .index import CheckpointIndex, TensorEntry
 from .index_parse import parse_index
 from .load import read_index_bytes
@@ -52,7 +53,6 @@ from .slicing import (
     owner_of,
     volume,
 )
-from .strided import strided_type
 from .transfer import ProgressCounter, move_pieces
 from .verify import SliceCheck
 
@@ -267,37 +267,6 @@ def _rel(box: Box, origin: Sequence[int]) -> tuple[slice, ...]:
     return tuple(slice(a - o, a - o + n) for a, o, n in zip(box[0], origin, box[1], strict=True))
 
 
-def _part_type(
-    array: np.ndarray, origin: Sequence[int], part: Box, cache: list
-) -> tuple[int, MPI.Datatype]:
-    """``(address, datatype)`` of ``part`` (global coordinates) of ``array`` (whose first
-    element is at global ``origin``); datatypes to free are appended to ``cache``."""
-    isz = array.dtype.itemsize
-    if not array.ndim:
-        return MPI.Get_address(array), MPI.BYTE.Create_contiguous(isz)
-    if not array.flags.c_contiguous:  # the caller's strided array: the part's own strides
-        addr, t = strided_type(array[_rel(part, origin)], cache)
-        return addr, t.Dup()
-    elem = MPI.BYTE.Create_contiguous(isz)
-    cache.append(elem)
-    rel = [a - o for a, o in zip(part[0], origin, strict=True)]
-    sub = elem.Create_subarray(list(array.shape), list(part[1]), rel)
-    return MPI.Get_address(array), sub
-
-
-def _message(parts: list[tuple[np.ndarray, Sequence[int], Box]], cache: list) -> list:
-    """One MPI buffer spec (struct of subarrays at absolute addresses) for several parts."""
-    addrs, types = [], []
-    for array, origin, part in parts:
-        a, t = _part_type(array, origin, part, cache)
-        cache.append(t)
-        addrs.append(a)
-        types.append(t)
-    msg = MPI.Datatype.Create_struct([1] * len(types), addrs, types).Commit()
-    cache.append(msg)
-    return [MPI.BOTTOM, 1, msg]
-
-
 def read_tensors(
     comm: MPI.Comm,
     prefix: str,
@@ -499,8 +468,8 @@ def _exchange(
     cache: list[MPI.Datatype] = []
     exc: BaseException | None = None
     try:
-        sends = [(r, _message(parts, cache)) for r, parts in sorted(out.items())]
-        recvs = [(r, _message(parts, cache)) for r, parts in sorted(inc.items())]
+        sends = [(r, m) for r, parts in sorted(out.items()) for m in message_specs(parts, cache)]
+        recvs = [(r, m) for r, parts in sorted(inc.items()) for m in message_specs(parts, cache)]
         _dist.exchange(comm, sends, recvs, _TAG + number % 1000, deadline)
     except Exception as e:
         exc = e

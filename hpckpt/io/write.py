@@ -21,14 +21,12 @@ Call order (``write_checkpoint`` is collective; inside it):
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import math
 import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from mpi4py import MPI
@@ -36,25 +34,19 @@ from mpi4py import MPI
 from .. import _dist, _faults
 from .._dist import Deadline
 from ..errors import CheckpointError
-from ..layout import LayoutSpec
 from . import hdf5, phdf5
 from .aggregate import BandTask, write_bands
 from .checksum import DEFAULT_ALGORITHM, checksum, checksum_function
 from .cleanup import remove_stale_files
 from .fsutil import atomic_write, fsync_path, remove_quietly
-from .index import REPLICA_SPLIT_BYTES, CheckpointIndex, TensorEntry, dataset_name_for_key
+from .index import CheckpointIndex, TensorEntry, dataset_name_for_key
 from .mpiio import Piece
 from .options import IOOptions
 from .paths import data_file_name, data_file_path, index_path, new_token
+from .records import check_known, index_entries, rows_from_layouts, slice_records
+from .save_tensor import SaveTensor, derived_slicing, structure_hash, use_rows, without_rows
 from .slicing import (
-    DerivedSlicing,
-    ListedSlicing,
-    cached_slicing,
-    check_exact_cover,
-    mesh_coords,
-    strided_shards,
     tiling_problem,
-    volume,
 )
 from .striping import resolve_alignment
 from .template import FileTemplate, capture, create_from
@@ -63,74 +55,14 @@ from .transfer import ProgressCounter, move_pieces
 __all__ = [
     "SaveTensor",
     "derived_slicing",
+    "index_entries",
     "library_versions",
+    "structure_hash",
     "tiling_problem",
     "use_rows",
+    "without_rows",
     "write_checkpoint",
 ]
-
-
-@dataclass
-class SaveTensor:
-    """A tensor to save: its global description and this rank's pieces to write.
-
-    Attributes:
-        key: The checkpoint key.
-        dtype: The numpy dtype of the stored bytes.
-        shape: The global shape.
-        layout: Its layout: the saved slices are derived from it
-            (:func:`derived_slicing`), and ``slice_ids`` names the slice of each
-            piece. ``None``: per-rank boxes, listed in the index (every rank's
-            pieces together must tile the tensor exactly once).
-        pieces: ``(start, array)`` hyperslabs this rank writes (arrays of any strides:
-            strided views are written and checksummed without a copy of the whole).
-        slice_ids: With a layout, the derived slice index of each piece.
-        logical_dtype: The dtype the bytes hold if it is not a numpy dtype.
-        mesh_rank: This rank's rank in the layout's mesh. When it is the rank in the
-            checkpoint's communicator on every rank (the usual case), rank 0 knows from
-            the layouts which slices each rank wrote and gathers packed checksum arrays
-            only; otherwise it gathers a record per slice.
-        ordinal: The ``ordinal`` the pieces were chosen with (``DerivedSlicing.written_by``:
-            small replicated shards are written by the replica ``ordinal % replicas``).
-        rows: Saved in row bands (:mod:`.aggregate`): ``pieces`` is then this rank's
-            whole shard, which the ranks sharing its rows exchange before writing.
-    """
-
-    key: str
-    dtype: np.dtype
-    shape: tuple[int, ...]
-    layout: LayoutSpec | None
-    pieces: list[tuple[tuple[int, ...], np.ndarray]]
-    slice_ids: list[int] = field(default_factory=list)
-    logical_dtype: str | None = None
-    mesh_rank: int | None = None
-    ordinal: int = 0
-    rows: bool = False
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes of the whole tensor."""
-        return math.prod(self.shape) * self.dtype.itemsize
-
-
-def derived_slicing(
-    shape: tuple[int, ...], layout: LayoutSpec, dtype: np.dtype, rows: bool = False
-) -> DerivedSlicing:
-    """The slices a save writes for a layout-based tensor (what the index derives)."""
-    return cached_slicing(tuple(shape), layout, dtype.itemsize, REPLICA_SPLIT_BYTES, rows)
-
-
-ROWS_MIN_BYTES = 1 << 20
-
-
-def use_rows(shape: tuple[int, ...], layout: LayoutSpec, dtype: np.dtype) -> bool:
-    """Whether a tensor is saved in row bands: its shards are strided in the file and the
-    largest is at least ``ROWS_MIN_BYTES`` (smaller ones go through collective MPI-IO)."""
-    if not strided_shards(shape, layout):
-        return False
-    sl = derived_slicing(shape, layout, dtype)
-    largest = max((volume(sl.box(i)[1]) for i in range(min(len(sl), 64))), default=0)
-    return largest * dtype.itemsize >= ROWS_MIN_BYTES
 
 
 def library_versions() -> dict[str, str]:
@@ -148,21 +80,6 @@ def library_versions() -> dict[str, str]:
         "numpy": np.__version__,
         "mpi": MPI.Get_library_version().replace("\x00", "").splitlines()[0].strip(),
     }
-
-
-def structure_hash(tensors: Sequence[SaveTensor]) -> int:
-    """A 63-bit hash of what every rank must agree on: keys, dtypes, shapes, layouts."""
-    h = hashlib.blake2b(digest_size=8)
-    for t in tensors:
-        h.update(b"r" if t.rows else b"-")
-        lay = (
-            repr((t.layout.specs, t.layout.dim_names, t.layout.mesh_shape, t.layout.splits))
-            if t.layout
-            else "boxes"
-        )
-        h.update(repr((t.key, t.dtype.str, t.shape, lay, t.logical_dtype)).encode())
-        h.update(b"\x00")
-    return int.from_bytes(h.digest(), "little") & ((1 << 63) - 1)
 
 
 def _checksums(pieces: list[tuple[int, int, np.ndarray]]) -> list[int]:
@@ -190,7 +107,7 @@ def write_checkpoint(
     if agreed[2] or options.parallel_hdf5:
         # no row bands: some rank's strided shard is not a contiguous array, or parallel
         # HDF5 writes each layout slice (strided or not) with its own hyperslab selection
-        tensors = [_without_rows(t) for t in tensors]
+        tensors = [without_rows(t) for t in tensors]
     # (tensor, piece number, array) of every non-empty piece
     own = [
         (i, j, a)
@@ -349,12 +266,13 @@ def _write_and_commit(
     packed = _dist.all_true(
         comm, all(t.mesh_rank == rank for t in tensors if t.layout is not None), deadline
     )
-    derived, listed = _records(tensors, own, rank)
+    derived, listed = slice_records(tensors, own, rank)
     crc_array = np.zeros(0, dtype=np.uint32)
     try:
         if exc is None:
             values = crcs[0].result() if crcs else _checksums(own)
-            derived, listed = _records(tensors, own, rank, values)
+            check_known(tensors, own, values, what)
+            derived, listed = slice_records(tensors, own, rank, values)
             if bands:  # in tensor order with the others
                 extra = np.asarray([[i, k, c, rank] for i, k, c in bands], dtype=np.int64)
                 derived = np.concatenate([derived, extra])
@@ -377,8 +295,10 @@ def _write_and_commit(
             try:
                 _faults.point("before_commit", rank)
                 if got_crcs is not None:
-                    got_derived = _rows_from_layouts(tensors, got_crcs, what)
-                entries = _entries(tensors, names, offsets, got_derived, got_listed, what, specs)
+                    got_derived = rows_from_layouts(tensors, got_crcs, what)
+                entries = index_entries(
+                    tensors, names, offsets, got_derived, got_listed, what, specs
+                )
                 _commit(prefix, data_path, data_name, plan, entries, graph, comm)
             except Exception as e:
                 exc = e
@@ -458,214 +378,11 @@ def _write_data(
     return offsets, exc, bands
 
 
-def _rows_from_layouts(
-    tensors: Sequence[SaveTensor], crcs: list[np.ndarray], what: str
-) -> np.ndarray:
-    """Rank 0: ``[tensor, slice, crc, rank]`` rows from each rank's packed checksums.
-
-    Every rank sent the checksums of the derived slices it wrote, in tensor order;
-    which slice each rank writes follows from the layouts (``DerivedSlicing.writers``).
-    """
-    nranks = len(crcs)
-    if nranks <= 64:  # a loop costs less than numpy's calls
-        lists = [c.tolist() for c in crcs]
-        pos = [0] * nranks
-        out: list[list[int]] = []
-        for i, t in enumerate(tensors):
-            if t.layout is None:
-                continue
-            sl = derived_slicing(t.shape, t.layout, t.dtype, t.rows)
-            if math.prod(sl.spec.mesh_shape) != nranks:
-                raise CheckpointError(f"{what}: tensor {t.key!r}: its mesh is not the checkpoint's")
-            for r, k in enumerate(sl.writers(t.ordinal).tolist()):
-                if k < 0:
-                    continue
-                if pos[r] >= len(lists[r]):
-                    raise CheckpointError(
-                        f"{what}: ranks sent fewer checksums than their layouts say"
-                    )
-                out.append([i, k, lists[r][pos[r]], r])
-                pos[r] += 1
-        if pos != [len(x) for x in lists]:
-            raise CheckpointError(f"{what}: ranks sent more checksums than their layouts say")
-        return np.asarray(out, dtype=np.int64).reshape(len(out), 4)
-    ptr = np.zeros(nranks, dtype=np.int64)
-    starts = np.concatenate(([0], np.cumsum([len(c) for c in crcs])[:-1])).astype(np.int64)
-    flat = np.concatenate(crcs) if crcs else np.zeros(0, dtype=np.uint32)
-    parts = []
-    for i, t in enumerate(tensors):
-        if t.layout is None:
-            continue
-        w = derived_slicing(t.shape, t.layout, t.dtype, t.rows).writers(t.ordinal)
-        if len(w) != nranks:
-            raise CheckpointError(f"{what}: tensor {t.key!r}: its mesh is not the checkpoint's")
-        who = np.flatnonzero(w >= 0)
-        at = starts[who] + ptr[who]
-        if np.any(ptr[who] >= np.asarray([len(crcs[k]) for k in who], dtype=np.int64)):
-            raise CheckpointError(f"{what}: ranks sent fewer checksums than their layouts say")
-        rows = np.empty((len(who), 4), dtype=np.int64)
-        rows[:, 0] = i
-        rows[:, 1] = w[who]
-        rows[:, 2] = flat[at]
-        rows[:, 3] = who
-        parts.append(rows)
-        ptr[who] += 1
-    if any(int(ptr[k]) != len(crcs[k]) for k in range(nranks)):
-        raise CheckpointError(f"{what}: ranks sent more checksums than their layouts say")
-    return np.concatenate(parts) if parts else np.zeros((0, 4), dtype=np.int64)
-
-
-def _without_rows(t: SaveTensor) -> SaveTensor:
-    """``t`` saved in the slices its layout derives instead of row bands: this rank's
-    share of its shard (``pieces`` held the whole shard)."""
-    if not t.rows or t.layout is None:
-        return t
-    sl = derived_slicing(t.shape, t.layout, t.dtype)
-    pieces: list[tuple[tuple[int, ...], np.ndarray]] = []
-    ids: list[int] = []
-    if t.pieces and t.mesh_rank is not None:
-        start, local = t.pieces[0]
-        i = sl.written_by(mesh_coords(t.mesh_rank, t.layout.mesh_shape), t.ordinal)
-        if i is not None:
-            b0, b1 = sl.box(i)
-            rel = tuple(slice(a - o, a - o + n) for a, o, n in zip(b0, start, b1, strict=True))
-            pieces, ids = [(b0, local[rel] if rel else local)], [i]
-    return dataclasses.replace(t, pieces=pieces, slice_ids=ids, rows=False)
-
-
 def _remember(h: int, plan: _CachedPlan) -> None:
     _PLANS.pop(h, None)
     while len(_PLANS) >= _MAX_PLANS:
         _PLANS.pop(next(iter(_PLANS)))
     _PLANS[h] = plan
-
-
-def _width(tensors: Sequence[SaveTensor]) -> int:
-    return max((len(t.shape) for t in tensors if t.layout is None), default=0)
-
-
-def _records(
-    tensors: Sequence[SaveTensor],
-    own: list[tuple[int, int, np.ndarray]],
-    rank: int,
-    values: list[int] | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """This rank's slice records: ``[tensor, slice, crc, rank]`` for layout-based tensors,
-    ``[tensor, crc, rank, *start, *shape]`` (padded) for listed ones."""
-    width = _width(tensors)
-    derived = np.zeros((0, 4), dtype=np.int64)
-    listed = np.zeros((0, 3 + 2 * width), dtype=np.int64)
-    if values is None:
-        return derived, listed
-    d_rows, l_rows = [], []
-    for (i, j, a), crc in zip(own, values, strict=True):
-        t = tensors[i]
-        if t.layout is not None:
-            d_rows.append([i, t.slice_ids[j], crc, rank])
-        else:
-            start = list(t.pieces[j][0])
-            row = [i, crc, rank] + [0] * (2 * width)
-            row[3 : 3 + len(start)] = start
-            row[3 + width : 3 + width + len(start)] = list(a.shape)
-            l_rows.append(row)
-    if d_rows:
-        derived = np.asarray(d_rows, dtype=np.int64)
-    if l_rows:
-        listed = np.asarray(l_rows, dtype=np.int64)
-    return derived, listed
-
-
-def _entries(
-    tensors: Sequence[SaveTensor],
-    names: list[str],
-    offsets: list[int | None],
-    derived: np.ndarray,
-    listed: np.ndarray,
-    what: str,
-    specs: Sequence[hdf5.DatasetSpec] | None = None,
-) -> dict[str, TensorEntry]:
-    """Rank 0: build every tensor's index entry; check that every slice was written once.
-
-    ``specs`` (parallel HDF5 saves) give the chunk shape and filters of compressed tensors.
-    """
-    width = _width(tensors)
-    by_tensor_d: dict[int, list[list[int]]] = {}
-    for row in derived.tolist():
-        by_tensor_d.setdefault(row[0], []).append(row)
-    by_tensor_l: dict[int, np.ndarray] = {}
-    if len(listed):
-        order = np.argsort(listed[:, 0], kind="stable")
-        listed = listed[order]
-        cuts = np.flatnonzero(np.diff(listed[:, 0])) + 1
-        for part in np.split(listed, cuts):
-            by_tensor_l[int(part[0, 0])] = part
-    entries: dict[str, TensorEntry] = {}
-    for i, t in enumerate(tensors):
-        nd = len(t.shape)
-        if t.layout is not None:
-            slicing = derived_slicing(t.shape, t.layout, t.dtype, t.rows)
-            n = len(slicing)
-            crc_list = [0] * n
-            seen = [0] * n
-            for _, k, crc, _ in by_tensor_d.get(i, ()):
-                if not 0 <= k < n:
-                    raise CheckpointError(f"{what}: tensor {t.key!r}: a slice number out of range")
-                seen[k] += 1
-                crc_list[k] = crc
-            full = slicing.nonempty_list()
-            if seen != full:
-                missing = [k for k in range(n) if full[k] and not seen[k]]
-                twice = [k for k in range(n) if seen[k] > full[k]]
-                raise CheckpointError(
-                    f"{what}: tensor {t.key!r} would be committed with holes or overlaps "
-                    f"(slices never written: {missing[:8]}, written more than once: {twice[:8]})"
-                )
-            crcs = np.array(crc_list, dtype=np.uint32)
-            entries[t.key] = TensorEntry(
-                t.key,
-                names[i],
-                t.dtype,
-                t.shape,
-                offsets[i],
-                t.layout,
-                slicing,
-                crcs,
-                t.logical_dtype,
-                **_storage(specs, i),
-            )
-        else:
-            rows = by_tensor_l.get(i, np.zeros((0, 3 + 2 * width), dtype=np.int64))
-            starts = rows[:, 3 : 3 + nd]
-            shapes = rows[:, 3 + width : 3 + width + nd]
-            problem = check_exact_cover(t.shape, starts, shapes)
-            if problem is not None:
-                ranks = sorted({int(r) for r in rows[:, 2]})
-                raise CheckpointError(
-                    f"{what}: the boxes of tensor {t.key!r} written by ranks {ranks} do not tile "
-                    f"its shape {t.shape} exactly once ({problem})"
-                )
-            listed_slicing = ListedSlicing(starts, shapes)
-            crcs = rows[:, 1].astype(np.uint32)
-            entries[t.key] = TensorEntry(
-                t.key,
-                names[i],
-                t.dtype,
-                t.shape,
-                offsets[i],
-                None,
-                listed_slicing,
-                crcs,
-                t.logical_dtype,
-                **_storage(specs, i),
-            )
-    return entries
-
-
-def _storage(specs: Sequence[hdf5.DatasetSpec] | None, i: int) -> dict:
-    """The chunk shape and filters of tensor ``i``'s dataset (none: contiguous)."""
-    if specs is None or specs[i].chunks is None:
-        return {}
-    return {"chunks": specs[i].chunks, "filters": specs[i].compression}
 
 
 def _commit(

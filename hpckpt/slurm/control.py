@@ -300,6 +300,37 @@ class JobControl:
         yield
         self.record_save(self._clock() - t0)
 
+    def checkpoint(
+        self, manager: Any, decision: Decision, checkpoint_number: Any = None
+    ) -> str | None:
+        """Save with ``manager`` as ``decision`` asks, timed for the margin.
+
+        A save after which the job exits (``decision.exit``) is persisted: with a
+        multi-level manager (``local_tier``) it is written to the parallel file system
+        (``manager.save(persist=True)``) and waited for (``manager.sync()``) before this
+        returns, because the job's node-local storage does not outlive the job. Other
+        saves go to the local tier only (or as ``persist_every`` says); their recorded
+        duration adds the manager's last measured flush (``persist_seconds``), so that
+        the margin leaves time for the final, persisted save.
+
+        Returns:
+            The saved path, or ``None`` when ``decision.checkpoint`` is false.
+
+        Collective: call on all ranks.
+        """
+        if not decision.checkpoint:
+            return None
+        t0 = self._clock()
+        if decision.exit:
+            path = manager.save(checkpoint_number=checkpoint_number, persist=True)
+            manager.sync()
+            self.record_save(self._clock() - t0)
+            return path
+        path = manager.save(checkpoint_number=checkpoint_number)
+        flush = getattr(manager, "persist_seconds", None)
+        self.record_save(self._clock() - t0 + (flush or 0.0))
+        return path
+
     def save(self, save_fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Call ``save_fn(*args, **kwargs)``, record its duration, return its result.
 

@@ -1,0 +1,126 @@
+"""What a save writes for each tensor: :class:`SaveTensor`, the slices a layout derives,
+whether a tensor goes in row bands, and the hash every rank agrees on before a write."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..layout import LayoutSpec
+from .index import REPLICA_SPLIT_BYTES
+from .slicing import DerivedSlicing, cached_slicing, mesh_coords, strided_shards, volume
+
+__all__ = [
+    "ROWS_MIN_BYTES",
+    "SaveTensor",
+    "derived_slicing",
+    "structure_hash",
+    "use_rows",
+    "without_rows",
+]
+
+
+@dataclass
+class SaveTensor:
+    """A tensor to save: its global description and this rank's pieces to write.
+
+    Attributes:
+        key: The checkpoint key.
+        dtype: The numpy dtype of the stored bytes.
+        shape: The global shape.
+        layout: Its layout: the saved slices are derived from it
+            (:func:`derived_slicing`), and ``slice_ids`` names the slice of each
+            piece. ``None``: per-rank boxes, listed in the index (every rank's
+            pieces together must tile the tensor exactly once).
+        pieces: ``(start, array)`` hyperslabs this rank writes (arrays of any strides:
+            strided views are written and checksummed without a copy of the whole).
+        slice_ids: With a layout, the derived slice index of each piece.
+        logical_dtype: The dtype the bytes hold if it is not a numpy dtype.
+        mesh_rank: This rank's rank in the layout's mesh. When it is the rank in the
+            checkpoint's communicator on every rank (the usual case), rank 0 knows from
+            the layouts which slices each rank wrote and gathers packed checksum arrays
+            only; otherwise it gathers a record per slice.
+        ordinal: The ``ordinal`` the pieces were chosen with (``DerivedSlicing.written_by``:
+            small replicated shards are written by the replica ``ordinal % replicas``).
+        rows: Saved in row bands (:mod:`.aggregate`): ``pieces`` is then this rank's
+            whole shard, which the ranks sharing its rows exchange before writing.
+        checksums: The save-time checksum of each piece when the pieces are copies
+            of saved data (a flush of the local tier to the parallel file system):
+            the bytes written must match them, so that the index records checksums
+            computed when the state was saved, not when it was copied.
+    """
+
+    key: str
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    layout: LayoutSpec | None
+    pieces: list[tuple[tuple[int, ...], np.ndarray]]
+    slice_ids: list[int] = field(default_factory=list)
+    logical_dtype: str | None = None
+    mesh_rank: int | None = None
+    ordinal: int = 0
+    rows: bool = False
+    checksums: list[int] | None = None
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the whole tensor."""
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
+def derived_slicing(
+    shape: tuple[int, ...], layout: LayoutSpec, dtype: np.dtype, rows: bool = False
+) -> DerivedSlicing:
+    """The slices a save writes for a layout-based tensor (what the index derives)."""
+    return cached_slicing(tuple(shape), layout, dtype.itemsize, REPLICA_SPLIT_BYTES, rows)
+
+
+ROWS_MIN_BYTES = 1 << 20
+
+
+def use_rows(shape: tuple[int, ...], layout: LayoutSpec, dtype: np.dtype) -> bool:
+    """Whether a tensor is saved in row bands: its shards are strided in the file and the
+    largest is at least ``ROWS_MIN_BYTES`` (smaller ones go through collective MPI-IO)."""
+    if not strided_shards(shape, layout):
+        return False
+    sl = derived_slicing(shape, layout, dtype)
+    largest = max((volume(sl.box(i)[1]) for i in range(min(len(sl), 64))), default=0)
+    return largest * dtype.itemsize >= ROWS_MIN_BYTES
+
+
+def structure_hash(tensors: Sequence[SaveTensor]) -> int:
+    """A 63-bit hash of what every rank must agree on: keys, dtypes, shapes, layouts."""
+    h = hashlib.blake2b(digest_size=8)
+    for t in tensors:
+        h.update(b"r" if t.rows else b"-")
+        lay = (
+            repr((t.layout.specs, t.layout.dim_names, t.layout.mesh_shape, t.layout.splits))
+            if t.layout
+            else "boxes"
+        )
+        h.update(repr((t.key, t.dtype.str, t.shape, lay, t.logical_dtype)).encode())
+        h.update(b"\x00")
+    return int.from_bytes(h.digest(), "little") & ((1 << 63) - 1)
+
+
+def without_rows(t: SaveTensor) -> SaveTensor:
+    """``t`` saved in the slices its layout derives instead of row bands: this rank's
+    share of its shard (``pieces`` held the whole shard)."""
+    if not t.rows or t.layout is None:
+        return t
+    sl = derived_slicing(t.shape, t.layout, t.dtype)
+    pieces: list[tuple[tuple[int, ...], np.ndarray]] = []
+    ids: list[int] = []
+    if t.pieces and t.mesh_rank is not None:
+        start, local = t.pieces[0]
+        i = sl.written_by(mesh_coords(t.mesh_rank, t.layout.mesh_shape), t.ordinal)
+        if i is not None:
+            b0, b1 = sl.box(i)
+            rel = tuple(slice(a - o, a - o + n) for a, o, n in zip(b0, start, b1, strict=True))
+            pieces, ids = [(b0, local[rel] if rel else local)], [i]
+    return dataclasses.replace(t, pieces=pieces, slice_ids=ids, rows=False)
