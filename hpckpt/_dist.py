@@ -27,18 +27,23 @@ the file to open.
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
+import zlib
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import numpy as np
 from mpi4py import MPI
 
+from . import _interrupts
 from .errors import CheckpointError, CorruptCheckpointError, NotFoundError, RankFailure
 
 __all__ = [
     "Deadline",
     "agree",
+    "agree_same_path",
     "all_true",
     "allgather_json",
     "allgatherv_array",
@@ -50,11 +55,22 @@ __all__ = [
     "failure_record",
     "gather_json",
     "gather_rows",
+    "interrupted",
     "raise_failures",
+    "raise_interrupt",
     "run_agreed",
 ]
 
 T = TypeVar("T")
+
+
+def _abort(status: int, message: str) -> None:
+    sys.stderr.write(f"hpckpt: rank {MPI.COMM_WORLD.Get_rank()}: {message}\n")
+    sys.stderr.flush()
+    MPI.COMM_WORLD.Abort(status)
+
+
+_interrupts.set_abort(_abort)
 
 _POLL_SECONDS = 5e-5  # first sleep between polls of a pending request
 _POLL_MAX = 2e-3  # longest sleep between polls
@@ -92,11 +108,13 @@ class Deadline:
         which matters whenever ranks share cores.
         """
         end = self.window()
-        spin_end = time.monotonic() + _SPIN_SECONDS
+        start = time.monotonic()
+        spin_end = start + _SPIN_SECONDS
         while not request.Test():
             now = time.monotonic()
             if now < spin_end:
                 continue
+            _interrupts.escape_if_due(start)
             if end is not None and now > end:
                 raise CheckpointError(
                     f"{self.what}: timed out after {self.timeout} s waiting for other ranks "
@@ -277,6 +295,25 @@ def _failure_of(exc: BaseException | None) -> list[str] | None:
     return [kind, type(exc).__name__, str(exc)]
 
 
+def interrupted(exc: BaseException | None) -> BaseException | None:
+    """This rank's failure for an agreement made by hand (gather + broadcast).
+
+    Delivers the signals deferred so far (:mod:`hpckpt._interrupts`): what their
+    handlers raise is the failure (and is raised again on this rank by
+    :func:`raise_failures`); otherwise ``exc``.
+    """
+    interrupt = _interrupts.deliver()
+    return interrupt if interrupt is not None else exc
+
+
+def raise_interrupt() -> None:
+    """Raise what the handler of a signal deferred so far raises (a last check before a
+    step that cannot be undone, made by one rank inside an agreed step)."""
+    interrupt = _interrupts.deliver()
+    if interrupt is not None:
+        raise interrupt
+
+
 def failure_record(exc: BaseException | None) -> list[str] | None:
     """A JSON-able record of a rank's exception (``None`` for success)."""
     return _failure_of(exc)
@@ -293,11 +330,16 @@ def raise_failures(
     * :class:`NotFoundError` if every failing rank saw a missing file;
     * the original ``ValueError``/``TypeError`` if every rank failed with that same
       error (a bad argument, checked identically everywhere);
-    * :class:`CheckpointError` naming each failing rank and its cause otherwise.
+    * :class:`CheckpointError` naming each failing rank and its cause otherwise;
+
+    except on a rank whose own ``exc`` is not an ``Exception`` (``SystemExit``,
+    ``KeyboardInterrupt``): that rank raises ``exc`` itself, once all ranks know.
     """
     failed = [(r, f) for r, f in enumerate(records) if f is not None]
     if not failed:
         return
+    if exc is not None and not isinstance(exc, Exception):
+        raise exc
     failures = tuple(RankFailure(r, f[1], f[2]) for r, f in failed)
     kinds = {f[0] for _, f in failed}
     if "timeout" in kinds:
@@ -339,9 +381,15 @@ def agree(
     failures count only when it succeeded (used when rank 0 validates what the
     others take on trust).
 
+    A signal deferred during the operation (:mod:`hpckpt._interrupts`) is delivered
+    here first: what its handler raises is this rank's failure.
+
     Collective: call on all ranks.
     """
-    rec = _failure_of(exc)
+    interrupt = _interrupts.deliver()
+    rec = _failure_of(exc if exc is not None else interrupt)
+    if interrupt is not None:
+        exc = interrupt
     if deadline is None or deadline.timeout is None:
         # One small reduction when all is well; the records travel only on failure.
         flag = np.array([rec is not None], dtype=np.int32)
@@ -448,6 +496,41 @@ def bcast_bytes(
     return data if is_root and data is not None else buf.tobytes()
 
 
+def agree_same_path(
+    comm: MPI.Comm,
+    path: str,
+    what: str,
+    deadline: Deadline | None = None,
+    *,
+    extra: int = 0,
+) -> None:
+    """Check that every rank names the same file ``path`` (absolute) and the same ``extra``
+    (a signature of what it will write); one all-gather of two integers.
+
+    Raises:
+        CheckpointError: On every rank, naming the paths (or the ranks) that differ.
+
+    Collective: call on all ranks.
+    """
+    full = os.path.abspath(path)
+    mine = [zlib.crc32(full.encode("utf-8", "surrogatepass")), int(extra)]
+    seen = allgather_json(comm, mine, deadline)
+    if all(s == seen[0] for s in seen):
+        return
+    odd_paths = [r for r, s in enumerate(seen) if s[0] != seen[0][0]]
+    if odd_paths:
+        paths = allgather_json(comm, full, deadline)
+        shown = "; ".join(f"rank {r}: {paths[r]!r}" for r in [0, *odd_paths[:3]])
+        raise CheckpointError(  # not ``what``: it names this rank's own path
+            f"ranks name different checkpoint paths ({shown}); every rank of the "
+            f"communicator must pass the same path"
+        )
+    odd = [r for r, s in enumerate(seen) if s[1] != seen[0][1]]
+    raise CheckpointError(
+        f"{what}: ranks disagree on the tensors to save (ranks {odd} differ from rank 0)"
+    )
+
+
 def run_agreed(
     comm: MPI.Comm, what: str, fn: Callable[[], T], deadline: Deadline | None = None
 ) -> T:
@@ -456,13 +539,16 @@ def run_agreed(
     Returns ``fn()``'s result where every rank succeeded; otherwise raises on every
     rank as :func:`agree` describes.
 
+    A ``BaseException`` (``SystemExit``, ``KeyboardInterrupt``) is agreed on like any
+    failure; the rank that had it raises it again, the others ``CheckpointError``.
+
     Collective: call on all ranks.
     """
     result: Any = None
     exc: BaseException | None = None
     try:
         result = fn()
-    except Exception as e:
+    except BaseException as e:
         exc = e
     agree(comm, what, exc, deadline)
     return result

@@ -1,4 +1,4 @@
-"""CheckpointManager: numbered saves, retention and the state file.
+"""CheckpointManager: numbered saves, retention, the state file and the directory's lease.
 
 The counterpart of ``tf.train.CheckpointManager``.
 """
@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import os
 import time
+import weakref
 from collections.abc import Callable
+from types import TracebackType
 from typing import Any
 
 from . import _dist
 from ._dist import Deadline
+from ._interrupts import deferred, deferring
 from .checkpoint import Checkpoint, core_of, update_state_file
 from .io import (
     CheckpointState,
-    DirectoryLock,
+    DirectoryLease,
     checkpoint_exists,
     delete_checkpoint_files,
     read_state,
@@ -38,6 +41,14 @@ def _as_int(value: Any, what: str) -> int:
     return n
 
 
+def _release(lease: DirectoryLease | None) -> None:
+    if lease is not None:
+        try:
+            lease.release()
+        except Exception:  # at exit or in a finalizer: nothing to tell anyone
+            pass
+
+
 class CheckpointManager:
     """Manages numbered checkpoints in a directory: saving, retention, the state file.
 
@@ -55,6 +66,13 @@ class CheckpointManager:
         init_fn: Called by :meth:`restore_or_initialize` when there is nothing to restore.
         clock: Seconds since the epoch for save times and ``keep_checkpoint_every_n_hours``
             (default: ``time.time()``, looked up at each call); for tests and simulations.
+
+    One writer per directory: the first :meth:`save` takes the directory's lease
+    (``DIR/.hpckpt.lock``) and the manager holds it until :meth:`close`, the end
+    of a ``with`` block, its garbage collection or the end of the process. A save
+    into a directory another live job holds fails at once on every rank with a
+    ``CheckpointError`` naming that job (see docs/reliability.md). Managers that
+    only restore never take it.
 
     Raises:
         ValueError: A bad ``max_to_keep``, or ``checkpoint_interval`` without ``step_counter``.
@@ -115,6 +133,11 @@ class CheckpointManager:
         self._last_step: int | None = None
         self._core = core_of(checkpoint)
         comm = self._core.comm
+        self._closed = False
+        # rank 0 holds the lease; it is given up when the manager is closed or collected,
+        # or at exit (after pending asynchronous saves: threading's exit hooks run first)
+        self._lease = DirectoryLease(self._directory) if comm.Get_rank() == 0 else None
+        self._release = weakref.finalize(self, _release, self._lease)
 
         def load() -> dict | None:
             if comm.Get_rank() != 0:
@@ -129,8 +152,9 @@ class CheckpointManager:
             ]
             return {"checkpoints": kept, "lpt": state.last_preserved_timestamp}
 
-        doc = _dist.run_agreed(comm, f"reading the state file in {self._directory!r}", load)
-        doc = _dist.bcast_json(comm, doc)
+        with deferred():
+            doc = _dist.run_agreed(comm, f"reading the state file in {self._directory!r}", load)
+            doc = _dist.bcast_json(comm, doc)
         self._kept: list[tuple[str, float]] = [
             (os.path.join(self._directory, p), t) for p, t in doc["checkpoints"]
         ]
@@ -161,6 +185,7 @@ class CheckpointManager:
         """The step interval between saves, if any."""
         return self._interval
 
+    @deferring
     def save(
         self,
         checkpoint_number: Any = None,
@@ -178,8 +203,14 @@ class CheckpointManager:
         Returns:
             The new checkpoint's path, or ``None`` when the interval skipped it.
 
+        Raises:
+            CheckpointError: On every rank: the save failed, or another live job
+                holds the directory's lease.
+
         Collective: call on all ranks.
         """
+        if self._closed:
+            raise ValueError(f"this CheckpointManager of {self._directory!r} is closed")
         if self._interval is not None and check_interval:
             step = _as_int(self._step_counter, "step_counter")
             if self._last_step is not None and step < self._last_step + self._interval:
@@ -195,18 +226,14 @@ class CheckpointManager:
         path = f"{self._prefix}-{number}"
         deadline = Deadline(options.timeout, f"manager save of {path!r}")
         comm = self._core.comm
-        lock = DirectoryLock(self._directory)
+        lease = self._lease
 
-        def acquire() -> None:
-            if comm.Get_rank() == 0:
-                lock.acquire()
+        def take() -> None:
+            if lease is not None:
+                lease.check()
 
-        self._checkpoint.sync()  # the previous (asynchronous) save is complete first
-        _dist.run_agreed(comm, f"locking {self._directory!r} for a save", acquire, deadline)
-
-        def release() -> None:
-            if comm.Get_rank() == 0:
-                lock.release()
+        self._core.sync()  # the previous (asynchronous) save is complete first
+        _dist.run_agreed(comm, f"taking the writer lease of {self._directory!r}", take, deadline)
 
         last_step = self._last_step
 
@@ -224,7 +251,6 @@ class CheckpointManager:
                 deadline,
                 after=lambda c: self._retain(path, deadline, c),
                 on_error=rollback,
-                finally_=release,
             )
         except BaseException:
             rollback()
@@ -268,6 +294,57 @@ class CheckpointManager:
         )
         self._kept = kept
         self._last_preserved = last_preserved
+
+    def sync(self) -> None:
+        """Wait for everything in flight: an asynchronous save (with its retention and
+        state file update) and the removal of the files of dropped checkpoints.
+
+        Raises the asynchronous save's error if it failed (the same
+        :class:`CheckpointError` on every rank).
+
+        Collective: call on all ranks.
+        """
+        self._checkpoint.sync()
+
+    @deferring
+    def close(self) -> None:
+        """Finish what is in flight (:meth:`sync`) and give the directory's lease up.
+
+        Idempotent; the manager cannot save afterwards.
+
+        Collective: call on all ranks.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.sync()
+        finally:
+            self._release()
+
+    def __enter__(self) -> CheckpointManager:
+        return self
+
+    def __exit__(
+        self,
+        typ: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if typ is None:
+            self.close()
+            return
+        # Leaving with an exception, perhaps on this rank only: nothing collective. The
+        # background write finishes (its error, if any, is printed at exit), then the
+        # lease goes.
+        self._closed = True
+        self._core.join()
+        self._release()
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
 
     def restore_or_initialize(self) -> str | None:
         """Restore the latest checkpoint, or call ``init_fn`` if there is none.

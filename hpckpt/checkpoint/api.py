@@ -19,6 +19,7 @@ from mpi4py import MPI
 from .. import _dist
 from .._dist import Deadline
 from .._gcpause import gc_paused
+from .._interrupts import deferring
 from ..errors import CheckpointError
 from ..graph import Module, SavedGraph, Trackable, children_of, is_trackable, parse_graph, wrap
 from ..io import CheckpointState, normalize_prefix, relative_to
@@ -124,6 +125,7 @@ class Checkpoint(Module):
 
     # -- saving --
 
+    @deferring
     def write(
         self, file_prefix: str | os.PathLike, options: CheckpointOptions | None = None
     ) -> str:
@@ -139,6 +141,7 @@ class Checkpoint(Module):
         self._hpckpt_core.write(prefix, options, Deadline(options.timeout, f"write of {prefix!r}"))
         return prefix
 
+    @deferring
     def save(self, file_prefix: str | os.PathLike, options: CheckpointOptions | None = None) -> str:
         """Save a numbered checkpoint ``f"{file_prefix}-{n}"`` and update the state file.
 
@@ -152,7 +155,7 @@ class Checkpoint(Module):
         """
         options = check_options(options)
         base = normalize_prefix(file_prefix)
-        self.sync()
+        self._hpckpt_core.sync()  # the previous asynchronous save is complete
         sc = self.save_counter
         n = int(sc.local) + 1
         path = f"{base}-{n}"
@@ -216,12 +219,13 @@ class Checkpoint(Module):
             raise ValueError("read() needs a checkpoint path, got None")
         return self._restore(save_path, options)
 
+    @deferring
     def _restore(
         self, save_path: str | os.PathLike, options: CheckpointOptions | None
     ) -> CheckpointLoadStatus:
         options = check_options(options)
         prefix = normalize_prefix(save_path)
-        self.sync()
+        self._hpckpt_core.sync()
         with gc_paused():
             return self._restore_paused(prefix, options)
 
@@ -246,14 +250,15 @@ class Checkpoint(Module):
         return CheckpointLoadStatus(ctx, self, self._hpckpt_save_counter)
 
     def sync(self) -> None:
-        """Wait for a running asynchronous save; raise its error if it failed.
+        """Wait for everything in flight: an asynchronous save, and the removal of old files.
 
-        The error is the same :class:`CheckpointError` on every rank. A no-op when
-        no asynchronous save is running.
+        Raises the save's error if it failed: the same :class:`CheckpointError` on
+        every rank. When it returns, the last save is committed and files that
+        retention or an overwrite made obsolete are gone.
 
         Collective: call on all ranks.
         """
-        self._hpckpt_core.sync()
+        self._hpckpt_core.sync_all()
 
     def __repr__(self) -> str:
         names = [n for n, _ in self._checkpoint_children()]

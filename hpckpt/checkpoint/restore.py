@@ -7,8 +7,11 @@ and leaves a :class:`~hpckpt.graph.PendingRestore` in live objects for saved
 children that do not exist yet (restore-on-create).
 
 Call order of a read (collective): every rank plans its requests (agreed); the
-storage layer reads and verifies (agreed); values are assigned; Python states are
-deserialized (agreed).
+storage layer reads and verifies (agreed); the Python states' bytes are decoded
+(agreed: bytes that are not UTF-8 are a damaged checkpoint); then, in place, the
+variables already hold their values and the states are deserialized (agreed); with
+``restore_in_place=False``, the states are deserialized first (agreed, and undone
+on every rank if any rank failed), and only then are the variables assigned.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from mpi4py import MPI
 from .. import _dist
 from .._dist import Deadline
 from .._gcpause import gc_paused
-from ..errors import CheckpointError
+from .._interrupts import deferred
+from ..errors import CheckpointError, CorruptCheckpointError
 from ..graph import PendingRestore, PythonState, SavedGraph, Trackable, children_of
 from ..io import SHARED_FILE, CheckpointIndex, ReadRequest, Storage
 from ..options import CheckpointOptions, io_options
@@ -80,7 +84,7 @@ class RestoreContext:
 
         Collective: call on all ranks (it reads the checkpoint).
         """
-        with gc_paused():
+        with deferred(), gc_paused():
             self._restore_subtree(node, obj)
 
     def _restore_subtree(self, node: int, obj: Any) -> None:
@@ -195,18 +199,80 @@ class RestoreContext:
             options=io_options(self.options),
             deadline=deadline,
         )
+        texts = self._decode_states(states, arrays[len(reads) :], deadline) if states else []
+        if self.options.restore_in_place:
+            # the variables already hold what was read (directly in their buffers)
+            self._assign(reads, arrays)
+            self._deserialize(states, texts, deadline, rollback=False)
+        else:
+            # all or nothing: the Python states first (undone on every rank if any rank
+            # fails), then the variables
+            self._deserialize(states, texts, deadline, rollback=True)
+            self._assign(reads, arrays)
+
+    def _decode_states(
+        self, states: list[tuple[int, PythonState]], arrays: list[np.ndarray], deadline: Deadline
+    ) -> list[str]:
+        """The text of each Python state; agreed (nothing is assigned if any rank fails)."""
+        nodes = self.graph.nodes
+
+        def decode() -> list[str]:
+            texts = []
+            for (n, _), a in zip(states, arrays, strict=True):
+                try:
+                    texts.append(a.tobytes().decode("utf-8"))
+                except UnicodeDecodeError as e:
+                    raise CorruptCheckpointError(
+                        f"python state {nodes[n].key!r} in checkpoint {self.prefix!r} is not "
+                        f"UTF-8 text ({e.reason} at byte {e.start})"
+                    ) from None
+            return texts
+
+        return _dist.run_agreed(
+            self.comm, f"restore of checkpoint {self.prefix!r}", decode, deadline
+        )
+
+    def _deserialize(
+        self,
+        states: list[tuple[int, PythonState]],
+        texts: list[str],
+        deadline: Deadline,
+        *,
+        rollback: bool,
+    ) -> None:
+        """Deserialize every state; agreed. With ``rollback``, a failure on any rank puts
+        each state back as it was (its own ``serialize()`` taken before)."""
+        if not states:
+            return
+        nodes = self.graph.nodes
+        before: list[tuple[PythonState, str]] = []
+        exc: BaseException | None = None
+        try:
+            for (n, s), text in zip(states, texts, strict=True):
+                if rollback:
+                    before.append((s, s.serialize()))
+                s.deserialize(text)
+                self.consumed.add(nodes[n].key)  # type: ignore[arg-type]
+        except BaseException as e:
+            exc = e
+        try:
+            _dist.agree(self.comm, f"restore of checkpoint {self.prefix!r}", exc, deadline)
+        except BaseException:
+            for (n, _), _unused in zip(states, texts, strict=True):
+                self.consumed.discard(nodes[n].key)  # type: ignore[arg-type]
+            for s, old in reversed(before):
+                try:
+                    s.deserialize(old)
+                except Exception:  # the state's own error was reported; keep undoing the rest
+                    pass
+            raise
+
+    def _assign(self, reads: list[tuple[int, Variable]], arrays: list[np.ndarray]) -> None:
+        nodes = self.graph.nodes
         for (n, v), a in zip(reads, arrays, strict=False):
             if a is not v.local:
                 v.local[...] = a
             self.consumed.add(nodes[n].key)  # type: ignore[arg-type]
-
-        def apply_states() -> None:
-            for (n, s), a in zip(states, arrays[len(reads) :], strict=True):
-                s.deserialize(a.tobytes().decode())
-                self.consumed.add(nodes[n].key)  # type: ignore[arg-type]
-
-        if states:
-            _dist.run_agreed(comm, what, apply_states, deadline)
 
     def unmatched_keys(self) -> list[str]:
         return sorted(

@@ -12,7 +12,7 @@ Modules:
 * :mod:`.verify` — checksum verification of what a read covers;
 * :mod:`.write`, :mod:`.read` — the collective write (commit protocol) and read paths;
 * :mod:`.load` — single-process loading (reader, command line);
-* :mod:`.cleanup`, :mod:`.lock` — removing old files, the directory's writer lock.
+* :mod:`.cleanup`, :mod:`.lock` — removing old files, the directory's writer lease.
 
 The storage interface the layers above use is :class:`Storage` (one shared HDF5
 file per checkpoint: :data:`SHARED_FILE`). Call order, for every implementation:
@@ -22,7 +22,7 @@ file per checkpoint: :data:`SHARED_FILE`). Call order, for every implementation:
 * one process (no MPI; rank 0 inside a job): :func:`load_index`,
   :func:`read_tensor_serial`, the state file (:func:`read_state`,
   :func:`write_state`), :func:`delete_checkpoint_files`, :func:`remove_orphans`,
-  :class:`DirectoryLock`.
+  :class:`DirectoryLease`.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from .cleanup import delete_checkpoint_files, remove_orphans
 from .fsutil import wait_removals
 from .index import CheckpointIndex, SliceEntry, TensorEntry
 from .load import load_index, read_index_file, read_tensor_serial, verify_tensor
-from .lock import DirectoryLock
+from .lock import DirectoryLease
 from .options import IOOptions
 from .paths import (
     checkpoint_exists,
@@ -61,7 +61,7 @@ __all__ = [
     "SHARED_FILE",
     "CheckpointIndex",
     "CheckpointState",
-    "DirectoryLock",
+    "DirectoryLease",
     "IOOptions",
     "ReadRequest",
     "SaveTensor",

@@ -125,7 +125,7 @@ def parse_name(name: str) -> NameInfo:
     """Classify one file name of a checkpoint directory."""
     if name == STATE_FILE:
         return NameInfo("state")
-    if name == LOCK_NAME:
+    if name == LOCK_NAME or name.startswith(LOCK_NAME + "."):  # the lease, its takeover markers
         return NameInfo("lock")
     if name.endswith(INDEX_SUFFIX) and not name.startswith(".") and len(name) > len(INDEX_SUFFIX):
         return NameInfo("index", checkpoint=name[: -len(INDEX_SUFFIX)])

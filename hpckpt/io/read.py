@@ -2,9 +2,9 @@
 
 Call order (both functions are collective):
 
-* :func:`read_index`: rank 0 reads the index file (bounded, regular files only),
-  the outcome is agreed, the bytes are broadcast; rank 0 parses and validates,
-  the others parse the same bytes on trust, rank 0's verdict is agreed; up to
+* :func:`read_index`: every rank names the same path (agreed); rank 0 reads the
+  index file (bounded, regular files only) and validates it; agreed; only then are
+  the bytes broadcast, and the other ranks parse them on trust (agreed); up to
   ``VALIDATORS`` ranks check a share each of the data file's HDF5 structure;
   agreed.
 * :func:`read_tensors`: every rank plans its pieces; agreed before any byte lands
@@ -79,29 +79,26 @@ def read_index(comm: MPI.Comm, prefix: str, deadline: Deadline) -> CheckpointInd
     Collective: call on all ranks.
     """
     what = f"read of checkpoint {prefix!r}"
+    _dist.agree_same_path(comm, prefix, what, deadline)  # before any rank opens a file
 
     rank, size = comm.Get_rank(), comm.Get_size()
 
-    def load() -> bytes | None:
+    def load() -> tuple[bytes, CheckpointIndex] | None:
         _faults.point("read_index", rank)
-        return read_index_bytes(prefix) if rank == 0 else None
+        if rank != 0:
+            return None
+        data = read_index_bytes(prefix)
+        return data, parse_index(data, source=index_path(prefix))
 
-    text = _dist.run_agreed(comm, what, load, deadline)
-    text = _dist.bcast_bytes(comm, text, 0, deadline)
-    # All ranks parse at once: rank 0 validates everything, the others parse the
-    # same bytes on trust; rank 0's verdict decides (a hostile index fails there).
-    index: CheckpointIndex | None = None
-    exc: BaseException | None = None
-    try:
-        index = (
-            parse_index(text, source=index_path(prefix))
-            if rank == 0
-            else parse_index(text, trusted=True)
-        )
-    except Exception as e:
-        exc = e
-    _dist.agree(comm, what, exc, deadline, authority=0)
-    assert index is not None
+    # Rank 0 reads (bounded, regular files only) and validates; only a valid index is
+    # broadcast, and the other ranks parse it on trust.
+    got = _dist.run_agreed(comm, what, load, deadline)
+    text = _dist.bcast_bytes(comm, got[0] if got is not None else None, 0, deadline)
+
+    def parse() -> CheckpointIndex:
+        return got[1] if got is not None else parse_index(text, trusted=True)
+
+    index = _dist.run_agreed(comm, what, parse, deadline)
     # The data file's structure is checked by up to VALIDATORS ranks, a share each.
     validators = min(size, VALIDATORS)
 
@@ -113,6 +110,7 @@ def read_index(comm: MPI.Comm, prefix: str, deadline: Deadline) -> CheckpointInd
                 index.data_size,
                 tensors,
                 check_links=rank == 0,
+                datasets=[t.dataset for t in index.tensors.values()] if rank == 0 else None,
             )
 
     _dist.run_agreed(comm, what, validate, deadline)
@@ -149,7 +147,7 @@ def read_tensors(
             for r, a in zip(requests, arrays, strict=True)
             if a.size
         ]
-    except Exception as e:
+    except BaseException as e:
         exc, pieces = e, []
     # Agree before any byte lands in a variable: a failure found so far (planning,
     # a bad request) on any rank changes nothing anywhere.
@@ -175,13 +173,13 @@ def read_tensors(
         exc = exc or CorruptCheckpointError(f"MPI-IO error reading {prefix!r}: {e}")
     except OSError as e:
         exc = exc or CorruptCheckpointError(f"error reading {prefix!r}: {e}")
-    except Exception as e:
+    except BaseException as e:
         exc = exc or e
     if verifier is not None:
         try:
             if exc is None:
                 verifier.finish()
-        except Exception as e:
+        except BaseException as e:
             exc = e
         finally:
             verifier.close()

@@ -98,6 +98,19 @@ def _slice_rows(
     return rows
 
 
+def _agree_on_target(
+    comm: MPI.Comm, prefix: str, tensors: Sequence[SaveTensor], deadline: Deadline, what: str
+) -> None:
+    """Every rank writes the same checkpoint: the same path, the same tensors (keys, dtypes,
+    shapes). Checked before anything is created, so that no rank opens another file
+    collectively (an open MPI cannot bound) and nothing is left behind.
+
+    Collective: call on all ranks.
+    """
+    signature = zlib.crc32(repr([(t.key, t.dtype.str, t.shape) for t in tensors]).encode())
+    _dist.agree_same_path(comm, prefix, what, deadline, extra=signature)
+
+
 def write_checkpoint(
     comm: MPI.Comm,
     prefix: str,
@@ -137,13 +150,7 @@ def _write_and_commit(
     what: str,
 ) -> int:
     rank = comm.Get_rank()
-    signature = zlib.crc32(repr([(t.key, t.dtype.str, t.shape) for t in tensors]).encode())
-    sigs = _dist.allgather_json(comm, signature, deadline)
-    if len(set(sigs)) != 1:
-        odd = [r for r, s in enumerate(sigs) if s != sigs[0]]
-        raise CheckpointError(
-            f"{what}: ranks disagree on the tensors to save (ranks {odd} differ from rank 0)"
-        )
+    _agree_on_target(comm, prefix, tensors, deadline, what)
 
     names = [dataset_name_for_key(t.key) for t in tensors]
 
@@ -177,7 +184,7 @@ def _write_and_commit(
             if off is None:
                 raise CheckpointError(f"{what}: tensor {tensors[i].key!r} has no storage")
             pieces.append(Piece(off, tensors[i].shape, start, a))
-    except Exception as e:
+    except BaseException as e:
         exc, pieces = e, []
     crcs: list[Future] = []
     try:
@@ -191,16 +198,17 @@ def _write_and_commit(
             on_written=lambda: crcs.append(pool.submit(_checksums, own)),
         )
         _faults.point("after_data", rank)
-    except Exception as e:
+    except BaseException as e:
         exc = exc or e
     width = max((len(t.shape) for t in tensors), default=0)
     rows = np.zeros((0, 2 + 2 * width), dtype=np.int64)
     try:
         if exc is None:
             rows = _slice_rows(crcs[0].result() if crcs else _checksums(own), width)
-    except Exception as e:
+    except BaseException as e:
         exc = e
 
+    exc = _dist.interrupted(exc)  # a signal deferred during the data phase fails the save here
     errors = _dist.gather_json(comm, _dist.failure_record(exc), 0, deadline)
     gathered = _dist.gather_rows(comm, rows, 0, deadline)
     records: list | None = None
@@ -210,8 +218,9 @@ def _write_and_commit(
         if all(r is None for r in records):
             try:
                 _faults.point("before_commit", rank)
+                _dist.raise_interrupt()  # a signal on rank 0: no commit
                 _commit(prefix, data_path, data_name, plan, names, tensors, gathered, graph, comm)
-            except Exception as e:
+            except BaseException as e:
                 exc = e
                 records[0] = _dist.failure_record(e)
         if any(r is not None for r in records):
