@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["CheckpointError", "CorruptCheckpointError", "NotFoundError", "RankFailure"]
+__all__ = [
+    "CheckpointChangedError",
+    "CheckpointError",
+    "CorruptCheckpointError",
+    "NotFoundError",
+    "RankFailure",
+]
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,11 @@ class CheckpointError(RuntimeError):
 
 class CorruptCheckpointError(CheckpointError):
     """A checkpoint's files are damaged, hostile, or fail their checksums."""
+
+
+class CheckpointChangedError(CheckpointError):
+    """A checkpoint was replaced (``write(P)`` again) while it was being read, again and
+    again: the reader gave up. Nothing is wrong with the files; read again later."""
 
 
 class NotFoundError(FileNotFoundError):

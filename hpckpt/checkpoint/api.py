@@ -20,15 +20,21 @@ from .. import _dist
 from .._dist import Deadline
 from .._gcpause import gc_paused
 from .._interrupts import deferring
-from ..errors import CheckpointError
+from ..errors import (
+    CheckpointChangedError,
+    CheckpointError,
+    CorruptCheckpointError,
+    NotFoundError,
+)
 from ..graph import Module, SavedGraph, Trackable, children_of, is_trackable, parse_graph, wrap
-from ..io import CheckpointState, normalize_prefix, relative_to
+from ..io import READ_RETRIES as RETRIES
+from ..io import CheckpointState, index_identity, normalize_prefix, relative_to
 from ..layout import Layout
 from ..mesh import Mesh, default_mesh
 from ..options import CheckpointOptions, check_options
 from ..variable import Variable
 from .core import CheckpointCore
-from .restore import RestoreContext
+from .restore import RestoreContext, replaced_since
 from .state import update_state_file
 from .status import CheckpointLoadStatus, InitializationOnlyStatus
 
@@ -230,6 +236,31 @@ class Checkpoint(Module):
             return self._restore_paused(prefix, options)
 
     def _restore_paused(self, prefix: str, options: CheckpointOptions) -> CheckpointLoadStatus:
+        # A checkpoint replaced by write(P) while it is read (its old data file removed)
+        # is read again: a healthy checkpoint is never reported damaged.
+        comm = self._hpckpt_core.comm
+        for _ in range(RETRIES + 1):
+            identity = index_identity(prefix) if comm.Get_rank() == 0 else None
+            tried: list[RestoreContext] = []
+            try:
+                return self._restore_once(prefix, options, identity, tried)
+            except (CorruptCheckpointError, NotFoundError) as e:
+                if not replaced_since(comm, prefix, identity, e):
+                    raise
+                for ctx in tried:
+                    ctx.abandoned = True
+        raise CheckpointChangedError(
+            f"checkpoint {prefix!r} was replaced while being restored, {RETRIES + 1} times "
+            f"in a row; nothing is wrong with it: restore it again later"
+        )
+
+    def _restore_once(
+        self,
+        prefix: str,
+        options: CheckpointOptions,
+        identity: Any,
+        tried: list[RestoreContext],
+    ) -> CheckpointLoadStatus:
         deadline = Deadline(options.timeout, f"restore of {prefix!r}")
         core = self._hpckpt_core
         comm = core.comm
@@ -241,7 +272,8 @@ class Checkpoint(Module):
             return parse_graph(index.graph, set(index.tensors))
 
         graph = _dist.run_agreed(comm, f"restore of {prefix!r}", check_graph, deadline)
-        ctx = RestoreContext(comm, prefix, index, graph, options, core.storage)
+        ctx = RestoreContext(comm, prefix, index, graph, options, core.storage, identity)
+        tried.append(ctx)
         try:
             ctx.restore_subtree(0, self)
         except BaseException:

@@ -28,13 +28,30 @@ from .. import _dist
 from .._dist import Deadline
 from .._gcpause import gc_paused
 from .._interrupts import deferred
-from ..errors import CheckpointError, CorruptCheckpointError
+from ..errors import (
+    CheckpointChangedError,
+    CheckpointError,
+    CorruptCheckpointError,
+    NotFoundError,
+)
 from ..graph import PendingRestore, PythonState, SavedGraph, Trackable, children_of
-from ..io import SHARED_FILE, CheckpointIndex, ReadRequest, Storage
+from ..io import SHARED_FILE, CheckpointIndex, ReadRequest, Storage, index_identity
 from ..options import CheckpointOptions, io_options
 from ..variable import Variable
 
-__all__ = ["RestoreContext"]
+__all__ = ["RestoreContext", "replaced_since"]
+
+
+def replaced_since(comm: MPI.Comm, prefix: str, identity: Any, exc: BaseException) -> bool:
+    """After an agreed failure: whether ``P``'s index was replaced since rank 0 noted its
+    ``identity`` (rank 0 looks; agreed). Never after an interrupted rank (it is gone).
+
+    Collective: call on all ranks.
+    """
+    if any(f.type in ("SystemExit", "KeyboardInterrupt") for f in getattr(exc, "failures", ())):
+        return False
+    changed = comm.Get_rank() == 0 and index_identity(prefix) != identity
+    return bool(_dist.bcast_json(comm, changed, 0))
 
 
 class RestoreContext:
@@ -52,8 +69,11 @@ class RestoreContext:
         graph: SavedGraph,
         options: CheckpointOptions,
         storage: Storage = SHARED_FILE,
+        identity: Any = None,
     ) -> None:
         self.comm = comm
+        self.identity = identity  # rank 0: the index file's identity when it was read
+        self.abandoned = False  # a restore started again: its pending restores do nothing
         self.prefix = prefix
         self.index = index
         self.graph = graph
@@ -84,8 +104,28 @@ class RestoreContext:
 
         Collective: call on all ranks (it reads the checkpoint).
         """
+        if self.abandoned:
+            return
         with deferred(), gc_paused():
             self._restore_subtree(node, obj)
+
+    def restore_deferred(self, node: int, obj: Any) -> None:
+        """:meth:`restore_subtree` for an object attached after ``restore()`` returned.
+
+        If the checkpoint was replaced since ``restore()`` read it (``write(P)`` again),
+        the data may be gone: that is reported as :class:`CheckpointChangedError`.
+
+        Collective: call on all ranks.
+        """
+        try:
+            self.restore_subtree(node, obj)
+        except (CorruptCheckpointError, NotFoundError) as e:
+            if replaced_since(self.comm, self.prefix, self.identity, e):
+                raise CheckpointChangedError(
+                    f"checkpoint {self.prefix!r} was replaced after restore() read it: the "
+                    f"values of objects attached later are no longer there ({e})"
+                ) from e
+            raise
 
     def _restore_subtree(self, node: int, obj: Any) -> None:
         reads: list[tuple[int, Variable]] = []
@@ -111,7 +151,7 @@ class RestoreContext:
                 if child is not None:
                     queue.append((c, child))
                 elif isinstance(o, Trackable):
-                    o._defer_target(name)._defer(name, PendingRestore(c, self.restore_subtree))
+                    o._defer_target(name)._defer(name, PendingRestore(c, self.restore_deferred))
             for v, slot_name, s in saved.slots:
                 self._match_slot(n, o, v, slot_name, s, queue)
             for p in [p for p in self.pending_slots if p[1] == n]:
@@ -140,7 +180,7 @@ class RestoreContext:
         if slot is not None:
             queue.append((slot_node, slot))
         else:
-            owner._defer_slot(var, slot_name, PendingRestore(slot_node, self.restore_subtree))
+            owner._defer_slot(var, slot_name, PendingRestore(slot_node, self.restore_deferred))
 
     def _read(
         self, reads: list[tuple[int, Variable]], states: list[tuple[int, PythonState]]

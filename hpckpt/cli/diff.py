@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 
-from .. import io
 from ..io.index import TensorEntry
 from .common import (
     EXIT_DIFFERENT,
@@ -159,9 +158,9 @@ def diff_checkpoints(
                     what.append("shape")
                 changed.append({**base, "change": "+".join(what), "a": _brief(ea), "b": _brief(eb)})
                 continue
-            xa = io.read_tensor_serial(la.prefix, la.index, ea, verify=True)
+            xa = la.read(ea)
             bar.update(ea.nbytes)
-            xb = io.read_tensor_serial(lb.prefix, lb.index, eb, verify=True)
+            xb = lb.read(eb)
             bar.update(eb.nbytes)
             ndiff, dmax = compare_arrays(xa, xb, atol)
             if ndiff:

@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 
-from .. import io
 from .common import (
     EXIT_IO,
     EXIT_NOT_FOUND,
@@ -95,7 +94,7 @@ def export_checkpoint(
             zipfile.ZipFile(tmp, mode="w", compression=mode, allowZip64=True) as zf,
         ):
             for e in entries:
-                arr = io.read_tensor_serial(loaded.prefix, loaded.index, e, verify=True)
+                arr = loaded.read(e)
                 if arr.dtype.kind not in "biufc":  # never write an object (pickled) array
                     raise CliError(
                         f"tensor {e.key!r} has a non-numeric dtype {arr.dtype}", EXIT_IO, "io"

@@ -8,9 +8,9 @@ import os
 from typing import Any
 
 from .. import io
-from ..errors import CorruptCheckpointError, NotFoundError
+from ..errors import CheckpointChangedError, CorruptCheckpointError, NotFoundError
 from ..graph import parse_graph
-from ..io.index import CheckpointIndex, TensorEntry
+from ..io.index import SliceEntry, TensorEntry
 from ..io.load import read_index_file
 from .common import (
     EXIT_DAMAGED,
@@ -57,7 +57,7 @@ def _distinct_elements(e: TensorEntry) -> int:
 
 
 def _check_tensor(
-    prefix: str, index: CheckpointIndex, e: TensorEntry, errors: list[dict[str, Any]]
+    opened: io.OpenCheckpoint, e: TensorEntry, errors: list[dict[str, Any]]
 ) -> dict[str, Any]:
     """Read one tensor and check each slice; append each problem to ``errors``."""
     doc: dict[str, Any] = {
@@ -68,8 +68,15 @@ def _check_tensor(
         "bad_slices": 0,
         "status": "ok",
     }
+    if e.nbytes == 0:  # nothing stored: only the (empty) slices' checksums to check
+        for s in e.slices:
+            if s.checksum != 0 or math.prod(s.shape) != 0:
+                errors.append(_slice_error(e, s))
+                doc["bad_slices"] += 1
+                doc["status"] = "bad"
+        return doc
     try:
-        arr = io.read_tensor_serial(prefix, index, e, verify=False)
+        arr = opened.read(e, verify=False)
     except (CorruptCheckpointError, OSError) as exc:
         lo = e.offset or 0
         errors.append(
@@ -90,22 +97,9 @@ def _check_tensor(
         return doc
     for s in e.slices:
         try:
-            io.verify_tensor(e._replace(slices=(s,)), arr, index.checksum)
+            io.verify_tensor(e._replace(slices=(s,)), arr, opened.index.checksum)
         except CorruptCheckpointError:
-            lo, hi = slice_byte_range(e, s)
-            errors.append(
-                {
-                    "tensor": e.key,
-                    "dataset": e.dataset,
-                    "slice_start": list(s.start),
-                    "slice_shape": list(s.shape),
-                    "byte_range": [lo, hi],
-                    "message": (
-                        f"checksum mismatch in tensor {e.key!r} (dataset {e.dataset!r}), slice "
-                        f"start {list(s.start)} shape {list(s.shape)}, file bytes [{lo}, {hi})"
-                    ),
-                }
-            )
+            errors.append(_slice_error(e, s))
             doc["bad_slices"] += 1
             doc["status"] = "bad"
     if doc["status"] == "ok" and e.nbytes and _distinct_elements(e) < math.prod(e.shape):
@@ -113,14 +107,46 @@ def _check_tensor(
     return doc
 
 
+def _slice_error(e: TensorEntry, s: SliceEntry) -> dict[str, Any]:
+    lo, hi = slice_byte_range(e, s)
+    return {
+        "tensor": e.key,
+        "dataset": e.dataset,
+        "slice_start": list(s.start),
+        "slice_shape": list(s.shape),
+        "byte_range": [lo, hi],
+        "message": (
+            f"checksum mismatch in tensor {e.key!r} (dataset {e.dataset!r}), slice "
+            f"start {list(s.start)} shape {list(s.shape)}, file bytes [{lo}, {hi})"
+        ),
+    }
+
+
 def verify_checkpoint(prefix: str, *, progress: bool | None = None) -> dict[str, Any]:
     """The report of ``verify`` for one checkpoint prefix.
 
-    Damage is reported in the result (``ok`` false, ``errors``), not raised.
+    Damage is reported in the result (``ok`` false, ``errors``), not raised. A
+    checkpoint replaced by ``write(P)`` while it was checked is checked again: damage
+    is reported only when the same version was read from start to end.
 
     Raises:
         NotFoundError: There is no index at ``prefix``.
+        CheckpointChangedError: The checkpoint was replaced during every attempt.
     """
+    for _ in range(io.READ_RETRIES + 1):
+        before = io.index_identity(prefix)
+        report = _verify_once(prefix, before, progress)
+        if report["ok"] or io.index_identity(prefix) == before:
+            return report
+    raise CheckpointChangedError(
+        f"checkpoint {prefix!r} was replaced while being verified, "
+        f"{io.READ_RETRIES + 1} times in a row; verify it again later"
+    )
+
+
+def _verify_once(
+    prefix: str, identity: tuple[int, int, int] | None, progress: bool | None
+) -> dict[str, Any]:
     report: dict[str, Any] = {
         "checkpoint": prefix,
         "ok": False,
@@ -155,13 +181,14 @@ def verify_checkpoint(prefix: str, *, progress: bool | None = None) -> dict[str,
         return report
     report["tensors_total"] = len(index.tensors)
     report["checksum"] = index.checksum
-    data_present = True
+    opened: io.OpenCheckpoint | None = None
     try:
-        io.load_index(prefix)  # the data file's HDF5 structure against the index
-    except NotFoundError as e:
-        data_present = False
-        fail(str(e))
-    except CorruptCheckpointError as e:
+        opened = io.OpenCheckpoint.of(prefix, index, identity)
+        io.check_data_file(prefix, index)  # the data file's HDF5 structure against the index
+    except (NotFoundError, CorruptCheckpointError) as e:
+        if isinstance(e, NotFoundError) and opened is not None:
+            opened.close()
+            opened = None
         fail(str(e))
     if index.graph is None:
         report["warnings"].append("the index has no object graph")
@@ -170,11 +197,11 @@ def verify_checkpoint(prefix: str, *, progress: bool | None = None) -> dict[str,
             parse_graph(index.graph, set(index.tensors))
         except CorruptCheckpointError as e:
             fail(f"{io.index_path(prefix)}: {e}")
-    if data_present:
+    if opened is not None:
         total = sum(t.nbytes for t in index.tensors.values())
         with Progress(total, "verify", enabled=progress) as bar:
             for entry in index.tensors.values():
-                doc = _check_tensor(prefix, index, entry, errors)
+                doc = _check_tensor(opened, entry, errors)
                 report["tensors"].append(doc)
                 report["tensors_checked"] += 1
                 report["slices_checked"] += len(entry.slices)
@@ -186,6 +213,7 @@ def verify_checkpoint(prefix: str, *, progress: bool | None = None) -> dict[str,
                         f"tensor {entry.key!r} is {doc['status']}: its saved slices do not cover it"
                     )
                 bar.update(entry.nbytes)
+        opened.close()
     report["ok"] = not errors
     return report
 

@@ -12,6 +12,8 @@ Modules:
 * :mod:`.verify` — checksum verification of what a read covers;
 * :mod:`.write`, :mod:`.read` — the collective write (commit protocol) and read paths;
 * :mod:`.load` — single-process loading (reader, command line);
+* :mod:`.snapshot` — one committed version of a checkpoint while ``write(P)`` may
+  replace it (retries, a data file held open);
 * :mod:`.cleanup`, :mod:`.lock` — removing old files, the directory's writer lease.
 
 The storage interface the layers above use is :class:`Storage` (one shared HDF5
@@ -19,7 +21,7 @@ file per checkpoint: :data:`SHARED_FILE`). Call order, for every implementation:
 
 * collective (every rank of the communicator, in the same order):
   :meth:`Storage.write`, :meth:`Storage.read_index`, :meth:`Storage.read`;
-* one process (no MPI; rank 0 inside a job): :func:`load_index`,
+* one process (no MPI; rank 0 inside a job): :func:`open_checkpoint`, :func:`load_index`,
   :func:`read_tensor_serial`, the state file (:func:`read_state`,
   :func:`write_state`), :func:`delete_checkpoint_files`, :func:`remove_orphans`,
   :class:`DirectoryLease`.
@@ -37,7 +39,7 @@ from .._dist import Deadline
 from .cleanup import delete_checkpoint_files, remove_orphans
 from .fsutil import wait_removals
 from .index import CheckpointIndex, SliceEntry, TensorEntry
-from .load import load_index, read_index_file, read_tensor_serial, verify_tensor
+from .load import check_data_file, load_index, read_index_file, read_tensor_serial, verify_tensor
 from .lock import DirectoryLease
 from .options import IOOptions
 from .paths import (
@@ -48,6 +50,8 @@ from .paths import (
     relative_to,
 )
 from .read import ReadRequest, read_index, read_tensors
+from .snapshot import RETRIES as READ_RETRIES
+from .snapshot import OpenCheckpoint, index_identity, open_checkpoint, retry_if_changed
 from .statefile import (
     CheckpointState,
     latest_checkpoint,
@@ -63,25 +67,31 @@ __all__ = [
     "CheckpointState",
     "DirectoryLease",
     "IOOptions",
+    "OpenCheckpoint",
+    "READ_RETRIES",
     "ReadRequest",
     "SaveTensor",
     "SharedFileStorage",
     "SliceEntry",
     "Storage",
     "TensorEntry",
+    "check_data_file",
     "checkpoint_exists",
     "data_file_path",
     "delete_checkpoint_files",
+    "index_identity",
     "index_path",
     "latest_checkpoint",
     "load_index",
     "normalize_prefix",
+    "open_checkpoint",
     "read_index_file",
     "read_state",
     "read_tensor_serial",
     "relative_to",
     "remove_orphans",
     "resolve_latest",
+    "retry_if_changed",
     "verify_tensor",
     "wait_removals",
     "write_state",

@@ -19,6 +19,7 @@ from .paths import data_file_path, index_path, is_data_file_name
 from .verify import verify_request
 
 __all__ = [
+    "check_data_file",
     "load_index",
     "named_data_file",
     "read_index_bytes",
@@ -61,10 +62,20 @@ def load_index(prefix: str, *, check_data: bool = True) -> CheckpointIndex:
     """
     index, _ = read_index_file(prefix)
     if check_data:
-        hdf5.validate_data_file(
-            data_file_path(prefix, index.data_file), index.data_size, list(index.tensors.values())
-        )
+        check_data_file(prefix, index)
     return index
+
+
+def check_data_file(prefix: str, index: CheckpointIndex) -> None:
+    """Validate the structure of the data file that ``index`` (of ``prefix``) names.
+
+    Raises:
+        NotFoundError: The data file is missing.
+        CorruptCheckpointError: It is damaged or hostile.
+    """
+    hdf5.validate_data_file(
+        data_file_path(prefix, index.data_file), index.data_size, list(index.tensors.values())
+    )
 
 
 def named_data_file(prefix: str) -> str | None:
@@ -92,20 +103,41 @@ def verify_tensor(entry: TensorEntry, array: np.ndarray, algorithm: str) -> None
 
 
 def read_tensor_serial(
-    prefix: str, index: CheckpointIndex, entry: TensorEntry, *, verify: bool = True
+    prefix: str,
+    index: CheckpointIndex,
+    entry: TensorEntry,
+    *,
+    verify: bool = True,
+    fd: int | None = None,
 ) -> np.ndarray:
     """Read one whole tensor on a single process (no MPI); verify its checksums.
 
+    Args:
+        prefix: The checkpoint path.
+        index: Its index.
+        entry: The tensor.
+        verify: Check its checksums.
+        fd: The data file, already open (see :func:`~.snapshot.open_checkpoint`);
+            by default it is opened by name.
+
     Raises:
-        CorruptCheckpointError: Short read or checksum mismatch.
+        CorruptCheckpointError: Short read, checksum mismatch, or an empty tensor whose
+            dimensions numpy cannot represent.
     """
-    if entry.offset is None:
-        return np.empty(entry.shape, dtype=entry.dtype)
-    path = data_file_path(prefix, index.data_file)
-    out = np.empty(entry.shape, dtype=entry.dtype)
+    try:
+        out = np.empty(entry.shape, dtype=entry.dtype)
+    except ValueError as e:  # (0, 2**61): empty, but too big for numpy's size arithmetic
+        raise CorruptCheckpointError(
+            f"tensor {entry.key!r} has shape {list(entry.shape)}, which numpy cannot hold ({e})"
+        ) from None
+    if entry.offset is None or out.size == 0:
+        return out
     buf = out.reshape(-1).view(np.uint8)
-    with open(path, "rb", buffering=0) as f:
-        n = os.preadv(f.fileno(), [buf.data], entry.offset) if buf.size else 0
+    if fd is None:
+        with open(data_file_path(prefix, index.data_file), "rb", buffering=0) as f:
+            n = _pread_full(f.fileno(), buf, entry.offset)
+    else:
+        n = _pread_full(fd, buf, entry.offset)
     if n != buf.size:
         raise CorruptCheckpointError(
             f"short read of tensor {entry.key!r}: {n} of {buf.size} bytes at offset {entry.offset}"
@@ -113,3 +145,15 @@ def read_tensor_serial(
     if verify:
         verify_tensor(entry, out, index.checksum)
     return out
+
+
+def _pread_full(fd: int, buf: np.ndarray, offset: int) -> int:
+    """``preadv`` until ``buf`` is full or the file ends (one call moves at most ~2 GiB)."""
+    view = buf.data
+    n = 0
+    while n < buf.size:
+        k = os.preadv(fd, [view[n:]], offset + n)
+        if k <= 0:
+            break
+        n += k
+    return n
