@@ -146,3 +146,41 @@ def test_sigterm_to_every_rank_at_a_random_moment(tmp_path, seed):
         assert_holds(path, int(k))
         latest = hpckpt.latest_checkpoint(d)
         assert latest is not None and int(latest.rsplit("-", 1)[1]) >= int(k)
+
+
+def test_a_second_job_is_refused_at_once_naming_the_holder(tmp_path):
+    d, flag = str(tmp_path / "run"), str(tmp_path / "flag")
+    holder = subprocess.Popen(
+        mpirun_cmd(2, PROGRAM, "hold", d, flag),
+        env=mpi_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        line = ""
+        while "HOLDING rank=0" not in line and holder.poll() is None:
+            line = holder.stdout.readline()
+        pid = int(re.search(r"HOLDING rank=0 pid=(\d+)", line).group(1))
+        # the holder is idle between two saves: the other job is refused all the same
+        t0 = time.monotonic()
+        r = run_mpi(2, PROGRAM, "contend", d, timeout=120)
+        refused = re.findall(r"REFUSED rank=\d (.*)", r.stdout)
+        assert len(refused) == 2 and "SAVED" not in r.stdout, r.stdout + r.stderr
+        assert all(f"pid {pid}, since " in m and "job id none" in m for m in refused), refused
+        assert time.monotonic() - t0 < 60  # at once (no waiting for the holder)
+        open(flag, "w").close()
+        out = holder.communicate(timeout=120)[0]
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.communicate()
+    assert holder.returncode == 0 and "RELEASED rank=0" in out, out
+    # the holder's checkpoints are its own, and its lease is gone
+    assert_holds(os.path.join(d, "ckpt-1"), 1)
+    assert_holds(os.path.join(d, "ckpt-2"), 2)
+    assert not os.path.exists(os.path.join(d, "ckpt-100.index.json"))
+    assert ".hpckpt.lock" not in os.listdir(d)
+    r = run_mpi(2, PROGRAM, "contend", d, timeout=120)
+    assert len(re.findall(r"SAVED rank=\d", r.stdout)) == 2, r.stdout + r.stderr
+    assert_holds(os.path.join(d, "ckpt-100"), 9)

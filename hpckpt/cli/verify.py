@@ -183,13 +183,11 @@ def _verify_once(
     report["checksum"] = index.checksum
     opened: io.OpenCheckpoint | None = None
     try:
-        opened = io.OpenCheckpoint.of(prefix, index, identity)
+        # held open: the tensors read are this version's, even if P is replaced meanwhile
+        opened = io.OpenCheckpoint.of(prefix, index, identity, check_size=False)
         io.check_data_file(prefix, index)  # the data file's HDF5 structure against the index
     except (NotFoundError, CorruptCheckpointError) as e:
-        if isinstance(e, NotFoundError) and opened is not None:
-            opened.close()
-            opened = None
-        fail(str(e))
+        fail(str(e))  # still read what is there (a truncated file: name the tensors lost)
     if index.graph is None:
         report["warnings"].append("the index has no object graph")
     else:

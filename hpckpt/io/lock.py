@@ -8,7 +8,8 @@ process exits; rank 0 renews it (the file's modification time) every
 
 A second live job is refused at once, with a message naming the holder. A lease is
 taken over only when its holder is provably gone: its process no longer exists
-(same host), it is this same Slurm job (a requeued job), or it was not renewed for
+(same host), it is this same Slurm job before it was requeued (a lower
+``SLURM_RESTART_COUNT``), or it was not renewed for
 :attr:`DirectoryLease.stale_after` seconds (another host, whose processes cannot
 be checked).
 
@@ -67,6 +68,14 @@ def _job_id() -> str | None:
     return os.environ.get("SLURM_JOB_ID") or None
 
 
+def _restarts() -> int:
+    """How many times Slurm restarted (requeued) this job: ``SLURM_RESTART_COUNT``."""
+    try:
+        return int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+    except ValueError:
+        return 0
+
+
 def _alive(pid: int) -> bool:
     """Whether process ``pid`` exists on this host and is not a zombie."""
     if pid <= 0:
@@ -95,6 +104,8 @@ class LeaseHolder:
             older lock file) its inode and modification time.
         token: The holder's unique token.
         host, pid, job_id: The holder's host name, process id, Slurm job id.
+        restarts: The holder's ``SLURM_RESTART_COUNT`` (``None`` in lock files of
+            earlier versions).
         since: When the holder took the lease (seconds since the epoch).
         renewed: The file's modification time (the holder's last renewal).
         readable: Whether the content was a valid lease document.
@@ -105,6 +116,7 @@ class LeaseHolder:
     host: str | None
     pid: int | None
     job_id: str | None
+    restarts: int | None
     since: float | None
     renewed: float
     readable: bool
@@ -129,19 +141,21 @@ def _parse(data: bytes, st: os.stat_result) -> LeaseHolder:
     except (ValueError, UnicodeDecodeError, RecursionError):
         doc = None
     if not isinstance(doc, dict):
-        return LeaseHolder(ident, None, None, None, None, None, st.st_mtime, False)
+        return LeaseHolder(ident, None, None, None, None, None, None, st.st_mtime, False)
     token = doc.get("token")
     token = token if isinstance(token, str) and token.isalnum() and len(token) <= 64 else None
     host = doc.get("host")
     pid = doc.get("pid")
     job = doc.get("job_id")
     since = doc.get("since", doc.get("time"))  # "time": lock files of earlier versions
+    restarts = doc.get("restarts")
     return LeaseHolder(
         ident=token or ident,
         token=token,
         host=host if isinstance(host, str) else None,
         pid=pid if isinstance(pid, int) and not isinstance(pid, bool) else None,
         job_id=str(job) if isinstance(job, (str, int)) and not isinstance(job, bool) else None,
+        restarts=restarts if isinstance(restarts, int) and not isinstance(restarts, bool) else None,
         since=float(since)
         if isinstance(since, (int, float)) and not isinstance(since, bool)
         else None,
@@ -161,14 +175,17 @@ class _Held:
 _held: dict[str, _Held] = {}  # lease path (real) -> what this process holds
 _held_lock = threading.Lock()
 _renewer: threading.Thread | None = None
+_wake = threading.Event()  # a new lease: look again at how often to renew
 
 
 def _renew_loop() -> None:
     while True:
         with _held_lock:
+            every = min((h.lease.renew_every for h in _held.values()), default=60.0)
+        _wake.wait(every)
+        _wake.clear()
+        with _held_lock:
             items = list(_held.values())
-            every = min((h.lease.renew_every for h in items), default=60.0)
-        time.sleep(every)
         for h in items:
             try:
                 cur = h.lease.read()
@@ -185,6 +202,7 @@ def _start_renewer() -> None:
     if _renewer is None or not _renewer.is_alive():
         _renewer = threading.Thread(target=_renew_loop, name="hpckpt-lease-renew", daemon=True)
         _renewer.start()
+    _wake.set()
 
 
 class DirectoryLease:
@@ -252,6 +270,7 @@ class DirectoryLease:
                 "host": socket.gethostname(),
                 "pid": os.getpid(),
                 "job_id": _job_id(),
+                "restarts": _restarts(),
                 "since": time.time(),
             }
         ).encode()
@@ -316,8 +335,12 @@ class DirectoryLease:
                 return "it named this process, which does not hold it (an earlier run)"
             if h.pid != os.getpid() and not _alive(h.pid):
                 return f"its process {h.pid} on this host is gone"
-        if h.job_id is not None and h.job_id == _job_id():
-            return f"it is this same Slurm job {h.job_id} (requeued)"
+        if (
+            h.job_id is not None
+            and h.job_id == _job_id()
+            and (h.restarts is None or h.restarts < _restarts())
+        ):
+            return f"it is this same Slurm job {h.job_id}, before it was requeued"
         age = time.time() - h.renewed
         if age > self.stale_after:
             return f"it was not renewed for {age:.0f} s (limit {self.stale_after:.0f} s)"

@@ -95,14 +95,22 @@ class OpenCheckpoint:
         self._close = weakref.finalize(self, os.close, fd)
 
     @classmethod
-    def of(cls, prefix: str, index: CheckpointIndex, identity: Identity | None) -> OpenCheckpoint:
+    def of(
+        cls,
+        prefix: str,
+        index: CheckpointIndex,
+        identity: Identity | None,
+        *,
+        check_size: bool = True,
+    ) -> OpenCheckpoint:
         """Open the data file of ``index`` (already read and validated by the caller).
 
         Raises:
             NotFoundError: The data file is missing.
-            CorruptCheckpointError: It is not a regular file of the size the index says.
+            CorruptCheckpointError: It is not a regular file (of the size the index says,
+                unless not ``check_size``).
         """
-        return cls(prefix, index, _open_data(prefix, index), identity)
+        return cls(prefix, index, _open_data(prefix, index, check_size), identity)
 
     @property
     def data_path(self) -> str:
@@ -124,14 +132,14 @@ class OpenCheckpoint:
         self._close()
 
 
-def _open_data(prefix: str, index: CheckpointIndex) -> int:
+def _open_data(prefix: str, index: CheckpointIndex, check_size: bool = True) -> int:
     path = data_file_path(prefix, index.data_file)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         raise NotFoundError(f"data file {path!r} is missing") from None
     st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode) or st.st_size != index.data_size:
+    if not stat.S_ISREG(st.st_mode) or (check_size and st.st_size != index.data_size):
         os.close(fd)
         raise CorruptCheckpointError(
             f"data file {path!r} is not a regular file of {index.data_size} bytes"

@@ -15,7 +15,6 @@ from mpi4py import MPI
 
 import hpckpt
 from hpckpt import Layout, _faults
-from hpckpt.io import wait_removals
 
 comm = MPI.COMM_WORLD
 
@@ -70,9 +69,8 @@ def main():
             say(f"RESTORED-{'OK' if ok else 'WRONG'} counter={k} latest={os.path.basename(latest)}")
         assign(vs, k + 1)
         new = mgr.save()
-        comm.Barrier()
+        mgr.close()  # waits for the removal of old files, gives the directory's lease up
         if comm.rank == 0:
-            wait_removals()  # rank 0 deletes old data files in the background
             names = sorted(os.listdir(d))
             committed = {n[: -len(".index.json")] for n in names if n.endswith(".index.json")}
             data = [n for n in names if ".data-" in n]

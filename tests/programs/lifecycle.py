@@ -11,6 +11,7 @@ usage:
                                        every rank's handler calls sys.exit(0)
   lifecycle.py hold DIR FLAG           take DIR's lease (one save), print HOLDING, wait for FLAG
   lifecycle.py contend DIR             try to save into DIR; print the outcome on every rank
+  lifecycle.py overwrite DIR N         write(DIR/p) N times over, values of step 1..N
 """
 
 import os
@@ -73,15 +74,14 @@ def main():
         path = mgr.save(options=ASYNC)
         say(f"RETURNED rank={comm.rank} {path}")
     elif mode == "sync-removals":
-        mgr = hpckpt.CheckpointManager(ckpt, d, max_to_keep=1)
-        _faults.inject("remove", 0, "hang", "1")  # each old file takes a second to go
-        for k in range(1, 4):
-            assign(vs, k)
-            mgr.save(options=ASYNC if k == 3 else None)
-        mgr.sync()
-        if comm.rank == 0:
-            say("FILES " + " ".join(sorted(os.listdir(d))))
-        mgr.close()
+        with hpckpt.CheckpointManager(ckpt, d, max_to_keep=1) as mgr:
+            _faults.inject("remove", 0, "hang", "1")  # each old file takes a second to go
+            for k in range(1, 4):
+                assign(vs, k)
+                mgr.save(options=ASYNC if k == 3 else None)
+            mgr.sync()
+            if comm.rank == 0:
+                say("FILES " + " ".join(sorted(os.listdir(d))))
     elif mode == "interrupt":
         op, phase, rank = sys.argv[3], sys.argv[4], int(sys.argv[5])
         mgr = hpckpt.CheckpointManager(ckpt, d, max_to_keep=3)
@@ -128,15 +128,23 @@ def main():
             say(f"AGREED rank={comm.rank} {e}")
     elif mode == "hold":
         flag = sys.argv[3]
-        with hpckpt.CheckpointManager(ckpt, d, max_to_keep=None) as mgr:
-            assign(vs, 1)
-            mgr.save()
-            say(f"HOLDING rank={comm.rank} pid={os.getpid()}")
-            while not os.path.exists(flag):
-                time.sleep(0.05)
-            assign(vs, 2)
-            mgr.save()
+        mgr = hpckpt.CheckpointManager(ckpt, d, max_to_keep=None)
+        assign(vs, 1)
+        mgr.save()
+        say(f"HOLDING rank={comm.rank} pid={os.getpid()}")
+        while not os.path.exists(flag):
+            time.sleep(0.05)
+        assign(vs, 2)
+        mgr.save()
+        if hasattr(mgr, "close"):
+            mgr.close()
         say(f"RELEASED rank={comm.rank}")
+    elif mode == "overwrite":
+        for k in range(1, int(sys.argv[3]) + 1):
+            assign(vs, k)
+            ckpt.write(os.path.join(d, "p"))
+        if comm.rank == 0:
+            say("WRITER-DONE")
     elif mode == "contend":
         mgr = hpckpt.CheckpointManager(ckpt, d, max_to_keep=None)
         assign(vs, 9)
