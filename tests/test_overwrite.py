@@ -31,7 +31,7 @@ B = np.arange(7, dtype=np.int32) + 3
 
 def step_of(w: np.ndarray, b: np.ndarray) -> int:
     """The step whose values ``w`` and ``b`` hold (both the same), else raise."""
-    k = int(round(w[0, 0] / W[0, 0]))
+    k = round(float(w[0, 0] / W[0, 0]))
     if not (np.array_equal(w, W * k) and np.array_equal(b, B * k)):
         raise AssertionError(f"not one version: w of step {w[0, 0] / W[0, 0]}, b {b[:2]}")
     return k

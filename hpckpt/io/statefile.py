@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from ..errors import CorruptCheckpointError
 from .fsutil import atomic_write, read_bounded
-from .paths import STATE_FILE, check_relative, checkpoint_exists, new_token
+from .paths import STATE_FILE, check_inside, check_relative, checkpoint_exists, new_token
 
 __all__ = [
     "MAX_STATE_BYTES",
@@ -96,13 +96,19 @@ def read_state(directory: str) -> CheckpointState | None:
     """Read ``directory/checkpoint``; ``None`` if there is none.
 
     Raises:
-        CorruptCheckpointError: The state file is damaged, hostile, or not a regular file.
+        CorruptCheckpointError: The state file is damaged, hostile, or not a regular file,
+            or names a checkpoint outside ``directory`` (``..``, an absolute path, or a
+            symbolic link to a directory elsewhere).
     """
     path = os.path.join(directory, STATE_FILE)
     text = read_bounded(path, MAX_STATE_BYTES, "state file")
     if text is None:
         return None
-    return parse_state(text, path)
+    state = parse_state(text, path)
+    for rel in [p for p, _ in state.checkpoints] + [state.latest]:
+        if rel is not None:
+            check_inside(directory, rel, f"state file {path!r}")
+    return state
 
 
 def write_state(directory: str, state: CheckpointState) -> None:
