@@ -184,3 +184,20 @@ def test_a_second_job_is_refused_at_once_naming_the_holder(tmp_path):
     r = run_mpi(2, PROGRAM, "contend", d, timeout=120)
     assert len(re.findall(r"SAVED rank=\d", r.stdout)) == 2, r.stdout + r.stderr
     assert_holds(os.path.join(d, "ckpt-100"), 9)
+
+
+def test_a_garbage_index_is_validated_before_it_is_broadcast(tmp_path):
+    """A 300 MiB index of garbage (sparse): rank 0 reads it (bounded) and refuses it; the
+    other ranks never receive it."""
+    prefix = str(tmp_path / "p")
+    w, b = hpckpt.Variable(np.zeros((64, 33))), hpckpt.Variable(np.zeros(7, np.int32))
+    hpckpt.Checkpoint(w=w, b=b).write(prefix)
+    os.truncate(prefix + ".index.json", 300 << 20)
+    n = 3
+    r = run_mpi(n, PROGRAM, "restore-mem", prefix, timeout=120)
+    got = re.findall(r"RESTORE rank=(\d) maxrss_kib=(\d+) \[\[(.*?)\]\]", r.stdout, re.S)
+    assert len(got) == n, r.stdout + r.stderr
+    for rank, kib, outcome in got:
+        assert outcome.startswith("CorruptCheckpointError") and "not valid JSON" in outcome
+        if rank != "0":
+            assert int(kib) < 200 << 10, (rank, kib)  # it would be 300 MiB more

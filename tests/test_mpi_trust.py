@@ -154,3 +154,53 @@ def test_ranks_passing_different_paths_fail_before_opening_a_file(shared_dir, ti
             hpckpt.Checkpoint(**model(0.0)).read(p1 if comm.rank == 0 else p2, options=opts)
     # and the manager still saves afterwards
     assert mgr.save(options=opts).endswith("ckpt-1")
+
+
+@pytest.mark.parametrize("timeout", [None, 5.0])
+def test_a_fifo_never_hangs_a_collective_reader_or_the_manager(shared_dir, timeout):
+    comm = MPI.COMM_WORLD
+    opts = hpckpt.CheckpointOptions(timeout=timeout)
+    vs = model(3.0)
+    ck = hpckpt.Checkpoint(**vs)
+    mgr = hpckpt.CheckpointManager(ck, shared_dir, max_to_keep=None)
+    p = mgr.save(options=opts)
+    mgr.close()
+
+    def fifo(name: str) -> None:
+        comm.Barrier()
+        if comm.rank == 0:
+            path = os.path.join(shared_dir, name)
+            if os.path.exists(path):
+                os.rename(path, path + ".away")
+            os.mkfifo(path)
+        comm.Barrier()
+
+    def restore(name: str) -> None:
+        comm.Barrier()
+        if comm.rank == 0:
+            path = os.path.join(shared_dir, name)
+            os.remove(path)
+            if os.path.exists(path + ".away"):
+                os.rename(path + ".away", path)
+        comm.Barrier()
+
+    fifo("ckpt-1.index.json")
+    with Agreed():
+        with pytest.raises(hpckpt.CorruptCheckpointError, match="not a regular file"):
+            hpckpt.Checkpoint(**model(0.0)).restore(p, options=opts)
+    restore("ckpt-1.index.json")
+    fifo("checkpoint")  # the state file
+    with Agreed():
+        with pytest.raises(hpckpt.CorruptCheckpointError, match="not a regular file"):
+            hpckpt.CheckpointManager(ck, shared_dir, max_to_keep=None)
+        with pytest.raises(hpckpt.CorruptCheckpointError, match="not a regular file"):
+            hpckpt.latest_checkpoint(shared_dir)
+    restore("checkpoint")
+    fifo(".hpckpt.lock")  # the lease
+    mgr = hpckpt.CheckpointManager(ck, shared_dir, max_to_keep=None)
+    with Agreed():
+        with pytest.raises(hpckpt.CorruptCheckpointError, match=r"lease file .* not a regular"):
+            mgr.save(options=opts)
+    restore(".hpckpt.lock")
+    assert mgr.save(options=opts).endswith("ckpt-2")
+    mgr.close()

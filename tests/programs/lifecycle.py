@@ -12,6 +12,7 @@ usage:
   lifecycle.py hold DIR FLAG           take DIR's lease (one save), print HOLDING, wait for FLAG
   lifecycle.py contend DIR             try to save into DIR; print the outcome on every rank
   lifecycle.py overwrite DIR N         write(DIR/p) N times over, values of step 1..N
+  lifecycle.py restore-mem PREFIX      restore PREFIX; print the error and each rank's peak memory
 """
 
 import os
@@ -145,6 +146,16 @@ def main():
             ckpt.write(os.path.join(d, "p"))
         if comm.rank == 0:
             say("WRITER-DONE")
+    elif mode == "restore-mem":
+        import resource
+
+        try:
+            ckpt.read(d)
+            outcome = "OK"
+        except hpckpt.CheckpointError as e:
+            outcome = f"{type(e).__name__}: {e}"
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB
+        say(f"RESTORE rank={comm.rank} maxrss_kib={peak} [[{outcome}]]")
     elif mode == "contend":
         mgr = hpckpt.CheckpointManager(ckpt, d, max_to_keep=None)
         assign(vs, 9)
