@@ -230,3 +230,22 @@ def test_managers_of_one_process_share_the_lease(tmp_path):
     assert os.path.exists(os.path.join(d, LEASE))
     b.release()
     assert not os.path.exists(os.path.join(d, LEASE))
+
+
+@pytest.mark.parametrize("marker_holder", ["dead-here", "silent-elsewhere"])
+def test_a_takeover_left_half_done_by_a_dead_contender_is_taken_over(tmp_path, marker_holder):
+    d = str(tmp_path)
+    here = socket.gethostname()
+    write_lease(d, host=here, pid=dead_pid(), job_id=None, since=time.time(), token="aaaa")
+    marker = os.path.join(d, LEASE + ".takeover-aaaa")  # a contender died holding it
+    if marker_holder == "dead-here":
+        fields = {"host": here, "pid": dead_pid(), "token": "bbbb", "since": time.time()}
+    else:
+        fields = {"host": "node-9", "pid": 7, "token": "bbbb", "since": time.time() - 120}
+    with open(marker, "w") as f:
+        json.dump(fields, f)
+    if marker_holder == "silent-elsewhere":
+        os.utime(marker, (time.time() - 120, time.time() - 120))
+    lines = race(d, 6)
+    assert sum(ln.startswith("WON") for ln in lines) == 1, lines
+    assert [n for n in os.listdir(d) if "takeover" in n] == []

@@ -54,6 +54,7 @@ __all__ = ["LOCK_NAME", "DirectoryLease", "LeaseHolder"]
 _FORMAT = "hpckpt-lease"
 _MAX_LEASE_BYTES = 1 << 16
 _MAX_DEPTH = 3  # takeover markers of takeover markers
+_MARKER_STALE = 60.0  # seconds after which a takeover marker is abandoned
 
 
 def _env_seconds(name: str, default: float) -> float:
@@ -327,7 +328,7 @@ class DirectoryLease:
 
     # -- rules --
 
-    def _gone(self, h: LeaseHolder, token: str) -> str | None:
+    def _gone(self, h: LeaseHolder, token: str, stale_after: float | None = None) -> str | None:
         """Why holder ``h`` no longer holds the lease; ``None`` if it may be alive."""
         me = socket.gethostname()
         if h.host == me and h.pid is not None:
@@ -342,8 +343,9 @@ class DirectoryLease:
         ):
             return f"it is this same Slurm job {h.job_id}, before it was requeued"
         age = time.time() - h.renewed
-        if age > self.stale_after:
-            return f"it was not renewed for {age:.0f} s (limit {self.stale_after:.0f} s)"
+        limit = self.stale_after if stale_after is None else stale_after
+        if age > limit:
+            return f"it was not renewed for {age:.0f} s (limit {limit:.0f} s)"
         return None
 
     def _refusal(self, h: LeaseHolder) -> CheckpointError:
@@ -368,7 +370,8 @@ class DirectoryLease:
         marker = f"{path}.takeover-{holder.ident}"
         if not self._create_exclusive(marker, content):
             m = self.read(marker)
-            if m is None or depth >= _MAX_DEPTH or self._gone(m, token) is None:
+            # a takeover takes milliseconds: a marker a minute old was left by a dead process
+            if m is None or depth >= _MAX_DEPTH or self._gone(m, token, _MARKER_STALE) is None:
                 return False  # a live contender is taking over: it wins
             if not self._take_over(marker, m, token, content, depth + 1):
                 return False
