@@ -249,3 +249,26 @@ def test_a_takeover_left_half_done_by_a_dead_contender_is_taken_over(tmp_path, m
     lines = race(d, 6)
     assert sum(ln.startswith("WON") for ln in lines) == 1, lines
     assert [n for n in os.listdir(d) if "takeover" in n] == []
+
+
+def test_a_manager_gives_its_lease_up_when_closed_or_collected(tmp_path):
+    import gc
+
+    import numpy as np
+
+    import hpckpt
+
+    d = str(tmp_path)
+    ck = hpckpt.Checkpoint(w=hpckpt.Variable(np.zeros(3)))
+    with hpckpt.CheckpointManager(ck, d, max_to_keep=1) as mgr:
+        mgr.save()
+        assert os.path.exists(os.path.join(d, LEASE))
+    assert not os.path.exists(os.path.join(d, LEASE))
+    with pytest.raises(ValueError, match="closed"):
+        mgr.save()
+    mgr = hpckpt.CheckpointManager(ck, d, max_to_keep=1)
+    mgr.save()
+    assert os.path.exists(os.path.join(d, LEASE))
+    del mgr
+    gc.collect()
+    assert not os.path.exists(os.path.join(d, LEASE))
