@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="suite", metavar="SUITE")
     sub.required = True
-    for module in SUITES.values():
+    for module in dict.fromkeys(SUITES.values()):
         module.add_parser(sub)
     return p
 

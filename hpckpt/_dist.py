@@ -11,9 +11,13 @@ pickle-based methods):
   bytes over ``Iallgatherv``/``Igatherv``/``Ibcast``;
 * :func:`bcast_bytes`: raw bytes (the index text);
 * :func:`gather_rows`: int64 rows (slice records and checksums);
+* :func:`gather_arrays`: any numeric 1-D arrays as raw bytes (packed checksums);
 * :func:`allreduce_int`, :func:`all_true`, :func:`any_true`: one int64 or flag;
 * :func:`allreduce_max`: an int64 array (the Slurm helpers' decision flags);
 * :func:`allgatherv_array`: a numeric array's raw bytes (``Variable.numpy``);
+* :func:`exchange`: point-to-point raw bytes between the ranks that need them
+  (restores that change the layout: each saved slice is read by one rank and its
+  parts sent to the others);
 * agreement records: JSON bytes, point to point through rank 0 under a timeout.
 
 Outside this module, three kinds of collective call remain, each documented where
@@ -38,21 +42,32 @@ import numpy as np
 from mpi4py import MPI
 
 from . import _interrupts
-from .errors import CheckpointError, CorruptCheckpointError, NotFoundError, RankFailure
+from .errors import (
+    CheckpointError,
+    CheckpointValueError,
+    CorruptCheckpointError,
+    InvalidStateFileError,
+    NotFoundError,
+    RankFailure,
+)
 
 __all__ = [
     "Deadline",
     "agree",
     "agree_same_path",
+    "path_hash",
+    "raise_different_paths",
     "all_true",
     "allgather_json",
     "allgatherv_array",
     "allreduce_int",
     "allreduce_max",
+    "exchange",
     "any_true",
     "bcast_bytes",
     "bcast_json",
     "failure_record",
+    "gather_arrays",
     "gather_json",
     "gather_rows",
     "interrupted",
@@ -123,6 +138,34 @@ class Deadline:
             pause = min(_POLL_MAX, max(_POLL_SECONDS, (now - spin_end) / 8))
             time.sleep(pause)
 
+    def wait_all(self, requests: list[MPI.Request], comm: MPI.Comm) -> None:
+        """Complete every request (data transfers); on timeout cancel them and raise
+        :class:`CheckpointError`.
+
+        Large messages move in fragments that advance only while MPI's progress engine
+        runs, so this never sleeps between polls: without a timeout it waits in
+        ``MPI_Waitall``; with one it polls and only yields the processor.
+        """
+        if not requests:
+            return
+        if self.timeout is None:
+            MPI.Request.Waitall(requests)
+            return
+        end = self.window()
+        assert end is not None
+        start = time.monotonic()
+        while not MPI.Request.Testall(requests):
+            _interrupts.escape_if_due(start)
+            if time.monotonic() > end:
+                for r in requests:
+                    if r != MPI.REQUEST_NULL:
+                        r.Cancel()
+                raise CheckpointError(
+                    f"{self.what}: timed out after {self.timeout} s waiting for other ranks' "
+                    f"data (this is rank {comm.Get_rank()} of {comm.Get_size()})"
+                )
+            time.sleep(0)
+
 
 def _encode(obj: Any) -> np.ndarray:
     return np.frombuffer(json.dumps(obj, separators=(",", ":")).encode(), dtype=np.uint8)
@@ -143,7 +186,9 @@ def allgather_json(comm: MPI.Comm, obj: Any, deadline: Deadline | None = None) -
     deadline.wait(comm.Iallgather(np.array([data.size], dtype=np.int64), counts), comm)
     displs = np.concatenate(([0], np.cumsum(counts)[:-1]))
     out = np.empty(int(counts.sum()), dtype=np.uint8)
-    deadline.wait(comm.Iallgatherv(data, [out, counts.tolist(), displs.tolist(), MPI.BYTE]), comm)
+    deadline.wait_all(
+        [comm.Iallgatherv(data, [out, counts.tolist(), displs.tolist(), MPI.BYTE])], comm
+    )
     return [_decode(out[d : d + c]) for d, c in zip(displs, counts, strict=True)]
 
 
@@ -158,13 +203,15 @@ def _gatherv(
     counts = np.empty(comm.Get_size(), dtype=np.int64) if is_root else None
     deadline.wait(comm.Igather(np.array([data.size], dtype=np.int64), counts, root=root), comm)
     if not is_root:
-        deadline.wait(comm.Igatherv(data, None, root=root), comm)
+        deadline.wait_all([comm.Igatherv(data, None, root=root)], comm)
         return None
     assert counts is not None
     displs = np.concatenate(([0], np.cumsum(counts)[:-1])).tolist()
     out = np.empty(int(counts.sum()), dtype=data.dtype)
     mpitype = MPI.BYTE if data.dtype == np.uint8 else MPI.INT64_T
-    deadline.wait(comm.Igatherv(data, [out, counts.tolist(), displs, mpitype], root=root), comm)
+    deadline.wait_all(
+        [comm.Igatherv(data, [out, counts.tolist(), displs, mpitype], root=root)], comm
+    )
     return out, counts.tolist(), displs
 
 
@@ -196,6 +243,24 @@ def gather_rows(
     return None if got is None else got[0].reshape(-1, rows.shape[1])
 
 
+def gather_arrays(
+    comm: MPI.Comm, data: np.ndarray, root: int = 0, deadline: Deadline | None = None
+) -> list[np.ndarray] | None:
+    """Gather every rank's 1-D array (any length, the same dtype everywhere) onto ``root``.
+
+    Returns the arrays in rank order on ``root``, ``None`` elsewhere. Raw bytes: nothing
+    is pickled.
+
+    Collective: call on all ranks.
+    """
+    data = np.ascontiguousarray(data).reshape(-1)
+    got = _gatherv(comm, data.view(np.uint8), root, deadline or Deadline(None))
+    if got is None:
+        return None
+    out, counts, displs = got
+    return [out[d : d + c].view(data.dtype) for d, c in zip(displs, counts, strict=True)]
+
+
 def bcast_json(comm: MPI.Comm, obj: Any, root: int = 0, deadline: Deadline | None = None) -> Any:
     """Broadcast a JSON-serializable object from ``root``.
 
@@ -209,8 +274,29 @@ def bcast_json(comm: MPI.Comm, obj: Any, root: int = 0, deadline: Deadline | Non
     if not is_root:
         data = np.empty(int(n[0]), dtype=np.uint8)
     assert data is not None
-    deadline.wait(comm.Ibcast(data, root=root), comm)
+    deadline.wait_all([comm.Ibcast(data, root=root)], comm)
     return obj if is_root else _decode(data)
+
+
+def exchange(
+    comm: MPI.Comm,
+    sends: list[tuple[int, Any]],
+    recvs: list[tuple[int, Any]],
+    tag: int,
+    deadline: Deadline | None = None,
+) -> None:
+    """Point-to-point exchange: post every receive and send, then wait for all of them.
+
+    ``sends``/``recvs`` are ``(peer, buffer)`` with buffers as mpi4py takes them (for
+    example ``[MPI.BOTTOM, 1, datatype]``: raw bytes, no pickle). Every rank calls it at
+    the same step, with its own peers (possibly none); each message's two ends must
+    describe the same number of bytes.
+
+    Collective: call on all ranks (each with its own peers).
+    """
+    reqs = [comm.Irecv(buf, source=src, tag=tag) for src, buf in recvs]
+    reqs += [comm.Isend(buf, dest=dst, tag=tag) for dst, buf in sends]
+    (deadline or Deadline(None)).wait_all(reqs, comm)
 
 
 def allreduce_int(
@@ -267,13 +353,11 @@ def allgatherv_array(
     out = np.empty(int(sum(counts)), dtype=local.dtype)
     item = MPI.BYTE.Create_contiguous(local.dtype.itemsize).Commit()  # counts in elements
     try:
-        (deadline or Deadline(None)).wait(
-            comm.Iallgatherv(
-                [local.view(np.uint8), local.size, item],
-                [out.view(np.uint8), list(counts), displs, item],
-            ),
-            comm,
+        req = comm.Iallgatherv(
+            [local.view(np.uint8), local.size, item],
+            [out.view(np.uint8), list(counts), displs, item],
         )
+        (deadline or Deadline(None)).wait_all([req], comm)
     finally:
         item.Free()
     return out
@@ -282,13 +366,19 @@ def allgatherv_array(
 def _failure_of(exc: BaseException | None) -> list[str] | None:
     if exc is None:
         return None
-    if isinstance(exc, CorruptCheckpointError):
+    if isinstance(exc, InvalidStateFileError):
+        kind = "statefile"
+    elif isinstance(exc, CorruptCheckpointError):
         kind = "corrupt"
     elif isinstance(exc, NotFoundError):
         kind = "notfound"
+    elif isinstance(exc, CheckpointValueError):
+        kind = "value"
     elif isinstance(exc, CheckpointError):
         kind = "checkpoint"
-    elif isinstance(exc, (ValueError, TypeError)):
+    elif isinstance(exc, ValueError):
+        kind = "value"
+    elif isinstance(exc, TypeError):
         kind = "argument"
     else:
         kind = "other"
@@ -326,10 +416,14 @@ def raise_failures(
 
     Returns if every record is ``None``. Otherwise raises, identically on every rank:
 
+    * :class:`InvalidStateFileError` if every failing rank saw an invalid state file;
     * :class:`CorruptCheckpointError` if any rank saw a damaged checkpoint;
     * :class:`NotFoundError` if every failing rank saw a missing file;
     * the original ``ValueError``/``TypeError`` if every rank failed with that same
-      error (a bad argument, checked identically everywhere);
+      error (a bad argument, checked identically everywhere), unless it is a
+      ``CheckpointError``;
+    * :class:`CheckpointValueError` (a ``CheckpointError`` that is also a ``ValueError``)
+      if every failing rank raised a ``ValueError``;
     * :class:`CheckpointError` naming each failing rank and its cause otherwise;
 
     except on a rank whose own ``exc`` is not an ``Exception`` (``SystemExit``,
@@ -345,17 +439,22 @@ def raise_failures(
     if "timeout" in kinds:
         late = [r for r, f in failed if f[0] == "timeout"]
         raise CheckpointError(f"{what} timed out: rank(s) {late} did not arrive", failures) from exc
-    if "corrupt" in kinds:
+    if kinds == {"statefile"}:
+        raise InvalidStateFileError(f"{what} failed", failures) from exc
+    if kinds & {"corrupt", "statefile"}:
         raise CorruptCheckpointError(f"{what} failed", failures) from exc
     if kinds == {"notfound"}:
         raise NotFoundError(failures[0].message) from exc
     if (
-        kinds == {"argument"}
+        kinds <= {"argument", "value"}
         and len(failed) == comm.Get_size()
         and len({(f[1], f[2]) for _, f in failed}) == 1
         and isinstance(exc, (ValueError, TypeError))
+        and not isinstance(exc, CheckpointError)
     ):
         raise exc
+    if kinds == {"value"}:
+        raise CheckpointValueError(f"{what} failed", failures) from exc
     raise CheckpointError(f"{what} failed", failures) from exc
 
 
@@ -492,43 +591,43 @@ def bcast_bytes(
         if is_root and data is not None
         else np.empty(int(n[0]), dtype=np.uint8)
     )
-    deadline.wait(comm.Ibcast(buf, root=root), comm)
+    deadline.wait_all([comm.Ibcast(buf, root=root)], comm)
     return data if is_root and data is not None else buf.tobytes()
 
 
-def agree_same_path(
-    comm: MPI.Comm,
-    path: str,
-    what: str,
-    deadline: Deadline | None = None,
-    *,
-    extra: int = 0,
-) -> None:
-    """Check that every rank names the same file ``path`` (absolute) and the same ``extra``
-    (a signature of what it will write); one all-gather of two integers.
+def path_hash(path: str) -> int:
+    """A hash of ``path``'s absolute form, the same on every rank that names that file."""
+    return zlib.crc32(os.path.abspath(path).encode("utf-8", "surrogatepass"))
 
-    Raises:
-        CheckpointError: On every rank, naming the paths (or the ranks) that differ.
+
+def raise_different_paths(comm: MPI.Comm, path: str, deadline: Deadline | None = None) -> None:
+    """Raise, on every rank, the error for ranks that name different files (after a
+    reduction showed it): one all-gather of the paths, for the message.
 
     Collective: call on all ranks.
     """
     full = os.path.abspath(path)
-    mine = [zlib.crc32(full.encode("utf-8", "surrogatepass")), int(extra)]
-    seen = allgather_json(comm, mine, deadline)
-    if all(s == seen[0] for s in seen):
-        return
-    odd_paths = [r for r, s in enumerate(seen) if s[0] != seen[0][0]]
-    if odd_paths:
-        paths = allgather_json(comm, full, deadline)
-        shown = "; ".join(f"rank {r}: {paths[r]!r}" for r in [0, *odd_paths[:3]])
-        raise CheckpointError(  # not ``what``: it names this rank's own path
-            f"ranks name different checkpoint paths ({shown}); every rank of the "
-            f"communicator must pass the same path"
-        )
-    odd = [r for r, s in enumerate(seen) if s[1] != seen[0][1]]
-    raise CheckpointError(
-        f"{what}: ranks disagree on the tensors to save (ranks {odd} differ from rank 0)"
+    paths = allgather_json(comm, full, deadline)
+    odd = [r for r, q in enumerate(paths) if q != paths[0]]
+    shown = "; ".join(f"rank {r}: {paths[r]!r}" for r in [0, *odd[:3]])
+    raise CheckpointError(  # not the operation's name: it names this rank's own path
+        f"ranks name different checkpoint paths ({shown}); every rank of the "
+        f"communicator must pass the same path"
     )
+
+
+def agree_same_path(comm: MPI.Comm, path: str, deadline: Deadline | None = None) -> None:
+    """Check that every rank names the same file ``path`` (one reduction).
+
+    Raises:
+        CheckpointError: On every rank, naming the paths that differ.
+
+    Collective: call on all ranks.
+    """
+    p = path_hash(path)
+    got = allreduce_max(comm, np.array([p, -p], dtype=np.int64), deadline)
+    if got[0] != -got[1]:
+        raise_different_paths(comm, path, deadline)
 
 
 def run_agreed(

@@ -83,7 +83,7 @@ def _worker(args: argparse.Namespace) -> int:
         def serialize(self) -> str:
             return json.dumps(self.gen.bit_generator.state)
 
-        def deserialize(self, s: str) -> None:
+        def deserialize(self, s: str | bytes) -> None:
             self.gen.bit_generator.state = json.loads(s)
 
     class DataIterator(hpckpt.PythonState):
@@ -104,7 +104,7 @@ def _worker(args: argparse.Namespace) -> int:
         def serialize(self) -> str:
             return json.dumps({"position": self.position})
 
-        def deserialize(self, s: str) -> None:
+        def deserialize(self, s: str | bytes) -> None:
             self.position = int(json.loads(s)["position"])
 
     net = MLP()

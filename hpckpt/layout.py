@@ -6,8 +6,10 @@ testable without MPI; :class:`Layout` binds it to a :class:`~hpckpt.mesh.Mesh`.
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -15,8 +17,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "UNSHARDED",
+    "Blocks",
     "Layout",
+    "LayoutSpec",
     "block_range",
+    "dim_bounds",
     "replica_position",
     "shard_slices",
     "validate_specs",
@@ -44,6 +49,90 @@ def block_range(n: int, parts: int, index: int) -> tuple[int, int]:
     base, rem = divmod(n, parts)
     start = index * base + min(index, rem)
     return start, start + base + (1 if index < rem else 0)
+
+
+class Blocks(Sequence[int]):
+    """The ``parts + 1`` block boundaries of the block distribution of ``n`` elements.
+
+    Computed on access (a 100,000-rank mesh costs nothing until asked), so that a
+    bisection over them costs O(log parts).
+    """
+
+    __slots__ = ("_base", "_rem", "n", "parts")
+
+    def __init__(self, n: int, parts: int) -> None:
+        self.n = n
+        self.parts = parts
+        self._base, self._rem = divmod(n, parts)
+
+    def __len__(self) -> int:
+        return self.parts + 1
+
+    def __getitem__(self, i: int) -> int:  # type: ignore[override]
+        if i < 0:
+            i += self.parts + 1
+        if not 0 <= i <= self.parts:
+            raise IndexError(i)
+        return self.n if i == self.parts else i * self._base + min(i, self._rem)
+
+    def largest(self) -> int:
+        """The size of the largest block."""
+        return self._base + (1 if self._rem else 0)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    def __repr__(self) -> str:
+        return f"Blocks({self.n}, {self.parts})"
+
+
+def dim_bounds(n: int, parts: int, splits: Sequence[int] | None = None) -> Sequence[int]:
+    """The ``parts + 1`` block boundaries of a dimension of ``n`` elements.
+
+    ``splits`` (explicit ownership ranges, PETSc-style) when given, else the block
+    distribution of :func:`block_range` (computed on access: :class:`Blocks`).
+    """
+    if splits is not None:
+        return tuple(splits)
+    return Blocks(n, parts)
+
+
+def validate_splits(
+    splits: Mapping[str, Sequence[int]], dim_names: Sequence[str], mesh_shape: Sequence[int]
+) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """Check explicit block boundaries per mesh dimension; return them sorted by name.
+
+    Each value has ``mesh.dim_size(d) + 1`` non-decreasing ints starting at 0 (blocks
+    may be empty); its last value is the length of the tensor dimensions it splits.
+
+    Raises:
+        ValueError: A name that is no mesh dimension, a wrong count, negative or
+            decreasing bounds, or a first bound other than 0.
+    """
+    if not isinstance(splits, Mapping):
+        raise ValueError(f"splits must be a dict {{mesh dim: bounds}}, got {splits!r:.80}")
+    out = []
+    for name, bounds in splits.items():
+        if name not in dim_names:
+            raise ValueError(
+                f"splits names {name!r}, which is no dimension of the mesh {tuple(dim_names)!r}"
+            )
+        k = mesh_shape[list(dim_names).index(name)]
+        try:
+            b = tuple(int(x) for x in bounds)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"splits[{name!r}] must be a sequence of ints, got {bounds!r:.80}"
+            ) from None
+        if len(b) != k + 1:
+            raise ValueError(
+                f"splits[{name!r}] has {len(b)} bounds {list(b)!r}; mesh dimension {name!r} "
+                f"of size {k} needs {k + 1} (the start of each block, then the end)"
+            )
+        if b[0] != 0 or any(y < x for x, y in itertools.pairwise(b)):
+            raise ValueError(f"splits[{name!r}] = {list(b)!r} must start at 0 and never decrease")
+        out.append((name, b))
+    return tuple(sorted(out))
 
 
 def validate_specs(specs: Sequence[str], dim_names: Sequence[str]) -> tuple[str, ...]:
@@ -75,8 +164,12 @@ def shard_slices(
     dim_names: Sequence[str],
     mesh_shape: Sequence[int],
     coords: Sequence[int],
+    splits: Mapping[str, Sequence[int]] | None = None,
 ) -> tuple[slice, ...]:
-    """The hyperslab held at mesh position ``coords`` (one slice per tensor dimension)."""
+    """The hyperslab held at mesh position ``coords`` (one slice per tensor dimension).
+
+    ``splits``: explicit block boundaries of some mesh dimensions (see :class:`Layout`).
+    """
     if len(global_shape) != len(specs):
         raise ValueError(
             f"a layout of rank {len(specs)} {tuple(specs)!r} cannot describe a tensor "
@@ -88,8 +181,81 @@ def shard_slices(
             out.append(slice(0, n))
         else:
             i = list(dim_names).index(s)
-            out.append(slice(*block_range(n, mesh_shape[i], coords[i])))
+            b = splits.get(s) if splits else None
+            if b is not None:
+                out.append(slice(b[coords[i]], b[coords[i] + 1]))
+            else:
+                out.append(slice(*block_range(n, mesh_shape[i], coords[i])))
     return tuple(out)
+
+
+@dataclass(frozen=True)
+class LayoutSpec:
+    """A layout as plain data (what a checkpoint records): no communicator.
+
+    Attributes:
+        specs: One sharding spec per tensor dimension (a mesh dimension or ``UNSHARDED``).
+        dim_names: The mesh's dimension names.
+        mesh_shape: The mesh's shape.
+        splits: Explicit block boundaries ``((mesh dim, bounds), ...)``, sorted by name.
+    """
+
+    specs: tuple[str, ...]
+    dim_names: tuple[str, ...]
+    mesh_shape: tuple[int, ...]
+    splits: tuple[tuple[str, tuple[int, ...]], ...] = ()
+
+    @property
+    def ndim(self) -> int:
+        """The tensor rank the layout describes."""
+        return len(self.specs)
+
+    def splits_dict(self) -> dict[str, tuple[int, ...]]:
+        """``splits`` as a dict."""
+        return dict(self.splits)
+
+    def bounds(self, shape: Sequence[int]) -> list[Sequence[int] | None]:
+        """Per tensor dimension: its block boundaries, or ``None`` when unsharded."""
+        sp = self.splits_dict()
+        out: list[Sequence[int] | None] = []
+        for n, s in zip(shape, self.specs, strict=True):
+            if s == UNSHARDED:
+                out.append(None)
+            else:
+                out.append(dim_bounds(n, self.mesh_shape[self.dim_names.index(s)], sp.get(s)))
+        return out
+
+    def replicas(self) -> int:
+        """How many mesh positions hold each shard (the product of the unused mesh dims)."""
+        return math.prod(
+            k for n, k in zip(self.dim_names, self.mesh_shape, strict=True) if n not in self.specs
+        )
+
+    def is_replicated(self) -> bool:
+        """Whether every position holds the whole tensor."""
+        return all(s == UNSHARDED for s in self.specs)
+
+    def shard(self, shape: Sequence[int], coords: Sequence[int]) -> tuple[slice, ...]:
+        """The hyperslab held at mesh ``coords``."""
+        return shard_slices(
+            shape, self.specs, self.dim_names, self.mesh_shape, coords, self.splits_dict()
+        )
+
+    def check_shape(self, shape: Sequence[int]) -> None:
+        """Check that ``splits`` fit a tensor of ``shape``.
+
+        Raises:
+            ValueError: A split dimension's length differs from its bounds' end.
+        """
+        sp = self.splits_dict()
+        for d, (n, s) in enumerate(zip(shape, self.specs, strict=True)):
+            b = sp.get(s)
+            if b is not None and b[-1] != n:
+                raise ValueError(
+                    f"the layout splits mesh dimension {s!r} at {list(b)!r}, which covers "
+                    f"{b[-1]} elements, but dimension {d} of the tensor has {n} (shape "
+                    f"{tuple(shape)!r})"
+                )
 
 
 def replica_position(
@@ -115,21 +281,38 @@ class Layout:
     """The sharding of a tensor over a mesh: one spec per tensor dimension.
 
     Each spec is a mesh dimension name (that tensor dimension is split in blocks
-    over it) or :data:`UNSHARDED`.
+    over it) or :data:`UNSHARDED`. Blocks follow the block distribution (the first
+    ``n % k`` blocks one element larger) unless ``splits`` gives a mesh dimension's
+    boundaries explicitly (PETSc-style ownership ranges, e.g. the remainder on the
+    last rank, or load-balanced blocks; empty blocks allowed).
 
     Args:
         sharding_specs: One spec per tensor dimension.
         mesh: The mesh.
+        splits: ``{mesh dim: bounds}``: ``mesh.dim_size(dim) + 1`` non-decreasing ints
+            from 0 to the length of the tensor dimension split over ``dim`` (block
+            ``i`` is ``[bounds[i], bounds[i + 1])``). Such a layout fits only tensors
+            whose split dimensions have that length.
 
     Raises:
-        ValueError: A spec names no mesh dimension or a mesh dimension is used twice.
+        ValueError: A spec names no mesh dimension, a mesh dimension is used twice, or
+            ``splits`` is malformed (the message names the bad value).
     """
 
-    def __init__(self, sharding_specs: Sequence[str], mesh: Mesh) -> None:
+    def __init__(
+        self,
+        sharding_specs: Sequence[str],
+        mesh: Mesh,
+        splits: Mapping[str, Sequence[int]] | None = None,
+    ) -> None:
         if isinstance(sharding_specs, str):
             raise ValueError(f"sharding_specs must be a sequence of specs, got {sharding_specs!r}")
         self._specs = validate_specs(sharding_specs, mesh.dim_names)
         self._mesh = mesh
+        self._splits = (
+            validate_splits(splits, mesh.dim_names, mesh.shape) if splits is not None else ()
+        )
+        self._spec = LayoutSpec(self._specs, tuple(mesh.dim_names), tuple(mesh.shape), self._splits)
         self._replica: tuple[int, int] | None = None
 
     @classmethod
@@ -163,11 +346,31 @@ class Layout:
         """Whether every rank holds the whole tensor."""
         return all(s == UNSHARDED for s in self._specs)
 
+    @property
+    def splits(self) -> dict[str, tuple[int, ...]]:
+        """Explicit block boundaries by mesh dimension (empty: block distribution)."""
+        return dict(self._splits)
+
+    def spec(self) -> LayoutSpec:
+        """The layout as plain data (what a checkpoint records)."""
+        return self._spec
+
+    def check_shape(self, global_shape: Sequence[int]) -> None:
+        """Check that this layout fits a tensor of ``global_shape``.
+
+        Raises:
+            ValueError: The rank differs, or a split dimension has another length.
+        """
+        if len(global_shape) != self.rank:
+            raise ValueError(
+                f"layout {list(self._specs)!r} has rank {self.rank} but the value has shape "
+                f"{tuple(global_shape)!r}"
+            )
+        self._spec.check_shape(global_shape)
+
     def slices_at(self, coords: Sequence[int], global_shape: Sequence[int]) -> tuple[slice, ...]:
         """The hyperslab held by the rank at mesh ``coords``."""
-        return shard_slices(
-            tuple(global_shape), self._specs, self._mesh.dim_names, self._mesh.shape, coords
-        )
+        return self._spec.shard(tuple(global_shape), coords)
 
     def local_slices(self, global_shape: Sequence[int]) -> tuple[slice, ...]:
         """This rank's hyperslab of a tensor of ``global_shape``."""
@@ -187,29 +390,27 @@ class Layout:
         return rp
 
     def index_key(self) -> tuple[tuple[str, ...], tuple[str, ...], tuple[int, ...]]:
-        """``(sharding_specs, mesh dim_names, mesh shape)``, as a checkpoint index records it."""
+        """``(sharding_specs, mesh dim_names, mesh shape)``."""
         return (self._specs, tuple(self._mesh.dim_names), tuple(self._mesh.shape))
 
     def to_dict(self) -> dict:
         """The layout's description as stored in a checkpoint index."""
-        return {"sharding_specs": list(self._specs), "mesh": self._mesh.to_dict()}
+        d: dict = {"sharding_specs": list(self._specs), "mesh": self._mesh.to_dict()}
+        if self._splits:
+            d["splits"] = {k: list(v) for k, v in self._splits}
+        return d
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Layout):
             return NotImplemented
-        return self._specs == other._specs and (
-            self._mesh is other._mesh
-            or (
-                self._mesh.dim_names == other._mesh.dim_names
-                and self._mesh.shape == other._mesh.shape
-            )
-        )
+        return self._spec == other._spec
 
     def __hash__(self) -> int:
-        return hash((self._specs, self._mesh.dim_names, self._mesh.shape))
+        return hash(self._spec)
 
     def __repr__(self) -> str:
-        return f"Layout({list(self._specs)!r}, {self._mesh!r})"
+        extra = f", splits={self.splits!r}" if self._splits else ""
+        return f"Layout({list(self._specs)!r}, {self._mesh!r}{extra})"
 
 
 def _check_rank(rank: int) -> int:

@@ -1,12 +1,19 @@
 """CheckpointManager: numbered saves, retention, the state file and the directory's lease.
 
 The counterpart of ``tf.train.CheckpointManager``.
+
+As in TensorFlow, a manager manages only what it (or an earlier manager in the same
+directory) saved: on construction it adopts the state file's entries newer than the
+last preserved timestamp, and never the checkpoints of ``Checkpoint.save`` (which
+records its save as preserved). When the clock is behind the last preserved
+timestamp it warns, adopts nothing and deletes nothing it found.
 """
 
 from __future__ import annotations
 
 import os
 import time
+import warnings
 import weakref
 from collections.abc import Callable
 from types import TracebackType
@@ -15,7 +22,8 @@ from typing import Any
 from . import _dist
 from ._dist import Deadline
 from ._interrupts import deferred, deferring
-from .checkpoint import Checkpoint, core_of, update_state_file
+from .checkpoint import Checkpoint, CheckpointLoadStatus, core_of, update_state_file
+from .errors import WriteCallbackError
 from .io import (
     CheckpointState,
     DirectoryLease,
@@ -24,11 +32,36 @@ from .io import (
     read_state,
     relative_to,
     remove_orphans,
+    resolve_latest,
 )
 from .options import CheckpointOptions
 from .variable import Variable
 
-__all__ = ["CheckpointManager"]
+__all__ = ["CheckpointManager", "RestoredPath"]
+
+
+class RestoredPath(str):
+    """The path :meth:`CheckpointManager.restore_or_initialize` restored (a ``str``).
+
+    Attributes:
+        status: The :class:`~hpckpt.CheckpointLoadStatus` of that restore, to assert on
+            (``path.status.assert_existing_objects_matched()``).
+    """
+
+    status: CheckpointLoadStatus
+
+    def __new__(cls, path: str, status: CheckpointLoadStatus) -> RestoredPath:
+        out = super().__new__(cls, path)
+        out.status = status
+        return out
+
+
+def _release(lease: DirectoryLease | None) -> None:
+    if lease is not None:
+        try:
+            lease.release()
+        except Exception:  # at exit or in a finalizer: nothing to tell anyone
+            pass
 
 
 def _as_int(value: Any, what: str) -> int:
@@ -39,14 +72,6 @@ def _as_int(value: Any, what: str) -> int:
     except (TypeError, ValueError):
         raise TypeError(f"{what} must be an int or an int Variable, got {value!r:.60}") from None
     return n
-
-
-def _release(lease: DirectoryLease | None) -> None:
-    if lease is not None:
-        try:
-            lease.release()
-        except Exception:  # at exit or in a finalizer: nothing to tell anyone
-            pass
 
 
 class CheckpointManager:
@@ -64,6 +89,8 @@ class CheckpointManager:
         checkpoint_interval: Save only if at least this many steps passed since
             the last save (needs ``step_counter``).
         init_fn: Called by :meth:`restore_or_initialize` when there is nothing to restore.
+        last_checkpoint_step: The step of the last checkpoint, from which
+            ``checkpoint_interval`` counts (default: none, the first save is not skipped).
         clock: Seconds since the epoch for save times and ``keep_checkpoint_every_n_hours``
             (default: ``time.time()``, looked up at each call); for tests and simulations.
 
@@ -91,6 +118,7 @@ class CheckpointManager:
         step_counter: Any = None,
         checkpoint_interval: int | None = None,
         init_fn: Callable[[], Any] | None = None,
+        last_checkpoint_step: int | None = None,
         *,
         clock: Callable[[], float] | None = None,
     ) -> None:
@@ -120,6 +148,10 @@ class CheckpointManager:
             )
         if not isinstance(checkpoint_name, str) or not checkpoint_name or "/" in checkpoint_name:
             raise ValueError(f"checkpoint_name must be a plain file name, got {checkpoint_name!r}")
+        if last_checkpoint_step is not None and (
+            isinstance(last_checkpoint_step, bool) or not isinstance(last_checkpoint_step, int)
+        ):
+            raise ValueError(f"last_checkpoint_step must be an int, got {last_checkpoint_step!r}")
         self._checkpoint = checkpoint
         self._directory = os.fspath(directory)
         self._max_to_keep = max_to_keep
@@ -130,7 +162,7 @@ class CheckpointManager:
         self._interval = checkpoint_interval
         self._init_fn = init_fn
         self._clock: Callable[[], float] = clock if clock is not None else (lambda: time.time())
-        self._last_step: int | None = None
+        self._last_step: int | None = last_checkpoint_step
         self._core = core_of(checkpoint)
         comm = self._core.comm
         self._closed = False
@@ -142,15 +174,7 @@ class CheckpointManager:
         def load() -> dict | None:
             if comm.Get_rank() != 0:
                 return None
-            state = read_state(self._directory)
-            if state is None:
-                return {"checkpoints": [], "lpt": self._clock()}
-            kept = [
-                [p, t]
-                for p, t in state.checkpoints
-                if checkpoint_exists(os.path.join(self._directory, p))
-            ]
-            return {"checkpoints": kept, "lpt": state.last_preserved_timestamp}
+            return self._recover(read_state(self._directory), float(self._clock()))
 
         with deferred():
             doc = _dist.run_agreed(comm, f"reading the state file in {self._directory!r}", load)
@@ -158,7 +182,42 @@ class CheckpointManager:
         self._kept: list[tuple[str, float]] = [
             (os.path.join(self._directory, p), t) for p, t in doc["checkpoints"]
         ]
+        self._latest: str | None = (
+            None if doc["latest"] is None else os.path.join(self._directory, doc["latest"])
+        )
         self._last_preserved = float(doc["lpt"])
+
+    def _recover(self, state: CheckpointState | None, now: float) -> dict:
+        """What a new manager takes over from the state file (rank 0), as TF does.
+
+        It adopts the entries saved after the last preserved timestamp (those of an
+        earlier manager), not the others (``Checkpoint.save``'s, or those preserved by
+        ``keep_checkpoint_every_n_hours``), which it never deletes. When the clock is
+        behind the last preserved timestamp, that timestamp is set back to the clock's
+        time, with a warning: nothing is adopted, so nothing found here is deleted.
+        """
+        if state is None:
+            # slightly in the past: a manager re-created at once still adopts its saves
+            return {"checkpoints": [], "latest": None, "lpt": now - 1.0}
+        lpt = state.last_preserved_timestamp
+        if now < lpt:
+            warnings.warn(
+                f"The clock returned a value {lpt - now:f} seconds behind the last preserved "
+                f"checkpoint timestamp in {self._directory!r}: the checkpoints listed there "
+                "will not be managed (kept, never deleted) by this CheckpointManager.",
+                stacklevel=5,
+            )
+            lpt = now
+        adopted = [
+            [p, min(t, now)]
+            for p, t in state.checkpoints
+            if min(t, now) > lpt and checkpoint_exists(os.path.join(self._directory, p))
+        ]
+        return {
+            "checkpoints": adopted,
+            "latest": resolve_latest(self._directory, state),
+            "lpt": lpt,
+        }
 
     @property
     def directory(self) -> str:
@@ -167,13 +226,17 @@ class CheckpointManager:
 
     @property
     def checkpoints(self) -> list[str]:
-        """Paths of the kept checkpoints, oldest first."""
+        """Paths of the managed checkpoints, oldest first.
+
+        Checkpoints preserved by ``keep_checkpoint_every_n_hours``, and those this
+        manager did not adopt, are not listed (and never deleted).
+        """
         return [p for p, _ in self._kept]
 
     @property
     def latest_checkpoint(self) -> str | None:
-        """The newest kept checkpoint, or ``None``."""
-        return self._kept[-1][0] if self._kept else None
+        """The newest checkpoint in the directory (managed or not), or ``None``."""
+        return self._latest
 
     @property
     def checkpoint(self) -> Checkpoint:
@@ -197,7 +260,9 @@ class CheckpointManager:
         Args:
             checkpoint_number: The number in the name (int or int Variable); by
                 default the checkpoint's ``save_counter`` after it is incremented.
-            check_interval: Honour ``checkpoint_interval`` (skip if too few steps passed).
+            check_interval: Honour ``checkpoint_interval`` (skip if too few steps
+                passed). Either way, with ``checkpoint_interval`` a second save at
+                the same step is skipped.
             options: Checkpoint options.
 
         Returns:
@@ -211,10 +276,13 @@ class CheckpointManager:
         """
         if self._closed:
             raise ValueError(f"this CheckpointManager of {self._directory!r} is closed")
-        if self._interval is not None and check_interval:
+        if self._interval is not None:
             step = _as_int(self._step_counter, "step_counter")
-            if self._last_step is not None and step < self._last_step + self._interval:
-                return None
+            if self._last_step is not None:
+                if step == self._last_step:
+                    return None  # already saved at this step
+                if check_interval and step < self._last_step + self._interval:
+                    return None
         options = options or CheckpointOptions()
         sc = self._checkpoint.save_counter
         old = int(sc.local)
@@ -252,6 +320,8 @@ class CheckpointManager:
                 after=lambda c: self._retain(path, deadline, c),
                 on_error=rollback,
             )
+        except WriteCallbackError:
+            raise  # the checkpoint is committed and managed
         except BaseException:
             rollback()
             raise
@@ -293,6 +363,7 @@ class CheckpointManager:
             read_current=False,
         )
         self._kept = kept
+        self._latest = path
         self._last_preserved = last_preserved
 
     def sync(self) -> None:
@@ -346,20 +417,21 @@ class CheckpointManager:
         """Whether :meth:`close` was called."""
         return self._closed
 
-    def restore_or_initialize(self) -> str | None:
+    def restore_or_initialize(self) -> RestoredPath | None:
         """Restore the latest checkpoint, or call ``init_fn`` if there is none.
 
         Returns:
-            The restored path, or ``None`` when it initialized.
+            The restored path (a ``str``, as in TensorFlow) whose ``status`` attribute is
+            the load status of the restore; or ``None`` when it initialized.
 
         Collective: call on all ranks.
         """
         latest = self.latest_checkpoint
         if latest is not None:
-            self._checkpoint.restore(latest)
+            status = self._checkpoint.restore(latest)
             if self._step_counter is not None:
                 self._last_step = _as_int(self._step_counter, "step_counter")
-            return latest
+            return RestoredPath(latest, status)  # type: ignore[arg-type]
         if self._init_fn is not None:
             self._init_fn()
         return None

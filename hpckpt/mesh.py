@@ -122,6 +122,13 @@ class Mesh:
         """The mesh's description as stored in a checkpoint index."""
         return {"dim_names": list(self._dim_names), "shape": list(self._shape)}
 
+    def __copy__(self) -> Mesh:
+        return self
+
+    def __deepcopy__(self, memo: dict) -> Mesh:
+        """A mesh is its communicator: copies (of variables, layouts) share it."""
+        return self
+
     def __repr__(self) -> str:
         dims = ", ".join(f"{n}={s}" for n, s in zip(self._dim_names, self._shape, strict=True))
         return f"Mesh({dims})"

@@ -42,7 +42,11 @@ class Optimizer(Module):
         )
 
     def add_slot(self, var: Variable, slot_name: str) -> Variable:
-        """The slot ``slot_name`` of ``var``, created as zeros (or restored) if missing."""
+        """The slot ``slot_name`` of ``var``, created as zeros (or restored) if missing.
+
+        A restore creates (and fills) the slots this optimizer uses as soon as both
+        the optimizer and ``var`` exist, as TensorFlow's optimizers do.
+        """
         slot = self._get_slot(var, slot_name)
         if slot is None:
             slot = Variable.from_local(
@@ -50,6 +54,12 @@ class Optimizer(Module):
             )
             self._add_slot(var, slot_name, slot)
         return slot
+
+    def _create_slot_for_restore(self, variable: Variable, slot_name: str) -> Variable | None:
+        """Create a slot this optimizer uses when a restore holds a value for it."""
+        if slot_name not in self._slot_names:
+            return None
+        return self.add_slot(variable, slot_name)
 
     def get_slot(self, var: Variable, slot_name: str) -> Variable:
         """The slot ``slot_name`` of ``var``.

@@ -2,11 +2,42 @@
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from .io.options import IOOptions
 
-__all__ = ["CheckpointOptions", "check_options", "io_options"]
+__all__ = ["CheckpointOptions", "call_write_callback", "check_options", "io_options"]
+
+
+def _positional_arity(fn: Callable[..., Any]) -> tuple[int, bool]:
+    """(required positional parameters, whether it takes one more) of ``fn``."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # a builtin without a signature: give it the path
+        return 1, True
+    required, takes = 0, False
+    for p in sig.parameters.values():
+        if p.kind is p.VAR_POSITIONAL:
+            takes = True
+        elif p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            takes = True
+            if p.default is p.empty:
+                required += 1
+        elif p.kind is p.KEYWORD_ONLY and p.default is p.empty:
+            required += 2  # cannot be called with the path alone
+    return required, takes
+
+
+def call_write_callback(fn: Callable[..., Any], path: str) -> None:
+    """Call a write callback with the committed path, or with nothing if it takes none."""
+    _, takes = _positional_arity(fn)
+    if takes:
+        fn(path)
+    else:
+        fn()
 
 
 @dataclass(frozen=True)
@@ -53,6 +84,13 @@ class CheckpointOptions:
             snapshot; a save that needs more runs synchronously. The snapshot's
             buffers are kept for the next asynchronous save (so that it copies
             into memory that is already mapped). ``None``: no limit.
+        write_callbacks: Callables run on rank 0, in order, after each ``save``,
+            ``write`` or ``CheckpointManager.save`` has committed (and updated the
+            state file), with the checkpoint's path if they take one argument
+            (TensorFlow's ``experimental_write_callbacks``). After an asynchronous
+            save they run in the background thread, once the save committed. An
+            exception in one is raised on every rank as ``WriteCallbackError``; the
+            checkpoint stays committed.
     """
 
     enable_async: bool = False
@@ -65,8 +103,24 @@ class CheckpointOptions:
     alignment: int = field(default=1 << 20, kw_only=True)
     alignment_threshold: int = field(default=1 << 20, kw_only=True)
     async_memory_budget: int | None = field(default=None, kw_only=True)
+    write_callbacks: tuple[Callable[..., Any], ...] = field(default=(), kw_only=True)
 
     def __post_init__(self) -> None:
+        callbacks = self.write_callbacks
+        if callbacks is None:
+            callbacks = ()
+        if callable(callbacks) or not isinstance(callbacks, (list, tuple)):
+            raise TypeError(
+                f"write_callbacks must be a list or tuple of callables, got {callbacks!r:.80}"
+            )
+        for fn in callbacks:
+            if not callable(fn):
+                raise TypeError(f"write callback {fn!r:.80} is not callable")
+            if _positional_arity(fn)[0] > 1:
+                raise ValueError(
+                    f"write callback {fn!r:.80} must take the checkpoint path or no argument"
+                )
+        object.__setattr__(self, "write_callbacks", tuple(callbacks))
         if self.timeout is not None and (
             isinstance(self.timeout, bool)
             or not isinstance(self.timeout, (int, float))

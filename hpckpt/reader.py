@@ -1,6 +1,7 @@
 """Reading a checkpoint without the model and without an MPI launcher.
 
-The counterpart of ``tf.train.load_checkpoint``.
+The counterparts of ``tf.train.load_checkpoint``, ``tf.train.list_variables`` and
+``tf.train.load_variable``.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import NotFoundError
+from .errors import KeyNotFoundError, NotFoundError
 from .io import (
     CheckpointIndex,
     TensorEntry,
@@ -24,6 +25,7 @@ __all__ = [
     "TensorInfo",
     "list_variables",
     "load_checkpoint",
+    "load_variable",
     "resolve_checkpoint",
 ]
 
@@ -93,7 +95,9 @@ class CheckpointReader:
         try:
             return self._index.tensors[key]
         except KeyError:
-            raise KeyError(f"tensor {key!r} is not in checkpoint {self._prefix!r}") from None
+            raise KeyNotFoundError(
+                f"tensor {key!r} is not in checkpoint {self._prefix!r}"
+            ) from None
 
     def get_variable_to_shape_map(self) -> dict[str, list[int]]:
         """``{key: global shape}`` of every tensor."""
@@ -111,7 +115,7 @@ class CheckpointReader:
         """The global array of ``key`` (checksums verified).
 
         Raises:
-            KeyError: No such tensor.
+            KeyNotFoundError: No such tensor (a ``NotFoundError`` and a ``KeyError``).
             CorruptCheckpointError: Its bytes fail their checksums.
         """
         e = self._entry(key)
@@ -135,7 +139,7 @@ class CheckpointReader:
         """Close the data file (it also closes when the reader is garbage-collected)."""
         self._open.close()
 
-    def get_layout_map(self) -> dict[str, dict]:
+    def get_layout_map(self) -> dict[str, dict | None]:
         """``{key: {"sharding_specs": [...], "mesh": {...}}}``: each tensor's layout at save."""
         return {k: t.layout_dict() for k, t in self._index.tensors.items()}
 
@@ -149,3 +153,19 @@ def list_variables(dir_or_path: str | os.PathLike) -> list[tuple[str, list[int]]
     """``[(key, shape), ...]`` of every tensor in a checkpoint, sorted by key."""
     reader = load_checkpoint(dir_or_path)
     return sorted(reader.get_variable_to_shape_map().items())
+
+
+def load_variable(dir_or_path: str | os.PathLike, name: str) -> np.ndarray:
+    """The global array of tensor ``name`` in a checkpoint (or a directory's latest one).
+
+    ``name`` is a key such as ``net/l1/kernel/.ATTRIBUTES/VARIABLE_VALUE``; a trailing
+    ``:0`` (TensorFlow's tensor names) is ignored. Checksums are verified.
+
+    Raises:
+        NotFoundError: No checkpoint there; ``KeyNotFoundError`` (also a ``KeyError``)
+            when it has no tensor ``name``.
+        CorruptCheckpointError: The checkpoint is damaged.
+    """
+    if name.endswith(":0"):
+        name = name[:-2]
+    return load_checkpoint(dir_or_path).get_tensor(name)

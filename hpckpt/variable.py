@@ -207,6 +207,20 @@ class Variable:
         self._local[...] = arr
         return self
 
+    def __copy__(self) -> Variable:
+        """The variable itself (as ``copy.copy`` of a TensorFlow variable)."""
+        return self
+
+    def __deepcopy__(self, memo: dict) -> Variable:
+        """A new variable: a copy of this rank's shard in a new buffer, the same layout
+        (and mesh), shape and name. Local: each rank copies its own shard."""
+        new = Variable.__new__(type(self))
+        memo[id(self)] = new
+        new._init(
+            np.array(self._local, order="C", copy=True), self._layout, self._shape, self._name
+        )
+        return new
+
     def __repr__(self) -> str:
         return (
             f"<hpckpt.Variable {self._name!r} shape={self._shape} dtype={self.dtype} "
@@ -217,8 +231,4 @@ class Variable:
 def _check_layout(layout: Layout, shape: tuple[int, ...]) -> None:
     if not isinstance(layout, Layout):
         raise TypeError(f"layout must be an hpckpt.Layout, got {type(layout).__name__}")
-    if layout.rank != len(shape):
-        raise ValueError(
-            f"layout {list(layout.sharding_specs)!r} has rank {layout.rank} but the value "
-            f"has shape {shape!r}"
-        )
+    layout.check_shape(shape)

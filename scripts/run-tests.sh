@@ -34,7 +34,7 @@ run "serial tests" "$PY" -m pytest -q -p no:cacheprovider --color=no --timeout=3
 # The object-graph, manager and reader tests also on a single rank (a job of one).
 # The object-graph tests and TensorFlow's ported tests also on a single rank (a job of one).
 run "MPI object tests on 1 rank" timeout 900 mpirun -n 1 \
-    "$PY" -m mpi4py -m pytest --with-mpi -q -p no:cacheprovider --color=no --timeout=240 --timeout-method=thread -m mpi tests/test_mpi_objects.py tests/tf_port
+    "$PY" -m mpi4py -m pytest --with-mpi -q -p no:cacheprovider --color=no --timeout=240 --timeout-method=thread -m mpi tests/test_mpi_objects.py tests/test_mpi_tf_parity.py tests/tf_port
 for n in 2 3 4; do
     # TensorFlow's ported tests run on 1 and 2 ranks
     skip=(); [ "$n" -gt 2 ] && skip=(--ignore=tests/tf_port)

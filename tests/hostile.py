@@ -233,14 +233,24 @@ CASES = {
         "offset",
     ),
     "negative slice": (
-        edit_index(lambda d: d["tensors"][W_KEY]["slices"][0].update(start=[-1, 0])),
+        edit_index(lambda d: d["tensors"][W_KEY].update(slices=[[-1, 0, 6, 4]])),
         hpckpt.CorruptCheckpointError,
         "bad value",
     ),
-    "unknown format version": (
-        edit_index(lambda d: d.update(version=2)),
+    "slice removed": (
+        edit_index(lambda d: d["tensors"][W_KEY].update(slices=[[0, 0, 3, 4]])),
         hpckpt.CorruptCheckpointError,
-        "version 2",
+        "do not cover it exactly once",
+    ),
+    "checksums removed": (
+        edit_index(lambda d: d["tensors"][W_KEY].update(checksums="")),
+        hpckpt.CorruptCheckpointError,
+        "checksums",
+    ),
+    "unknown format version": (
+        edit_index(lambda d: d.update(version=3)),
+        hpckpt.CorruptCheckpointError,
+        "version 3",
     ),
     "graph names unknown tensor": (
         edit_index(lambda d: d["graph"]["nodes"][1].update(key="nope")),

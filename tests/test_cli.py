@@ -161,7 +161,9 @@ def test_ls_json(good: Path) -> None:
     assert set(by) == {"ckpt-1", "ckpt-2", "manual", "other"}
     assert [by["ckpt-1"]["step"], by["ckpt-2"]["step"], by["manual"]["step"]] == [1, 2, None]
     assert by["ckpt-2"]["latest"] and not by["ckpt-1"]["latest"]
-    assert by["ckpt-1"]["in_state_file"] and not by["manual"]["in_state_file"]
+    # Checkpoint.save lists only its latest save in the state file (as TF does)
+    assert by["ckpt-2"]["in_state_file"] and not by["ckpt-1"]["in_state_file"]
+    assert not by["manual"]["in_state_file"]
     for name in ("ckpt-1", "ckpt-2"):
         prefix = good / name
         size = os.path.getsize(f"{prefix}.index.json") + os.path.getsize(data_file_of(prefix))
@@ -520,3 +522,21 @@ def test_console_script(good: Path) -> None:
         pytest.skip("the hpckpt console script is not installed beside this interpreter")
     r = subprocess.run([str(script), "ls", str(good)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "ckpt-2" in r.stdout
+
+
+def test_verify_fails_on_a_tensor_its_slices_do_not_cover(good: Path, tmp_path: Path) -> None:
+    """A committed index whose slices leave part of a tensor uncovered is damaged: verify
+    says so (exit 1), and no reader hands the uncovered bytes over."""
+    d = copy_dir(good, tmp_path)
+    prefix = d / "ckpt-2"
+    doc = index_of(prefix)
+    key = next(k for k, t in doc["tensors"].items() if t["slices"] is not None)
+    doc["tensors"][key]["slices"] = []
+    doc["tensors"][key]["checksums"] = ""
+    Path(f"{prefix}.index.json").write_text(json.dumps(doc))
+    r = hp("verify", prefix)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "do not cover it exactly once" in r.stdout
+    assert hpjson("verify", prefix, code=1)["ok"] is False
+    with pytest.raises(hpckpt.CorruptCheckpointError, match="do not cover"):
+        hpckpt.load_checkpoint(str(prefix))

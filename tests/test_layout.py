@@ -130,3 +130,13 @@ def test_any_layout_tiles_the_tensor_exactly_once_per_replica(case):
     assert (count == unused).all()
     assert len(groups) == unused
     assert all((g == 1).all() for g in groups.values())
+
+
+@given(st.integers(1, 50), st.integers(1, 12))
+def test_block_of_inverts_block_range(n, k):
+    from hpckpt.io.slicing import block_of
+
+    for i in range(k):
+        a, b = block_range(n, k, i)
+        for x in range(a, b):
+            assert block_of(n, k, x) == i

@@ -13,7 +13,7 @@ from mpi4py import MPI
 
 import hpckpt
 from hpckpt import UNSHARDED, Layout
-from hpckpt.io import wait_removals
+from hpckpt.io import load_index, wait_removals
 
 pytestmark = pytest.mark.mpi(min_size=2)
 
@@ -103,12 +103,12 @@ def test_replicated_tensors_are_written_once(shared_dir):
     ckpt.write(prefix)
     with Agreed():
         if comm.rank == 0:
-            index = json.load(open(prefix + ".index.json"))
-            for key, t in index["tensors"].items():
-                cover = np.zeros(t["shape"], dtype=int)
-                for s in t["slices"]:
+            index = load_index(prefix)
+            for key, t in index.tensors.items():
+                cover = np.zeros(t.shape, dtype=int)
+                for s in t.slices:
                     cover[
-                        tuple(slice(a, a + n) for a, n in zip(s["start"], s["shape"], strict=False))
+                        tuple(slice(a, a + n) for a, n in zip(s.start, s.shape, strict=True))
                     ] += 1
                 assert (cover == 1).all(), key  # every element exactly once
 
@@ -340,3 +340,118 @@ def test_direct_io_of_large_pieces_roundtrip(shared_dir):
         and np.array_equal(got["small"], small)
         and np.array_equal(got["cols"], cols)
     )
+
+
+def test_ranks_with_different_layouts_never_commit_a_hole(shared_dir):
+    """One rank builds its Variable with another layout (same shape and dtype): the save
+    fails on every rank, names the ranks that differ, and commits nothing."""
+    comm = MPI.COMM_WORLD
+    mesh = hpckpt.create_mesh([("x", comm.size)])
+    lay = Layout(["x", UNSHARDED], mesh) if comm.rank else Layout([UNSHARDED, "x"], mesh)
+    v = hpckpt.Variable(np.arange(48.0 * comm.size).reshape(8 * comm.size, 6), lay)
+    prefix = os.path.join(shared_dir, "holes")
+    msg = None
+    try:
+        hpckpt.Checkpoint(v=v).write(prefix)
+    except hpckpt.CheckpointError as e:
+        msg = str(e)
+    assert all_ranks(msg is not None and "layouts" in msg), msg
+    assert len(set(comm.allgather(msg))) == 1
+    assert all_ranks(not os.path.exists(prefix + ".index.json"))
+
+
+def test_plan_cache_reuses_the_structure_and_notices_any_change(shared_dir):
+    """Saves of the same structure reuse rank 0's file template and every rank's offsets;
+    any change (a tensor, a shape, an option) on all ranks makes a fresh plan; every
+    checkpoint restores bit-identically and is a plain HDF5 file."""
+    from hpckpt.io import write as w
+
+    comm = MPI.COMM_WORLD
+    mesh = hpckpt.create_mesh([("x", comm.size)])
+
+    def model(extra=False, rows=12):
+        vs = {
+            "a": hpckpt.Variable(
+                np.arange(rows * 5.0).reshape(rows, 5), Layout(["x", UNSHARDED], mesh)
+            ),
+            "b": hpckpt.Variable(np.arange(7, dtype=np.int32)),
+        }
+        if extra:
+            vs["c"] = hpckpt.Variable(np.ones((3, 2), np.float32))
+        return vs
+
+    cases = [
+        (model(), None),
+        (model(), None),  # a cache hit
+        (model(extra=True), None),  # one more tensor
+        (model(rows=13), None),  # another shape
+        (model(rows=13), hpckpt.CheckpointOptions(alignment=4096)),  # another option
+        (model(rows=13), hpckpt.CheckpointOptions(alignment=4096)),  # a hit again
+    ]
+    hits = []
+    for n, (vs, opts) in enumerate(cases):
+        before = set(w._PLANS)
+        p = hpckpt.Checkpoint(**vs).write(os.path.join(shared_dir, f"c{n}"), options=opts)
+        hits.append(set(w._PLANS) == before)
+        fresh = {k: hpckpt.Variable(np.zeros_like(v.numpy()), v.layout) for k, v in vs.items()}
+        hpckpt.Checkpoint(**fresh).read(p).assert_consumed()
+        want = {k: v.numpy() for k, v in vs.items()}
+        got = {k: v.numpy() for k, v in fresh.items()}
+        with Agreed():
+            for k in vs:
+                assert np.array_equal(got[k], want[k]), (n, k)
+            if comm.rank == 0:
+                data = load_index(p).data_file
+                with h5py.File(os.path.join(shared_dir, data), "r") as f:
+                    assert np.array_equal(f["a"][...], want["a"])
+    assert all_ranks(hits == [False, True, False, False, False, True]), hits
+
+
+@pytest.mark.parametrize("chunk", [1 << 16, 1 << 25], ids=["many-chunks", "one-chunk"])
+def test_strided_shards_are_saved_in_contiguous_row_bands(shared_dir, chunk, monkeypatch):
+    """Shards split along columns are exchanged by the ranks sharing their rows and written
+    as contiguous bands (index ``rows``); they restore bit-identically onto the same and
+    other layouts, and a flipped byte in a band is caught."""
+    from hpckpt.io import aggregate
+
+    monkeypatch.setattr(aggregate, "CHUNK_BYTES", chunk)
+    comm = MPI.COMM_WORLD
+    mesh = mesh2d()
+    rng = np.random.default_rng(7)
+    a = rng.standard_normal((2049, 517)).astype(np.float32)  # uneven, > 1 MiB per shard
+    b = rng.integers(0, 1 << 30, (300, 2000), dtype=np.int64)
+    vs = {
+        "a": hpckpt.Variable(a, Layout(["x", "y"], mesh)),
+        "b": hpckpt.Variable(b, Layout([UNSHARDED, "y"], mesh)),
+    }
+    p = hpckpt.Checkpoint(**vs).write(os.path.join(shared_dir, f"bands{chunk}"))
+    with Agreed():
+        doc = json.load(open(p + ".index.json"))
+        strided = mesh.shape[1] > 1
+        assert doc["tensors"]["a/.ATTRIBUTES/VARIABLE_VALUE"].get("rows", False) is strided
+        assert doc["tensors"]["b/.ATTRIBUTES/VARIABLE_VALUE"].get("rows", False) is strided
+    flat = hpckpt.create_mesh([("r", comm.size)])
+    for la, lb in [
+        (Layout(["x", "y"], mesh), Layout([UNSHARDED, "y"], mesh)),
+        (Layout(["r", UNSHARDED], flat), Layout([UNSHARDED, "r"], flat)),
+        (Layout.replicated(flat, 2), Layout(["r", UNSHARDED], flat)),
+        (Layout(["y", "x"], mesh), Layout(["x", "y"], mesh)),
+    ]:
+        t = {
+            "a": hpckpt.Variable(np.zeros_like(a), la),
+            "b": hpckpt.Variable(np.zeros_like(b), lb),
+        }
+        hpckpt.Checkpoint(**t).read(p).assert_consumed()
+        got_a, got_b = t["a"].numpy(), t["b"].numpy()
+        assert all_ranks(np.array_equal(got_a, a) and np.array_equal(got_b, b))
+    if comm.rank == 0:
+        e = load_index(p).tensors["a/.ATTRIBUTES/VARIABLE_VALUE"]
+        with open(os.path.join(shared_dir, load_index(p).data_file), "r+b") as f:
+            f.seek(e.offset + 4 * 517 * 700 + 3)
+            x = f.read(1)
+            f.seek(e.offset + 4 * 517 * 700 + 3)
+            f.write(bytes([x[0] ^ 1]))
+    comm.Barrier()
+    t = {"a": hpckpt.Variable(np.zeros_like(a), Layout(["x", "y"], mesh))}
+    with pytest.raises(hpckpt.CorruptCheckpointError, match="checksum mismatch in tensor 'a/"):
+        hpckpt.Checkpoint(**t).read(p).expect_partial()

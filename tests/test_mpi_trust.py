@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 
@@ -103,7 +104,8 @@ def _corrupt_state_text(prefix: str, key: str, new: bytes) -> None:
     with open(data, "r+b") as f:
         f.seek(entry["offset"])
         f.write(new)
-    entry["slices"][0][doc["checksum"]] = checksum(np.frombuffer(new, dtype=np.uint8))
+    crc = checksum(np.frombuffer(new, dtype=np.uint8))
+    entry["checksums"] = base64.b64encode(np.array([crc], dtype="<u4").tobytes()).decode()
     with open(index, "w") as f:
         json.dump(doc, f)
 
@@ -112,9 +114,9 @@ def _corrupt_state_text(prefix: str, key: str, new: bytes) -> None:
 def test_non_utf8_state_is_a_damaged_checkpoint(shared_dir, in_place):
     comm = MPI.COMM_WORLD
     p = hpckpt.Checkpoint(**model(1.0, "saved")).write(os.path.join(shared_dir, "u"))
-    if comm.rank == 0:
-        _corrupt_state_text(p, "first/.ATTRIBUTES/py_state", b"\xff\xfe\xfa\x80\x81\x82\x83")
-    comm.Barrier()
+    with Agreed():  # (a failure here on rank 0 must not leave the others waiting)
+        if comm.rank == 0:
+            _corrupt_state_text(p, "first/.ATTRIBUTES/py_state", b"\xff\xfe\xfa\x80\x81\x82\x83")
     vs = model(7.0, "live")
     before = snapshot(vs)
     with Agreed():

@@ -64,61 +64,67 @@ def _row_blocks(shape, cuts):
 
 def _entry(data, slices, algorithm="crc32c"):
     from hpckpt.io.checksum import checksum
-    from hpckpt.io.index import SliceEntry, TensorEntry
+    from hpckpt.io.index import TensorEntry
+    from hpckpt.io.slicing import ListedSlicing
 
-    recs = tuple(
-        SliceEntry(st, sh, checksum(data[tuple(map(slice, st, np.add(st, sh)))], algorithm))
-        for st, sh in slices
+    crcs = [checksum(data[tuple(map(slice, st, np.add(st, sh)))], algorithm) for st, sh in slices]
+    return TensorEntry(
+        "t",
+        "t",
+        data.dtype,
+        data.shape,
+        0,
+        None,
+        ListedSlicing(np.array([s[0] for s in slices]), np.array([s[1] for s in slices])),
+        np.array(crcs, dtype=np.uint32),
     )
-    return TensorEntry("t", "t", data.dtype, data.shape, 0, ("x",), ("x",), (1,), recs)
 
 
-def test_stream_verifier_checks_chunks_as_they_arrive():
-    """Row-block slices are checksummed chunk by chunk; the result matches whole-slice CRCs,
-    and a flipped byte in any chunk is caught and named."""
+def test_slice_check_fuses_the_crc_with_the_chunks_as_they_arrive():
+    """A saved slice is checksummed chunk by chunk as it is read (in order); out-of-order
+    chunks fall back to a whole pass; a flipped byte anywhere is caught and named."""
     import pytest
 
     from hpckpt.errors import CorruptCheckpointError
-    from hpckpt.io.verify import StreamVerifier
+    from hpckpt.io.checksum import checksum_function
+    from hpckpt.io.verify import SliceCheck
 
     rng = np.random.default_rng(1)
     data = rng.standard_normal((37, 11))
-    slices = _row_blocks(data.shape, [5, 20])
-    entry = _entry(data, slices)
-    for chunk in (8, 100, 1 << 20):
-        for flip in (None, 3, 20 * 11 * 8 + 1, data.nbytes - 1):
-            arr = data.copy()
-            if flip is not None:
-                arr.reshape(-1).view(np.uint8)[flip] ^= 1
-            v = StreamVerifier("crc32c", [(entry, (0, 0), arr)])
-            piece = Piece(0, data.shape, (0, 0), arr)
-            for lo in range(0, arr.nbytes, chunk):
-                v.on_chunk(piece, lo, min(lo + chunk, arr.nbytes))
-            if flip is None:
-                v.finish()
-            else:
-                with pytest.raises(CorruptCheckpointError, match="checksum mismatch in tensor 't'"):
-                    v.finish()
+    entry = _entry(data, _row_blocks(data.shape, [5, 20]))
+    fn = checksum_function("crc32c")
+    for i, (lo_row, hi_row) in enumerate([(0, 5), (5, 20), (20, 37)]):
+        for chunk in (8, 100, 1 << 20):
+            for flip in (None, 0, 17, -1):
+                buf = data[lo_row:hi_row].copy()
+                if flip is not None:
+                    buf.reshape(-1).view(np.uint8)[flip] ^= 1
+                c = SliceCheck(entry, i, buf, fn)
+                chunks = list(range(0, buf.nbytes, chunk))
+                if chunk == 100:
+                    chunks.reverse()  # out of order: verified by a whole pass
+                for lo in chunks:
+                    c.update(lo, min(lo + chunk, buf.nbytes))
+                if flip is None:
+                    c.finish()
+                else:
+                    with pytest.raises(CorruptCheckpointError, match=f"start \\[{lo_row}, 0\\]"):
+                        c.finish()
 
 
-def test_stream_verifier_falls_back_for_unstreamed_and_strided_slices():
-    """Slices that never streamed (MPI-IO reads) or are strided in the request are
-    verified after the read, including in a sub-hyperslab request."""
+def test_verify_whole_checks_strided_slices_and_names_the_bad_one():
     import pytest
 
     from hpckpt.errors import CorruptCheckpointError
-    from hpckpt.io.verify import StreamVerifier
+    from hpckpt.io.verify import verify_whole
 
     data = np.arange(8 * 6, dtype=np.int32).reshape(8, 6)
-    cols = [((0, 0), (8, 3)), ((0, 3), (8, 3))]  # column blocks: strided in a row request
-    entry = _entry(data, cols, "crc32")
-    StreamVerifier("crc32", [(entry, (0, 0), data.copy())]).finish()
+    entry = _entry(data, [((0, 0), (8, 3)), ((0, 3), (8, 3))], "crc32")  # column blocks
+    verify_whole(entry, data.copy(), "crc32")
     bad = data.copy()
     bad[7, 5] += 1
     with pytest.raises(CorruptCheckpointError, match=r"slice start \[0, 3\]"):
-        StreamVerifier("crc32", [(entry, (0, 0), bad)]).finish()
-    # a request holding only rows 2..5 covers no saved slice: nothing to check
-    StreamVerifier("crc32", [(entry, (2, 0), bad[2:6])]).finish()
+        verify_whole(entry, bad, "crc32")
 
 
 def test_sieved_reads_fill_strided_pieces_exactly(tmp_path):
@@ -158,29 +164,3 @@ def test_sieved_reads_fill_strided_pieces_exactly(tmp_path):
             assert all(a[1] == b[0] for a, b in itertools.pairwise(seen))
     assert _sievable(Piece(offset, g, (0, 0, 0), np.zeros((37, 8, 6))))  # half the rows: 2x
     assert not _sievable(Piece(offset, g, (0, 0, 0), np.zeros((37, 4, 6))))  # 4x: per run
-
-
-def test_stream_verifier_lean_path_for_small_requests():
-    """Requests below stream_min_bytes take the lean path: an exact saved slice, or
-    row blocks inside the request, are still checked, and a flipped byte is named."""
-    import pytest
-
-    from hpckpt.errors import CorruptCheckpointError
-    from hpckpt.io.verify import StreamVerifier
-
-    rng = np.random.default_rng(2)
-    data = rng.standard_normal((12, 5))
-    whole = _entry(data, [((0, 0), (12, 5))])
-    blocks = _entry(data, _row_blocks(data.shape, [4, 9]))
-    for entry in (whole, blocks):
-        StreamVerifier("crc32c", [(entry, (0, 0), data.copy())], stream_min_bytes=None).finish()
-        bad = data.copy()
-        bad[10, 4] = -bad[10, 4]
-        with pytest.raises(CorruptCheckpointError, match="checksum mismatch in tensor 't'"):
-            StreamVerifier("crc32c", [(entry, (0, 0), bad)], stream_min_bytes=1 << 20).finish()
-    # a request that is one of the row blocks: exact, the other blocks are not its concern
-    part = data[4:9].copy()
-    StreamVerifier("crc32c", [(blocks, (4, 0), part)], stream_min_bytes=None).finish()
-    part[0, 0] += 1
-    with pytest.raises(CorruptCheckpointError, match=r"slice start \[4, 0\]"):
-        StreamVerifier("crc32c", [(blocks, (4, 0), part)], stream_min_bytes=None).finish()

@@ -214,17 +214,19 @@ def test_verify_an_empty_tensor_with_huge_dimensions(run):
         space = h5py.h5s.create_simple((0, 2**61))
         h5py.h5d.create(f.id, b"empty", h5py.h5t.py_create(np.dtype("<f8")), space, dcpl=dcpl)
     doc["data_file"]["size"] = os.path.getsize(data)
+    # as hpckpt records an empty tensor (format 2): one derived slice, checksum 0
+    doc["layouts"].append(
+        {"sharding_specs": ["unsharded", "unsharded"], "mesh": {"dim_names": ["x"], "shape": [1]}}
+    )
     doc["tensors"]["empty"] = {
         "dataset": "empty",
         "dtype": "<f8",
         "shape": [0, 2**61],
         "offset": None,
         "nbytes": 0,
-        "layout": {
-            "sharding_specs": ["unsharded", "unsharded"],
-            "mesh": {"dim_names": ["x"], "shape": [1]},
-        },
-        "slices": [],
+        "layout": len(doc["layouts"]) - 1,
+        "slices": None,
+        "checksums": "AAAAAA==",
     }
     (run / "ckpt-2.index.json").write_text(json.dumps(doc))
     r = hp("verify", prefix)

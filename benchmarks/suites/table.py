@@ -8,6 +8,7 @@ from typing import Any
 
 __all__ = ["add_parser", "run"]
 
+
 def _columns(suite: str) -> list[tuple[str, str]]:
     """The suite's own table columns, with the rank count first."""
     from . import async_save, bandwidth, reshard, small

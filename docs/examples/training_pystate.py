@@ -3,6 +3,7 @@
     mpirun -n 4 python -m mpi4py docs/examples/training_pystate.py
 """
 
+import io
 import json
 
 import numpy as np
@@ -48,6 +49,28 @@ per_rank = NumpyRNG(seed=MPI.COMM_WORLD.rank)
 p = hpckpt.Checkpoint(rng=per_rank).write("./pystate/per_rank")
 hpckpt.Checkpoint(rng=per_rank).read(p)
 say("per-rank generators after restore:", MPI.COMM_WORLD.gather(round(per_rank.gen.random(), 4)))
+
+
+class NumpyArray(hpckpt.PythonState):
+    """A numpy array saved as the bytes of np.save (no pickle): serialize may return bytes."""
+
+    def __init__(self, array):
+        self.array = array
+
+    def serialize(self):
+        buf = io.BytesIO()
+        np.save(buf, self.array, allow_pickle=False)
+        return buf.getvalue()
+
+    def deserialize(self, data):  # gets bytes back, as saved
+        self.array = np.load(io.BytesIO(data), allow_pickle=False)
+
+
+state = NumpyArray(np.arange(6.0).reshape(2, 3))
+p = hpckpt.Checkpoint(state=state).save("./pystate/array")
+state.array = np.zeros(1)
+hpckpt.Checkpoint(state=state).restore(p)
+say("array restored from bytes:", state.array.tolist())
 
 
 class Broken(hpckpt.PythonState):

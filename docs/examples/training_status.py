@@ -52,9 +52,13 @@ del partial.b
 status = hpckpt.Checkpoint(model=partial).restore(path).expect_partial()
 check("saved value not used", status)
 
-# Nothing but the root (and save_counter) matched.
+# Only save_counter matched: as in TF, that is a match besides the root.
 status = hpckpt.Checkpoint(other=hpckpt.Variable(0.0)).restore(path).expect_partial()
-check("nothing matched", status)
+check("only save_counter matched", status)
+
+# Nothing but the root matched (read() does not expect save_counter).
+status = hpckpt.Checkpoint(other=hpckpt.Variable(0.0)).read(path).expect_partial()
+check("nothing matched (read)", status)
 
 # restore(None): nothing restored, every assertion fails; the no-ops exist for TF code.
 status = hpckpt.Checkpoint(model=model(0)).restore(None)

@@ -37,8 +37,24 @@ restore.listed.append(v1)  # Restores v1, from restore() above
 assert 1.0 == v1.numpy()
 say("v1 =", v1.numpy(), " v2 =", v2.numpy())
 
+# As TF's ListWrapper, a tracked list wraps the caller's own list: changes show in both.
+items = []
+holder = hpckpt.Checkpoint(items=items)
+holder.items.append(hpckpt.Variable(1.0))
+holder.items.append(hpckpt.Variable(2.0))
+say("the caller's list:", len(items), "items")
+# Items are named by index: a change that renames them (del, insert, sort, pop, ...)
+# makes the list refuse to be saved, rather than save values under other names.
+del holder.items[0]
+try:
+    holder.save("./tracking_del")
+except ValueError as e:
+    msg = str(e)
+    say("ValueError: Unable to save ...", msg[msg.index("a list element") : msg.index(" or moved")])
+
 # Tuples and namedtuples (collections.namedtuple and typing.NamedTuple) are tracked:
-# edges are named by index or by field name.
+# edges are named by index, and a namedtuple's also by field name (values are keyed by
+# the first: the field).
 Pair = collections.namedtuple("Pair", ["first", "second"])
 
 

@@ -9,8 +9,10 @@ matched variable's slice for its *current* layout (:mod:`.restore`).
 
 from __future__ import annotations
 
+import copy
 import os
 import time
+import weakref
 from typing import Any
 
 import numpy as np
@@ -25,6 +27,7 @@ from ..errors import (
     CheckpointError,
     CorruptCheckpointError,
     NotFoundError,
+    WriteCallbackError,
 )
 from ..graph import Module, SavedGraph, Trackable, children_of, is_trackable, parse_graph, wrap
 from ..io import READ_RETRIES as RETRIES
@@ -47,7 +50,9 @@ class Checkpoint(Module):
     """Groups trackable objects, saving and restoring them (``tf.train.Checkpoint``).
 
     Args:
-        root: The root object; its dependencies become the checkpoint's.
+        root: The root object; its dependencies become the checkpoint's. A
+            ``weakref.ref`` to it is accepted too: the checkpoint then holds the root
+            only weakly (a dead root has no dependencies).
         **kwargs: Trackable objects (or nests of them) saved under these names.
 
     Raises:
@@ -70,13 +75,15 @@ class Checkpoint(Module):
         object.__setattr__(self, "_hpckpt_save_counter", None)
         object.__setattr__(self, "_hpckpt_root", None)
         if root is not None:
-            root = wrap(root)
-            if not is_trackable(root):
+            target = root() if isinstance(root, weakref.ref) else wrap(root)
+            if not is_trackable(target):
                 raise ValueError(
                     f"Checkpoint was expecting root to be a trackable object (a Module, "
-                    f"Variable or trackable container), got {root!r:.80}"
+                    f"Variable or trackable container), got {target!r:.80}"
                 )
-            object.__setattr__(self, "_hpckpt_root", root)
+            held = root if isinstance(root, weakref.ref) else target
+            object.__setattr__(self, "_hpckpt_root", held)
+            root = target
         for name, value in kwargs.items():
             if name in _RESERVED:
                 raise ValueError(f"{name!r} is reserved by Checkpoint and cannot be a keyword")
@@ -97,15 +104,21 @@ class Checkpoint(Module):
 
     # -- graph --
 
+    def _root(self) -> Any:
+        """The root object (``None`` without one, or when a weakly held root is gone)."""
+        root = self._hpckpt_root
+        return root() if isinstance(root, weakref.ref) else root
+
     def _checkpoint_children(self) -> list[tuple[str, Any]]:
         own = super()._checkpoint_children()
-        if self._hpckpt_root is None:
+        root = self._root()
+        if root is None:
             return own
         names = {n for n, _ in own}
-        return [(n, c) for n, c in children_of(self._hpckpt_root) if n not in names] + own
+        return [(n, c) for n, c in children_of(root) if n not in names] + own
 
     def _defer_target(self, name: str) -> Trackable:
-        root = self._hpckpt_root
+        root = self._root()
         if (
             isinstance(root, Trackable)
             and name not in self._hpckpt().children
@@ -169,16 +182,21 @@ class Checkpoint(Module):
         directory = os.path.dirname(path) or "."
 
         def update_state(comm: MPI.Comm) -> None:
-            def make_state(state: CheckpointState | None) -> CheckpointState:
-                state = state or CheckpointState()
+            # As TF: the state file lists only this checkpoint (it does not grow with
+            # every save). Its time is also the last preserved timestamp, so that a
+            # CheckpointManager created later never adopts (nor deletes) it.
+            def make_state(_: CheckpointState | None) -> CheckpointState:
+                now = time.time()
                 rel = relative_to(directory, path)
-                kept = [(p, t) for p, t in state.checkpoints if p != rel]
-                state.checkpoints = [*kept, (rel, time.time())]
-                state.latest = rel
-                return state
+                return CheckpointState([(rel, now)], rel, now)
 
             update_state_file(
-                comm, directory, make_state, deadline, f"state file update for {path!r}"
+                comm,
+                directory,
+                make_state,
+                deadline,
+                f"state file update for {path!r}",
+                read_current=False,
             )
 
         def rollback() -> None:
@@ -187,6 +205,8 @@ class Checkpoint(Module):
         sc.local[...] = n
         try:
             self._hpckpt_core.write(path, options, deadline, after=update_state, on_error=rollback)
+        except WriteCallbackError:
+            raise  # the checkpoint is committed: it keeps its number
         except BaseException:
             rollback()
             raise
@@ -279,7 +299,7 @@ class Checkpoint(Module):
         except BaseException:
             ctx.expect_partial = True  # the error says it all; no warning on top
             raise
-        return CheckpointLoadStatus(ctx, self, self._hpckpt_save_counter)
+        return CheckpointLoadStatus(ctx, self)
 
     def sync(self) -> None:
         """Wait for everything in flight: an asynchronous save, and the removal of old files.
@@ -291,6 +311,30 @@ class Checkpoint(Module):
         Collective: call on all ranks.
         """
         self._hpckpt_core.sync_all()
+
+    def __copy__(self) -> Checkpoint:
+        """A new checkpoint over the same communicator with the same objects. Local."""
+        new = super().__copy__()
+        core = self._hpckpt_core
+        object.__setattr__(
+            new, "_hpckpt_core", CheckpointCore(new, core.comm, core.mesh, core.storage)
+        )
+        return new  # type: ignore[return-value]
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Checkpoint:
+        """A new checkpoint over the same communicator (and mesh) with deep copies of
+        its objects: new Variables with new buffers, on the same meshes. Local."""
+        cls = type(self)
+        new = cls.__new__(cls)
+        memo[id(self)] = new
+        core = self._hpckpt_core
+        object.__setattr__(
+            new, "_hpckpt_core", CheckpointCore(new, core.comm, core.mesh, core.storage)
+        )
+        for name, value in self.__dict__.items():
+            if name != "_hpckpt_core":
+                object.__setattr__(new, name, copy.deepcopy(value, memo))
+        return new
 
     def __repr__(self) -> str:
         names = [n for n, _ in self._checkpoint_children()]

@@ -28,6 +28,7 @@ import numpy as np
 from mpi4py import MPI
 
 from .. import _interrupts
+from ..errors import WriteCallbackError
 from ..io import wait_removals
 
 __all__ = ["AsyncWriter", "StagingArea", "async_supported", "finish_at_exit"]
@@ -134,7 +135,8 @@ class AsyncWriter:
         with _unfinished_lock:
             _unfinished.discard(self)
         if err is not None:
-            if self._on_error is not None:
+            # a failed write callback comes after the commit: nothing to undo
+            if self._on_error is not None and not isinstance(err, WriteCallbackError):
                 self._on_error()
             self._on_error = None
             raise err

@@ -10,7 +10,7 @@ Call order of a write (collective): wait for the previous background write; plan
 budget (agreed), copy the pieces into staging buffers and hand the write to the
 background thread (on a duplicate communicator); otherwise write now. Then the
 storage layer's commit protocol runs (:meth:`hpckpt.io.Storage.write`), then
-``after(comm)``.
+``after(comm)``, then rank 0 runs the write callbacks (agreed).
 """
 
 from __future__ import annotations
@@ -25,13 +25,42 @@ from .. import _dist
 from .._dist import Deadline
 from .._gcpause import gc_paused
 from .._interrupts import deferring
+from ..errors import WriteCallbackError
 from ..io import SHARED_FILE, Storage, wait_removals
 from ..mesh import Mesh
-from ..options import CheckpointOptions, io_options
+from ..options import CheckpointOptions, call_write_callback, io_options
 from .async_writer import AsyncWriter, async_supported
 from .save_plan import plan_save
 
-__all__ = ["CheckpointCore", "core_of"]
+__all__ = ["CheckpointCore", "core_of", "run_write_callbacks"]
+
+
+def run_write_callbacks(
+    comm: MPI.Comm, path: str, options: CheckpointOptions, deadline: Deadline
+) -> None:
+    """Rank 0 calls each of ``options.write_callbacks`` with ``path``; every rank agrees.
+
+    Raises:
+        WriteCallbackError: On every rank, if a callback raised (the checkpoint at
+            ``path`` is committed all the same).
+
+    Collective: call on all ranks (when ``options.write_callbacks`` is not empty).
+    """
+    if not options.write_callbacks:
+        return
+
+    def rank0() -> None:
+        if comm.Get_rank() == 0:
+            for fn in options.write_callbacks:
+                call_write_callback(fn, path)
+
+    try:
+        _dist.run_agreed(comm, f"write callbacks for {path!r}", rank0, deadline)
+    except Exception as e:
+        raise WriteCallbackError(
+            f"a write callback failed after checkpoint {path!r} was committed: {e}",
+            getattr(e, "failures", ()),
+        ) from e
 
 
 class CheckpointCore:
@@ -106,8 +135,10 @@ class CheckpointCore:
         """Plan on this thread, then write (in the background when asked).
 
         ``after(comm)`` runs once the checkpoint is committed (state file,
-        retention), with the communicator the write used; ``on_error()`` when the
-        write fails in the background; and ``finally_()`` at the end in every case.
+        retention), with the communicator the write used, then the write callbacks
+        of ``options``; ``on_error()`` when the write fails in the background (not
+        when only a write callback failed: the checkpoint is committed then); and
+        ``finally_()`` at the end in every case.
 
         Collective: call on all ranks.
         """
@@ -162,6 +193,7 @@ class CheckpointCore:
                             )
                         if after is not None:
                             after(c)
+                        run_write_callbacks(c, prefix, options, deadline)
                     finally:
                         if finally_ is not None:
                             finally_()
@@ -175,6 +207,7 @@ class CheckpointCore:
         )
         if after is not None:
             after(comm)
+        run_write_callbacks(comm, prefix, options, deadline)
         return False
 
 

@@ -7,15 +7,21 @@ and leaves a :class:`~hpckpt.graph.PendingRestore` in live objects for saved
 children that do not exist yet (restore-on-create).
 
 Call order of a read (collective): every rank plans its requests (agreed); the
-storage layer reads and verifies (agreed); the Python states' bytes are decoded
+storage layer reads and verifies (agreed); the Python states' text is decoded
 (agreed: bytes that are not UTF-8 are a damaged checkpoint); then, in place, the
 variables already hold their values and the states are deserialized (agreed); with
 ``restore_in_place=False``, the states are deserialized first (agreed, and undone
 on every rank if any rank failed), and only then are the variables assigned.
+
+As in TensorFlow, the most recent ``restore()`` call wins: every restore gets an
+increasing number (the same on every rank: restores are collective), each value
+assigned records it, and a pending restore of an older call does not overwrite
+a value assigned by a newer one.
 """
 
 from __future__ import annotations
 
+import itertools
 import warnings
 import weakref
 from collections import deque
@@ -31,6 +37,7 @@ from .._interrupts import deferred
 from ..errors import (
     CheckpointChangedError,
     CheckpointError,
+    CheckpointValueError,
     CorruptCheckpointError,
     NotFoundError,
 )
@@ -40,6 +47,22 @@ from ..options import CheckpointOptions, io_options
 from ..variable import Variable
 
 __all__ = ["RestoreContext", "replaced_since"]
+
+_UIDS = itertools.count(1)  # restore() calls, in order (collective: the same on every rank)
+
+
+def _restore_uid(obj: Any) -> int:
+    """The number of the restore that last assigned ``obj``'s value (0: none)."""
+    if isinstance(obj, Trackable):
+        return obj._hpckpt().restore_uid
+    return int(getattr(obj, "_hpckpt_restore_uid", 0))
+
+
+def _set_restore_uid(obj: Any, uid: int) -> None:
+    if isinstance(obj, Trackable):
+        obj._hpckpt().restore_uid = uid
+    else:
+        obj._hpckpt_restore_uid = uid
 
 
 def replaced_since(comm: MPI.Comm, prefix: str, identity: Any, exc: BaseException) -> bool:
@@ -84,6 +107,8 @@ class RestoreContext:
         self.pending_slots: list[tuple[int, int, str, int]] = []
         self.consumed: set[str] = set()
         self.expect_partial = False
+        self.uid = next(_UIDS)
+        self.with_values = graph.with_values()
 
     def _ref(self, obj: Any) -> Any:
         try:
@@ -145,12 +170,16 @@ class RestoreContext:
             elif saved.kind == "python_state":
                 if isinstance(o, PythonState):
                     states.append((n, o))
-            live_children = dict(children_of(o))
+            if isinstance(o, Trackable) and not o._restorable():
+                # a list changed in a way that renamed its items: matching its items by
+                # name would put values on the wrong objects; they stay unrestored
+                continue
+            live_children = dict(children_of(o, check=False))
             for name, c in saved.children:
                 child = live_children.get(name)
                 if child is not None:
                     queue.append((c, child))
-                elif isinstance(o, Trackable):
+                elif isinstance(o, Trackable) and c in self.with_values:
                     o._defer_target(name)._defer(name, PendingRestore(c, self.restore_deferred))
             for v, slot_name, s in saved.slots:
                 self._match_slot(n, o, v, slot_name, s, queue)
@@ -177,6 +206,8 @@ class RestoreContext:
             self.pending_slots.append((owner_node, var_node, slot_name, slot_node))
             return
         slot = owner._get_slot(var, slot_name)
+        if slot is None:
+            slot = owner._create_slot_for_restore(var, slot_name)
         if slot is not None:
             queue.append((slot_node, slot))
         else:
@@ -185,12 +216,18 @@ class RestoreContext:
     def _read(
         self, reads: list[tuple[int, Variable]], states: list[tuple[int, PythonState]]
     ) -> None:
+        # The most recent restore() wins: skip what a newer restore already assigned.
+        nodes = self.graph.nodes
+        for n, o in [*reads, *states]:
+            if _restore_uid(o) > self.uid:
+                self.consumed.add(nodes[n].key)  # type: ignore[arg-type]
+        reads = [(n, v) for n, v in reads if _restore_uid(v) <= self.uid]
+        states = [(n, s) for n, s in states if _restore_uid(s) <= self.uid]
         if not reads and not states:
             return
         comm = self.comm
         what = f"restore of checkpoint {self.prefix!r}"
         deadline = Deadline(self.options.timeout, what)
-        nodes = self.graph.nodes
 
         def plan() -> list[ReadRequest]:
             requests = []
@@ -199,12 +236,12 @@ class RestoreContext:
                 assert key is not None
                 e = self.index.tensors[key]
                 if e.shape != v.shape:
-                    raise CheckpointError(
+                    raise CheckpointValueError(
                         f"shape mismatch for {key!r}: the checkpoint has {e.shape}, the "
                         f"variable {v.name!r} has {v.shape}"
                     )
                 if e.dtype != v.dtype:
-                    raise CheckpointError(
+                    raise CheckpointValueError(
                         f"dtype mismatch for {key!r}: the checkpoint has {e.dtype}, the "
                         f"variable {v.name!r} has {v.dtype}"
                     )
@@ -219,6 +256,8 @@ class RestoreContext:
                         v.local_start,
                         v.local.shape,
                         out=v.local if self.options.restore_in_place else None,
+                        layout=v.layout.spec(),
+                        mesh_rank=v.layout.mesh.rank,
                     )
                 )
             for n, _ in states:
@@ -252,21 +291,26 @@ class RestoreContext:
 
     def _decode_states(
         self, states: list[tuple[int, PythonState]], arrays: list[np.ndarray], deadline: Deadline
-    ) -> list[str]:
-        """The text of each Python state; agreed (nothing is assigned if any rank fails)."""
+    ) -> list[str | bytes]:
+        """The value of each Python state (text, or bytes for a binary state); agreed
+        (nothing is assigned if any rank fails)."""
         nodes = self.graph.nodes
 
-        def decode() -> list[str]:
-            texts = []
+        def decode() -> list[str | bytes]:
+            values: list[str | bytes] = []
             for (n, _), a in zip(states, arrays, strict=True):
+                raw = a.tobytes()
+                if nodes[n].binary:
+                    values.append(raw)
+                    continue
                 try:
-                    texts.append(a.tobytes().decode("utf-8"))
+                    values.append(raw.decode("utf-8"))
                 except UnicodeDecodeError as e:
                     raise CorruptCheckpointError(
                         f"python state {nodes[n].key!r} in checkpoint {self.prefix!r} is not "
                         f"UTF-8 text ({e.reason} at byte {e.start})"
                     ) from None
-            return texts
+            return values
 
         return _dist.run_agreed(
             self.comm, f"restore of checkpoint {self.prefix!r}", decode, deadline
@@ -275,7 +319,7 @@ class RestoreContext:
     def _deserialize(
         self,
         states: list[tuple[int, PythonState]],
-        texts: list[str],
+        values: list[str | bytes],
         deadline: Deadline,
         *,
         rollback: bool,
@@ -285,24 +329,26 @@ class RestoreContext:
         if not states:
             return
         nodes = self.graph.nodes
-        before: list[tuple[PythonState, str]] = []
+        before: list[tuple[PythonState, Any, int]] = []
         exc: BaseException | None = None
         try:
-            for (n, s), text in zip(states, texts, strict=True):
+            for (n, s), value in zip(states, values, strict=True):
                 if rollback:
-                    before.append((s, s.serialize()))
-                s.deserialize(text)
+                    before.append((s, s.serialize(), _restore_uid(s)))
+                s.deserialize(value)
+                _set_restore_uid(s, self.uid)
                 self.consumed.add(nodes[n].key)  # type: ignore[arg-type]
         except BaseException as e:
             exc = e
         try:
             _dist.agree(self.comm, f"restore of checkpoint {self.prefix!r}", exc, deadline)
         except BaseException:
-            for (n, _), _unused in zip(states, texts, strict=True):
+            for n, _ in states:
                 self.consumed.discard(nodes[n].key)  # type: ignore[arg-type]
-            for s, old in reversed(before):
+            for s, old, uid in reversed(before):
                 try:
                     s.deserialize(old)
+                    _set_restore_uid(s, uid)
                 except Exception:  # the state's own error was reported; keep undoing the rest
                     pass
             raise
@@ -312,6 +358,7 @@ class RestoreContext:
         for (n, v), a in zip(reads, arrays, strict=False):
             if a is not v.local:
                 v.local[...] = a
+            _set_restore_uid(v, self.uid)
             self.consumed.add(nodes[n].key)  # type: ignore[arg-type]
 
     def unmatched_keys(self) -> list[str]:

@@ -17,40 +17,42 @@ from .. import _dist, _faults
 from .._dist import Deadline
 from ..errors import CheckpointError
 from ..graph import build_save_graph
-from ..io import SaveTensor
-from ..layout import UNSHARDED, block_range
+from ..io import SaveTensor, derived_slicing, use_rows
 from ..variable import Variable
 
-__all__ = ["REPLICA_SPLIT_BYTES", "SavePlan", "plan_save", "write_pieces"]
-
-REPLICA_SPLIT_BYTES = 1 << 20
+__all__ = ["SavePlan", "plan_save", "write_pieces"]
 
 
-def write_pieces(v: Variable, n: int) -> list[tuple[tuple[int, ...], np.ndarray]]:
-    """This rank's share of ``v`` (the ``n``-th variable saved) to write.
+def write_pieces(
+    v: Variable, ordinal: int
+) -> tuple[list[tuple[tuple[int, ...], np.ndarray]], list[int]]:
+    """This rank's share of ``v`` (the ``ordinal``-th variable saved) and its slice numbers.
 
-    Each element is written once. A shard held by several replicas is split by
-    rows among them when it has at least ``REPLICA_SPLIT_BYTES``; a smaller one is
-    written whole by one replica, chosen round-robin by ``n``, so that many small
-    replicated tensors spread over the ranks without multiplying their slices.
+    The slices are those the index derives from the layout (``io.derived_slicing``):
+    each element is written once. A shard held by several replicas is split by rows
+    among them when it is large; a small one is written whole by one replica, chosen
+    round-robin by ``ordinal``, so that many small replicated tensors spread over the
+    ranks.
     """
-    a = v.local
-    if a.size == 0:
-        return []
-    start = v.local_start
-    index, count = v.layout.replica_position()
-    if count == 1:
-        return [(start, a)]
-    if a.ndim == 0 or a.nbytes < REPLICA_SPLIT_BYTES:
-        return [(start, a)] if index == n % count else []
-    r0, r1 = block_range(a.shape[0], count, index)
-    if r1 <= r0:
-        return []
-    return [((start[0] + r0, *start[1:]), a[r0:r1])]
-
-
-def _replicated_layout(comm: MPI.Comm) -> tuple[tuple[str, ...], tuple[str, ...], tuple[int, ...]]:
-    return ((UNSHARDED,), ("x",), (comm.Get_size(),))
+    spec = v.layout.spec()
+    local = v.local
+    if use_rows(v.shape, spec, v.dtype):  # strided shards: the io layer aggregates rows
+        return [(v.local_start, local)], []
+    slicing = derived_slicing(v.shape, spec, v.dtype)
+    _, count = v.layout.replica_position()
+    if count == 1:  # a shard held by this rank alone: the whole of it, one slice
+        if not local.size and v.shape:
+            return [], []
+        return [(v.local_start, local)], [slicing.shard_index(v.layout.mesh.coords)]
+    i = slicing.written_by(v.layout.mesh.coords, ordinal)
+    if i is None:
+        return [], []
+    start, shape = slicing.box(i)
+    rel = tuple(
+        slice(a - b, a - b + n) for a, b, n in zip(start, v.local_start, shape, strict=True)
+    )
+    piece = local[rel] if rel else local
+    return [(start, np.ascontiguousarray(piece))], [i]
 
 
 @dataclass
@@ -81,7 +83,7 @@ def plan_save(root: Any, comm: MPI.Comm, deadline: Deadline, what: str) -> SaveP
     Collective: call on all ranks.
     """
 
-    def plan() -> tuple[Any, list[SaveTensor], list[str]]:
+    def plan() -> tuple[Any, list[SaveTensor], list[bytes], list[bool]]:
         _faults.point("plan", comm.Get_rank())
         g = build_save_graph(root)
         tensors = []
@@ -91,24 +93,38 @@ def plan_save(root: Any, comm: MPI.Comm, deadline: Deadline, what: str) -> SaveP
                     f"variable {key!r} lives on a mesh of {v.layout.mesh.size} ranks but "
                     f"the checkpoint's communicator has {comm.Get_size()}"
                 )
+            pieces, ids = write_pieces(v, n)
             tensors.append(
-                SaveTensor(key, v.dtype, v.shape, v.layout.index_key(), write_pieces(v, n))
+                SaveTensor(
+                    key,
+                    v.dtype,
+                    v.shape,
+                    v.layout.spec(),
+                    pieces,
+                    ids,
+                    mesh_rank=v.layout.mesh.rank,
+                    ordinal=n,
+                    rows=use_rows(v.shape, v.layout.spec(), v.dtype),
+                )
             )
-        strings = []
+        data, binary = [], []
         for key, s in g.python_states:
             value = s.serialize()
-            if not isinstance(value, str):
+            if not isinstance(value, (str, bytes)):
                 raise TypeError(
                     f"{type(s).__name__}.serialize() for {key!r} returned "
-                    f"{type(value).__name__}, not str"
+                    f"{type(value).__name__}, not str or bytes"
                 )
-            strings.append(value)
-        return g, tensors, strings
+            binary.append(isinstance(value, bytes))
+            data.append(value if isinstance(value, bytes) else value.encode())
+        return g, tensors, data, binary
 
-    g, tensors, strings = _dist.run_agreed(comm, what, plan, deadline)
-    # Python state is saved from rank 0; every rank must have the same objects.
+    g, tensors, data, binary = _dist.run_agreed(comm, what, plan, deadline)
+    # Python state is saved from rank 0 (its lengths and kinds are broadcast); every
+    # rank must have the same objects.
     keys = [k for k, _ in g.python_states]
-    from_root = _dist.bcast_json(comm, [keys, strings], 0, deadline)
+    mine = [keys, [len(d) for d in data], binary]
+    from_root = _dist.bcast_json(comm, mine, 0, deadline)
 
     def same_states() -> None:
         if from_root[0] != keys:
@@ -118,13 +134,15 @@ def plan_save(root: Any, comm: MPI.Comm, deadline: Deadline, what: str) -> SaveP
             )
 
     _dist.run_agreed(comm, what, same_states, deadline)
-    for (key, _), text in zip(g.python_states, from_root[1], strict=True):
-        data = np.frombuffer(text.encode(), dtype=np.uint8)
+    binary_keys = {k for k, b in zip(keys, from_root[2], strict=True) if b}
+    for node in g.nodes:
+        node.binary = node.key in binary_keys
+    is_root = comm.Get_rank() == 0
+    for i, (key, _) in enumerate(g.python_states):
+        n = int(from_root[1][i])
         pieces: list[tuple[tuple[int, ...], np.ndarray]] = (
-            [((0,), data)] if comm.Get_rank() == 0 else []
+            [((0,), np.frombuffer(data[i], dtype=np.uint8))] if is_root else []
         )
-        tensors.append(
-            SaveTensor(key, np.dtype(np.uint8), data.shape, _replicated_layout(comm), pieces)
-        )
+        tensors.append(SaveTensor(key, np.dtype(np.uint8), (n,), None, pieces))
     tensors.sort(key=lambda t: t.key)
     return SavePlan(tensors, g.to_json())

@@ -237,6 +237,7 @@ def tensor_json(e: TensorEntry) -> dict[str, Any]:
         "shape": list(e.shape),
         "sharding_specs": list(e.sharding_specs),
         "mesh": {"dim_names": list(e.mesh_dim_names), "shape": list(e.mesh_shape)},
+        "per_rank_boxes": e.layout is None,
         "nbytes": e.nbytes,
         "offset": e.offset,
         "slices": len(e.slices),

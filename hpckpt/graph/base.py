@@ -6,6 +6,7 @@ Pure logic: no MPI, no files. The IO of deferred restores is done by a callback
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +30,27 @@ class _TrackState:
     deferred: dict[str, list[PendingRestore]] = field(default_factory=dict)
     slots: dict[int, tuple[Variable, dict[str, Variable]]] = field(default_factory=dict)
     deferred_slots: dict[tuple[int, str], list[PendingRestore]] = field(default_factory=dict)
+    restore_uid: int = 0  # the restore() call that last assigned this object's value
+
+    def copy(self) -> _TrackState:
+        """A state for a shallow copy: the same dependencies and slots, its own dicts."""
+        new = _TrackState(dict(self.children))
+        new.slots = {k: (v, dict(slots)) for k, (v, slots) in self.slots.items()}
+        return new
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _TrackState:
+        """A copy for a deep-copied trackable: its dependencies and slots, copied.
+
+        Pending restores belong to the original object and are not copied; slots are
+        re-keyed by the copied variables.
+        """
+        new = _TrackState()
+        memo[id(self)] = new
+        new.children = copy.deepcopy(self.children, memo)
+        for var, slots in self.slots.values():
+            v = copy.deepcopy(var, memo)
+            new.slots[id(v)] = (v, copy.deepcopy(slots, memo))
+        return new
 
 
 class Trackable:
@@ -42,6 +64,16 @@ class Trackable:
     graph walk and the restore layer call them on any trackable; they are not
     meant for application code.
     """
+
+    def __copy__(self) -> Trackable:
+        """A shallow copy: the same dependencies, tracked apart from the original's."""
+        cls = type(self)
+        new = cls.__new__(cls)
+        new.__dict__.update(self.__dict__)
+        st = self.__dict__.get("_hpckpt_state")
+        if st is not None:
+            new.__dict__["_hpckpt_state"] = st.copy()
+        return new
 
     def _hpckpt(self) -> _TrackState:
         st = self.__dict__.get("_hpckpt_state")
@@ -59,6 +91,11 @@ class Trackable:
         st = self._hpckpt()
         st.children[name] = value
         self._run_deferred(name, value)
+
+    def _restorable(self) -> bool:
+        """Whether a restore may match this object's children (``False``: a container
+        changed in a way that renamed its items)."""
+        return True
 
     def _untrack_child(self, name: str) -> None:
         self._hpckpt().children.pop(name, None)
@@ -94,6 +131,18 @@ class Trackable:
             p.restorer(p.node, slot)
         return slot
 
+    def _create_slot_for_restore(self, variable: Variable, slot_name: str) -> Variable | None:
+        """The slot factory: create slot ``slot_name`` of ``variable`` for a restore.
+
+        A restore that finds a checkpointed slot value for ``variable``, while both
+        ``variable`` and this object exist but the slot does not, calls this to create
+        the slot (and then fills it), as TensorFlow's optimizers do. Override it in a
+        trackable that owns slots; return the new slot (registered with
+        :meth:`_add_slot`), or ``None`` when this object does not create such a slot
+        (the value then waits until the slot is added).
+        """
+        return None
+
     def _get_slot(self, variable: Variable, slot_name: str) -> Variable | None:
         entry = self._hpckpt().slots.get(id(variable))
         return None if entry is None else entry[1].get(slot_name)
@@ -111,16 +160,17 @@ class Trackable:
 
 
 class PythonState(Trackable):
-    """Python state saved as a string (data-iterator position, RNG state, counters).
+    """Python state saved as a string or bytes (data-iterator position, RNG state).
 
-    Subclasses implement :meth:`serialize` and :meth:`deserialize`. The string of
-    rank 0 is saved; on restore every rank deserializes it.
+    Subclasses implement :meth:`serialize` and :meth:`deserialize`. The value of
+    rank 0 is saved; on restore every rank deserializes it. ``deserialize`` gets
+    what ``serialize`` returned: a ``str`` or ``bytes``, as saved.
     """
 
-    def serialize(self) -> str:
-        """Return the state as a string."""
+    def serialize(self) -> str | bytes:
+        """Return the state as a string (or bytes)."""
         raise NotImplementedError
 
-    def deserialize(self, string_value: str) -> None:
-        """Restore the state from a string made by :meth:`serialize`."""
+    def deserialize(self, string_value: str | bytes) -> None:
+        """Restore the state from what :meth:`serialize` returned (a ``str`` or ``bytes``)."""
         raise NotImplementedError

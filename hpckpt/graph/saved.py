@@ -51,6 +51,7 @@ class SaveNode:
     slots: list[tuple[int, str, int]] = field(default_factory=list)
     key: str | None = None
     is_slot: bool = False
+    binary: bool = False  # a Python state saved as bytes (not str)
 
 
 @dataclass
@@ -68,17 +69,18 @@ class SaveGraph:
     python_states: list[tuple[str, PythonState]]
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "nodes": [
-                {
-                    "children": [[n, c] for n, c in node.children],
-                    "slots": [[v, s, n] for v, s, n in node.slots],
-                    "key": node.key,
-                    "kind": _kind(node.obj),
-                }
-                for node in self.nodes
-            ]
-        }
+        out = []
+        for node in self.nodes:
+            d: dict[str, Any] = {
+                "children": [[n, c] for n, c in node.children],
+                "slots": [[v, s, n] for v, s, n in node.slots],
+                "key": node.key,
+                "kind": _kind(node.obj),
+            }
+            if node.binary:
+                d["binary"] = True
+            out.append(d)
+        return {"nodes": out}
 
 
 def _kind(obj: Any) -> str:
@@ -93,11 +95,15 @@ def _join(path: str, name: str) -> str:
     return f"{path}/{name}" if path else name
 
 
-def build_save_graph(root: Any) -> SaveGraph:
+def build_save_graph(root: Any, *, check: bool = True) -> SaveGraph:
     """Walk the live graph from ``root`` breadth-first.
 
     Every object gets one node (the first path to it names its values), and slot
     variables are included when both their variable and their owner are in the graph.
+
+    Raises:
+        ValueError: With ``check``, a container cannot be saved (see
+            :func:`~.containers.children_of`).
     """
     nodes: list[SaveNode] = [SaveNode(root, "")]
     ids: dict[int, int] = {id(root): 0}
@@ -107,7 +113,7 @@ def build_save_graph(root: Any) -> SaveGraph:
         while queue:
             n = queue.popleft()
             node = nodes[n]
-            for name, child in children_of(node.obj):
+            for name, child in children_of(node.obj, check=check):
                 c = ids.get(id(child))
                 if c is None:
                     c = ids[id(child)] = len(nodes)
@@ -158,6 +164,7 @@ class SavedNode:
     children: tuple[tuple[str, int], ...]
     slots: tuple[tuple[int, str, int], ...]
     key: str | None
+    binary: bool = False  # a Python state saved as bytes: deserialize() gets bytes
 
 
 @dataclass(frozen=True)
@@ -168,22 +175,44 @@ class SavedGraph:
 
     def to_json(self) -> dict[str, Any]:
         """The graph as stored in an index (``parse_graph(g.to_json(), keys) == g``)."""
-        return {
-            "nodes": [
-                {
-                    "children": [[name, c] for name, c in n.children],
-                    "slots": [[v, s, x] for v, s, x in n.slots],
-                    "key": n.key,
-                    "kind": n.kind,
-                }
-                for n in self.nodes
-            ]
-        }
+        out = []
+        for n in self.nodes:
+            d: dict[str, Any] = {
+                "children": [[name, c] for name, c in n.children],
+                "slots": [[v, s, x] for v, s, x in n.slots],
+                "key": n.key,
+                "kind": n.kind,
+            }
+            if n.binary:
+                d["binary"] = True
+            out.append(d)
+        return {"nodes": out}
 
     def keys(self) -> Iterator[tuple[int, str]]:
         for i, n in enumerate(self.nodes):
             if n.key is not None:
                 yield i, n.key
+
+    def with_values(self) -> frozenset[int]:
+        """The nodes that hold a value or reach one through their edges (slots included).
+
+        A restore defers only these: a saved branch without values has nothing to
+        restore (as in TensorFlow).
+        """
+        parents: dict[int, list[int]] = {}
+        for i, n in enumerate(self.nodes):
+            for _, c in n.children:
+                parents.setdefault(c, []).append(i)
+            for _, _, s in n.slots:
+                parents.setdefault(s, []).append(i)
+        found = {i for i, n in enumerate(self.nodes) if n.key is not None}
+        todo = list(found)
+        while todo:
+            for p in parents.get(todo.pop(), ()):
+                if p not in found:
+                    found.add(p)
+                    todo.append(p)
+        return frozenset(found)
 
 
 def parse_graph(doc: Any, tensor_keys: set[str]) -> SavedGraph:
@@ -224,6 +253,9 @@ def parse_graph(doc: Any, tensor_keys: set[str]) -> SavedGraph:
                 raise CorruptCheckpointError(f"index: graph node {i} has a bad slot {e!r:.80}")
             sl.append((node_id(e[0]), e[1], node_id(e[2])))
         key = d.get("key")
+        binary = d.get("binary", False)
+        if not isinstance(binary, bool) or (binary and kind != "python_state"):
+            raise CorruptCheckpointError(f"index: graph node {i} has a bad binary flag")
         if kind == "object":
             if key is not None:
                 raise CorruptCheckpointError(f"index: graph node {i} is an object with a value")
@@ -231,5 +263,5 @@ def parse_graph(doc: Any, tensor_keys: set[str]) -> SavedGraph:
             raise CorruptCheckpointError(
                 f"index: graph node {i} names a tensor {key!r:.120} the index does not have"
             )
-        nodes.append(SavedNode(kind, tuple(ch), tuple(sl), key))
+        nodes.append(SavedNode(kind, tuple(ch), tuple(sl), key, binary))
     return SavedGraph(tuple(nodes))

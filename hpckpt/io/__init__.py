@@ -23,7 +23,8 @@ file per checkpoint: :data:`SHARED_FILE`). Call order, for every implementation:
   :meth:`Storage.write`, :meth:`Storage.read_index`, :meth:`Storage.read`;
 * one process (no MPI; rank 0 inside a job): :func:`open_checkpoint`, :func:`load_index`,
   :func:`read_tensor_serial`, the state file (:func:`read_state`,
-  :func:`write_state`), :func:`delete_checkpoint_files`, :func:`remove_orphans`,
+  :func:`write_state`, :func:`state_from_paths`), :func:`delete_checkpoint_files`,
+  :func:`remove_checkpoint_files`, :func:`remove_orphans`,
   :class:`DirectoryLease`.
 """
 
@@ -36,7 +37,7 @@ import numpy as np
 from mpi4py import MPI
 
 from .._dist import Deadline
-from .cleanup import delete_checkpoint_files, remove_orphans
+from .cleanup import delete_checkpoint_files, remove_checkpoint_files, remove_orphans
 from .fsutil import wait_removals
 from .index import CheckpointIndex, SliceEntry, TensorEntry
 from .load import check_data_file, load_index, read_index_file, read_tensor_serial, verify_tensor
@@ -57,9 +58,10 @@ from .statefile import (
     latest_checkpoint,
     read_state,
     resolve_latest,
+    state_from_paths,
     write_state,
 )
-from .write import SaveTensor, write_checkpoint
+from .write import SaveTensor, derived_slicing, use_rows, write_checkpoint
 
 __all__ = [
     "SHARED_FILE",
@@ -78,6 +80,8 @@ __all__ = [
     "check_data_file",
     "checkpoint_exists",
     "data_file_path",
+    "derived_slicing",
+    "use_rows",
     "delete_checkpoint_files",
     "index_identity",
     "index_path",
@@ -89,9 +93,11 @@ __all__ = [
     "read_state",
     "read_tensor_serial",
     "relative_to",
+    "remove_checkpoint_files",
     "remove_orphans",
     "resolve_latest",
     "retry_if_changed",
+    "state_from_paths",
     "verify_tensor",
     "wait_removals",
     "write_state",

@@ -13,7 +13,12 @@ from .fsutil import remove_later, remove_quietly
 from .load import named_data_file
 from .paths import find_leftovers, index_path, own_data_files, parse_name
 
-__all__ = ["delete_checkpoint_files", "remove_orphans", "remove_stale_files"]
+__all__ = [
+    "delete_checkpoint_files",
+    "remove_checkpoint_files",
+    "remove_orphans",
+    "remove_stale_files",
+]
 
 
 def remove_stale_files(prefix: str, keep: str) -> None:
@@ -40,6 +45,28 @@ def delete_checkpoint_files(prefix: str) -> None:
     d = os.path.dirname(prefix) or "."
     for name in own_data_files(prefix):
         remove_later(os.path.join(d, name))
+
+
+def remove_checkpoint_files(prefix: str) -> None:
+    """Remove every file of checkpoint ``prefix`` before returning.
+
+    The index goes first (uncommitting the checkpoint), then its data files and
+    temporary index files. Idempotent, and safe when several processes run it at
+    once: a file another one removed first is skipped.
+    """
+    remove_quietly(index_path(prefix))
+    d = os.path.dirname(prefix) or "."
+    for name in own_data_files(prefix):
+        remove_quietly(os.path.join(d, name))
+    target = os.path.basename(index_path(prefix))
+    try:
+        names = os.listdir(d)
+    except OSError:
+        return
+    for name in names:
+        info = parse_name(name)
+        if info.kind == "tmp" and info.target == target:
+            remove_quietly(os.path.join(d, name))
 
 
 def remove_orphans(directory: str, checkpoint_name: str) -> list[str]:

@@ -22,15 +22,21 @@ from .index import TensorEntry
 __all__ = ["DatasetSpec", "create_data_file", "validate_data_file"]
 
 FORMAT_ATTR = "hpckpt_format_version"
+DTYPE_ATTR = "hpckpt_dtype"
 
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """A dataset to create: flat name, dtype and global shape."""
+    """A dataset to create: flat name, dtype and global shape.
+
+    ``logical_dtype`` (e.g. ``"bfloat16"``) names what the stored unsigned integers
+    hold; it becomes the dataset's ``hpckpt_dtype`` attribute.
+    """
 
     name: str
     dtype: np.dtype
     shape: tuple[int, ...]
+    logical_dtype: str | None = None
 
 
 def file_locking() -> bool | str | None:
@@ -98,6 +104,8 @@ def create_data_file(
                 else h5py.h5s.create(h5py.h5s.SCALAR)
             )
             dsid = h5py.h5d.create(fid, spec.name.encode(), tid, space, dcpl=dcpl)
+            if spec.logical_dtype is not None:
+                h5py.Dataset(dsid).attrs[DTYPE_ATTR] = spec.logical_dtype
             offsets.append(dsid.get_offset())
             dsid.close()
     return offsets, os.path.getsize(path)

@@ -1,47 +1,56 @@
-"""The checkpoint index (``P.index.json``): dataclasses, serialization, validation.
+"""The checkpoint index (``P.index.json``): records, serialization, validation.
 
 Pure logic: no MPI, no HDF5, no files. Everything read from disk passes through
-:func:`parse_index`, ONE parser with two modes: validating (refuses anything that
-does not match the schema with :class:`~hpckpt.errors.CorruptCheckpointError`) and
-trusting (for bytes another rank of the same job has just validated: the same
-construction with the checks skipped). The tests hold the two modes together.
+:func:`~.index_parse.parse_index`.
+
+Format version 2 (written) keeps the index compact at scale: a layout-based tensor
+records its layout (an entry of a shared ``layouts`` table) and its slices are derived
+from it (:class:`~.slicing.DerivedSlicing`); checksums are a packed array (base64 of
+little-endian uint32, one per slice), decoded only when used. Per-rank boxes and
+Python state list their slices. Version 1 (every slice listed with a JSON checksum)
+is still read.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from ..errors import CorruptCheckpointError
-from ..layout import validate_specs
-from .checksum import ALGORITHMS, DEFAULT_ALGORITHM
-from .paths import is_data_file_name
+from ..layout import LayoutSpec
+from .checksum import DEFAULT_ALGORITHM
+from .slicing import ListedSlicing, Slicing
 
 __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
+    "MAX_INDEX_BYTES",
+    "REPLICA_SPLIT_BYTES",
     "CheckpointIndex",
     "SliceEntry",
     "TensorEntry",
     "check_name",
     "dataset_name_for_key",
-    "parse_index",
     "slice_byte_range",
 ]
 
 FORMAT_NAME = "hpckpt"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READ_VERSIONS = (1, 2)
 CHECKSUM_ALGORITHM = DEFAULT_ALGORITHM  # written; every name in ALGORITHMS is read
+REPLICA_SPLIT_BYTES = 1 << 20  # shards held by several replicas are split by rows above this
 
 MAX_NDIM = 32
 MAX_NAME_LEN = 4096
 MAX_INDEX_BYTES = 1 << 30
-_DTYPE_RE = re.compile(r"^[<>|=][biufc][0-9]{1,2}$")
+MAX_RANKS = 1 << 24  # a mesh larger than this is refused as hostile
+MAX_LISTED_SLICES = 1 << 22
 
 
 class SliceEntry(NamedTuple):
@@ -51,56 +60,197 @@ class SliceEntry(NamedTuple):
     shape: tuple[int, ...]
     checksum: int
 
-    def to_json(self, algorithm: str = CHECKSUM_ALGORITHM) -> dict[str, Any]:
-        return {"start": list(self.start), "shape": list(self.shape), algorithm: self.checksum}
+
+def _pack(crcs: np.ndarray) -> str:
+    return base64.b64encode(np.asarray(crcs, dtype="<u4").tobytes()).decode("ascii")
 
 
-class TensorEntry(NamedTuple):
-    """One tensor of a checkpoint (an immutable record, cheap to build by the thousand).
+class TensorEntry:
+    """One tensor of a checkpoint.
 
     Attributes:
         key: The tensor's checkpoint key (``net/l1/kernel/.ATTRIBUTES/VARIABLE_VALUE``).
         dataset: The name of its dataset at the root of the HDF5 file.
-        dtype: Its numpy dtype.
+        dtype: The numpy dtype of the stored bytes.
         shape: Its global shape.
         offset: The byte offset of its contiguous data in the HDF5 file
             (``None`` for an empty tensor, which has no storage).
-        sharding_specs: Its layout at save.
-        mesh_dim_names: The mesh's dimension names at save.
-        mesh_shape: The mesh's shape at save.
-        slices: The slices written at save, with their checksums.
+        layout: Its layout at save (``None`` for per-rank boxes and Python state).
+        slicing: Its saved slices (derived from ``layout`` or listed).
+        logical_dtype: The dtype the bytes hold when it is not a numpy dtype
+            (``"bfloat16"``, ...), else ``None``.
     """
 
-    key: str
-    dataset: str
-    dtype: np.dtype
-    shape: tuple[int, ...]
-    offset: int | None
-    sharding_specs: tuple[str, ...]
-    mesh_dim_names: tuple[str, ...]
-    mesh_shape: tuple[int, ...]
-    slices: tuple[SliceEntry, ...] = ()
+    __slots__ = (
+        "_crc_array",
+        "_crc_packed",
+        "dataset",
+        "dtype",
+        "key",
+        "layout",
+        "logical_dtype",
+        "offset",
+        "shape",
+        "slicing",
+    )
+
+    def __init__(
+        self,
+        key: str,
+        dataset: str,
+        dtype: np.dtype,
+        shape: tuple[int, ...],
+        offset: int | None,
+        layout: LayoutSpec | None,
+        slicing: Slicing,
+        checksums: np.ndarray | str,
+        logical_dtype: str | None = None,
+    ) -> None:
+        self.key = key
+        self.dataset = dataset
+        self.dtype = dtype
+        self.shape = shape
+        self.offset = offset
+        self.layout = layout
+        self.slicing = slicing
+        self.logical_dtype = logical_dtype
+        if isinstance(checksums, str):
+            self._crc_packed: str | None = checksums
+            self._crc_array: np.ndarray | None = None
+        else:
+            self._crc_packed = None
+            self._crc_array = np.asarray(checksums, dtype=np.uint32)
+
+    @property
+    def checksums(self) -> np.ndarray:
+        """One uint32 checksum per saved slice (decoded on first use).
+
+        Raises:
+            CorruptCheckpointError: The packed array is not valid base64 of the right length.
+        """
+        a = self._crc_array
+        if a is None:
+            try:
+                raw = base64.b64decode(self._crc_packed or "", validate=True)
+            except (binascii.Error, ValueError):
+                raise CorruptCheckpointError(
+                    f"index: tensor {self.key!r} has a malformed checksum array"
+                ) from None
+            if len(raw) != 4 * len(self.slicing):
+                raise CorruptCheckpointError(
+                    f"index: tensor {self.key!r} has {len(raw) // 4} checksums for "
+                    f"{len(self.slicing)} slices"
+                )
+            a = self._crc_array = np.frombuffer(raw, dtype="<u4").astype(np.uint32)
+        return a
+
+    def packed_checksums(self) -> str:
+        """The checksums as stored (base64 of little-endian uint32)."""
+        if self._crc_packed is None:
+            self._crc_packed = _pack(self.checksums)
+        return self._crc_packed
 
     @property
     def nbytes(self) -> int:
+        """Bytes of the whole tensor."""
         return math.prod(self.shape) * self.dtype.itemsize
 
-    def layout_dict(self) -> dict[str, Any]:
-        return {
-            "sharding_specs": list(self.sharding_specs),
-            "mesh": {"dim_names": list(self.mesh_dim_names), "shape": list(self.mesh_shape)},
-        }
+    @property
+    def sharding_specs(self) -> tuple[str, ...]:
+        """The layout's specs at save (``()`` without a layout)."""
+        return self.layout.specs if self.layout is not None else ()
 
-    def to_json(self, algorithm: str = CHECKSUM_ALGORITHM) -> dict[str, Any]:
-        return {
+    @property
+    def mesh_dim_names(self) -> tuple[str, ...]:
+        """The mesh's dimension names at save (``()`` without a layout)."""
+        return self.layout.dim_names if self.layout is not None else ()
+
+    @property
+    def mesh_shape(self) -> tuple[int, ...]:
+        """The mesh's shape at save (``()`` without a layout)."""
+        return self.layout.mesh_shape if self.layout is not None else ()
+
+    def slice(self, i: int) -> SliceEntry:
+        """Saved slice ``i`` with its checksum."""
+        start, shape = self.slicing.box(i)
+        return SliceEntry(start, shape, int(self.checksums[i]))
+
+    @property
+    def slices(self) -> tuple[SliceEntry, ...]:
+        """Every non-empty saved slice with its checksum (materialized: for tools)."""
+        out = []
+        for i in range(len(self.slicing)):
+            s = self.slice(i)
+            if math.prod(s.shape) or not s.shape:
+                out.append(s)
+        return tuple(out)
+
+    def layout_dict(self) -> dict[str, Any] | None:
+        """The layout at save as the index records it (``None``: per-rank boxes)."""
+        return _layout_json(self.layout) if self.layout is not None else None
+
+    def to_json(self, layout_ids: dict[LayoutSpec, int]) -> dict[str, Any]:
+        """The version-2 record (``layout_ids`` maps layouts to the shared table)."""
+        d: dict[str, Any] = {
             "dataset": self.dataset,
             "dtype": self.dtype.str,
             "shape": list(self.shape),
             "offset": self.offset,
             "nbytes": self.nbytes,
-            "layout": self.layout_dict(),
-            "slices": [s.to_json(algorithm) for s in self.slices],
+            "layout": layout_ids[self.layout] if self.layout is not None else None,
         }
+        if isinstance(self.slicing, ListedSlicing):
+            d["slices"] = np.concatenate(
+                [self.slicing.starts, self.slicing.shapes], axis=1
+            ).tolist()
+        else:
+            d["slices"] = None
+            if self.slicing.rows:
+                d["rows"] = True
+        d["checksums"] = self.packed_checksums()
+        if self.logical_dtype is not None:
+            d["logical_dtype"] = self.logical_dtype
+        return d
+
+    def _fields(self) -> tuple:
+        s = self.slicing
+        sl: tuple = (
+            ("listed", s.starts.tolist(), s.shapes.tolist())
+            if isinstance(s, ListedSlicing)
+            else ("derived", s.sub, s.rows)
+        )
+        return (
+            self.key,
+            self.dataset,
+            self.dtype,
+            self.shape,
+            self.offset,
+            self.layout,
+            sl,
+            self.checksums.tolist(),
+            self.logical_dtype,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TensorEntry):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    def __repr__(self) -> str:
+        return (
+            f"TensorEntry({self.key!r}, shape={self.shape}, dtype={self.dtype}, "
+            f"slices={len(self.slicing)})"
+        )
+
+
+def _layout_json(spec: LayoutSpec) -> dict[str, Any]:
+    d: dict[str, Any] = {
+        "sharding_specs": list(spec.specs),
+        "mesh": {"dim_names": list(spec.dim_names), "shape": list(spec.mesh_shape)},
+    }
+    if spec.splits:
+        d["splits"] = {k: list(v) for k, v in spec.splits}
+    return d
 
 
 @dataclass
@@ -116,32 +266,41 @@ class CheckpointIndex:
     library: dict[str, str] = field(default_factory=dict)
     checksum: str = CHECKSUM_ALGORITHM
     version: int = FORMAT_VERSION
+    replica_split_bytes: int = REPLICA_SPLIT_BYTES
 
     def to_json(self) -> str:
+        """The index file's text (always the current format version)."""
+        layouts: dict[LayoutSpec, int] = {}
+        for t in self.tensors.values():
+            if t.layout is not None and t.layout not in layouts:
+                layouts[t.layout] = len(layouts)
         doc = {
             "format": FORMAT_NAME,
-            "version": self.version,
+            "version": FORMAT_VERSION,
             "created": self.created,
             "nprocs": self.nprocs,
             "library": self.library,
             "checksum": self.checksum,
+            "replica_split_bytes": self.replica_split_bytes,
             "data_file": {"name": self.data_file, "size": self.data_size},
-            "tensors": {k: t.to_json(self.checksum) for k, t in self.tensors.items()},
+            "layouts": [_layout_json(s) for s in layouts],
+            "tensors": {k: t.to_json(layouts) for k, t in self.tensors.items()},
             "graph": self.graph,
         }
         return json.dumps(doc, separators=(",", ":"))
 
 
-def slice_byte_range(entry: TensorEntry, s: SliceEntry) -> tuple[int, int]:
-    """The file bytes ``[lo, hi)`` spanned by a saved slice of a tensor (row-major storage)."""
-    if not entry.shape:
-        lo = entry.offset or 0
-        return lo, lo + entry.dtype.itemsize
-    strides = [math.prod(entry.shape[i + 1 :]) for i in range(len(entry.shape))]
-    first = sum(a * k for a, k in zip(s.start, strides, strict=True))
-    last = sum((a + max(m - 1, 0)) * k for a, m, k in zip(s.start, s.shape, strides, strict=True))
-    isz = entry.dtype.itemsize
+def slice_byte_range(
+    entry: TensorEntry, start: tuple[int, ...], shape: tuple[int, ...]
+) -> tuple[int, int]:
+    """The file bytes ``[lo, hi)`` spanned by a hyperslab of a tensor (row-major storage)."""
     base = entry.offset or 0
+    isz = entry.dtype.itemsize
+    if not entry.shape:
+        return base, base + isz
+    strides = [math.prod(entry.shape[i + 1 :]) for i in range(len(entry.shape))]
+    first = sum(a * k for a, k in zip(start, strides, strict=True))
+    last = sum((a + max(m - 1, 0)) * k for a, m, k in zip(start, shape, strides, strict=True))
     return base + first * isz, base + (last + 1) * isz
 
 
@@ -174,273 +333,3 @@ def dataset_name_for_key(key: str) -> str:
     suffix = "/.ATTRIBUTES/VARIABLE_VALUE"
     base = key[: -len(suffix)] if key.endswith(suffix) else key + "%"
     return base.replace("%", "%25").replace(".", "%2E").replace("/", ".") if base else "%"
-
-
-# --- parsing -----------------------------------------------------------------
-
-
-def _ints(v: Any, lo: int = 0) -> bool:
-    """Whether ``v`` is a short list of ints in ``[lo, 2**62)``."""
-    return (
-        type(v) is list
-        and len(v) <= MAX_NDIM
-        and all(type(x) is int and lo <= x < 1 << 62 for x in v)
-    )
-
-
-def _parse_dtype(s: Any, where: str) -> np.dtype:
-    if not isinstance(s, str) or not _DTYPE_RE.match(s):
-        raise CorruptCheckpointError(f"index: {where} has an unsupported dtype {s!r}")
-    try:
-        dt = np.dtype(s)
-    except TypeError:
-        raise CorruptCheckpointError(f"index: {where} has an unsupported dtype {s!r}") from None
-    if dt.kind not in "biufc":
-        raise CorruptCheckpointError(f"index: {where} has an unsupported dtype {s!r}")
-    return dt
-
-
-class _Parser:
-    """Builds an index from its JSON document, validating unless told to trust it.
-
-    Both modes run the same construction; ``validate=False`` only skips the checks.
-    Memoizes what many tensors share (dtypes, layouts).
-    """
-
-    def __init__(self, source: str, validate: bool) -> None:
-        self.source = source
-        self.validate = validate
-        self.data_size = 0
-        self.algorithm = CHECKSUM_ALGORITHM
-        self.dtypes: dict[Any, np.dtype] = {}
-        self.layouts: dict[tuple, tuple] = {}
-
-    def fail(self, message: str) -> CorruptCheckpointError:
-        return CorruptCheckpointError(f"{self.source}: {message}")
-
-    def req(self, d: dict, name: str, typ: type | tuple[type, ...], where: str) -> Any:
-        if not self.validate:
-            return d[name]
-        if name not in d:
-            raise CorruptCheckpointError(f"index: {where} lacks {name!r}")
-        v = d[name]
-        if (isinstance(v, bool) and typ is not bool) or not isinstance(v, typ):
-            raise CorruptCheckpointError(f"index: {where}.{name} has the wrong type ({v!r:.80})")
-        return v
-
-    def index(self, doc: Any) -> CheckpointIndex:
-        v = self.validate
-        if v and (not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME):
-            raise self.fail("not an hpckpt index")
-        version = self.req(doc, "version", int, "index")
-        if v and version != FORMAT_VERSION:
-            raise self.fail(
-                f"format version {version!r} is not supported (this hpckpt reads "
-                f"version {FORMAT_VERSION})"
-            )
-        checksum = self.req(doc, "checksum", str, "index")
-        if v and checksum not in ALGORITHMS:
-            raise self.fail(f"unknown checksum algorithm {checksum!r}")
-        self.algorithm = checksum
-        df = self.req(doc, "data_file", dict, "index")
-        name = self.req(df, "name", str, "data_file")
-        if v and not is_data_file_name(name):
-            raise self.fail(f"bad data file name {name!r}")
-        size = self.req(df, "size", int, "data_file")
-        if v and size < 0:
-            raise self.fail(f"bad data file size {size!r}")
-        self.data_size = size
-        nprocs = self.req(doc, "nprocs", int, "index")
-        created = self.req(doc, "created", (int, float), "index")
-        library = doc.get("library", {})
-        if v and (
-            not isinstance(library, dict)
-            or not all(isinstance(k, str) and isinstance(x, str) for k, x in library.items())
-        ):
-            raise self.fail("bad library versions")
-        graph = doc.get("graph")
-        if v and graph is not None and not isinstance(graph, dict):
-            raise self.fail("graph is not an object")
-        raw = self.req(doc, "tensors", dict, "index")
-        tensors: dict[str, TensorEntry] = {}
-        datasets: set[str] = set()
-        for key, entry in raw.items():
-            if v:
-                check_name(key, "tensor key")
-            t = self.tensor(key, entry)
-            if v:
-                if t.dataset in datasets:
-                    raise self.fail(f"dataset {t.dataset!r} is used twice")
-                datasets.add(t.dataset)
-            tensors[key] = t
-        return CheckpointIndex(
-            data_file=name,
-            data_size=size,
-            tensors=tensors,
-            nprocs=nprocs,
-            created=float(created),
-            graph=graph,
-            library=dict(library),
-            checksum=checksum,
-            version=version,
-        )
-
-    def dtype(self, s: Any, key: str) -> np.dtype:
-        dt = self.dtypes.get(s) if isinstance(s, str) else None
-        if dt is None:
-            dt = _parse_dtype(s, f"tensor {key!r}") if self.validate else np.dtype(s)
-            self.dtypes[s] = dt
-        return dt
-
-    def layout(self, layout: Any, ndim: int, key: str) -> tuple:
-        where = f"tensor {key!r}"
-        if not self.validate:
-            memo = (
-                tuple(layout["sharding_specs"]),
-                tuple(layout["mesh"]["dim_names"]),
-                tuple(layout["mesh"]["shape"]),
-            )
-            return self.layouts.setdefault(memo, memo)
-        if type(layout) is not dict:
-            raise CorruptCheckpointError(f"index: {where} has no layout object")
-        specs: Any = layout.get("sharding_specs")
-        mesh: Any = layout.get("mesh")
-        if type(specs) is not list or type(mesh) is not dict:
-            raise CorruptCheckpointError(f"index: {where} has a malformed layout")
-        names: Any = mesh.get("dim_names")
-        mshape: Any = mesh.get("shape")
-        if (
-            type(names) is not list
-            or not _ints(mshape, lo=1)
-            or not all(type(n) is str for n in names)
-            or not all(type(x) is str for x in specs)
-        ):
-            raise CorruptCheckpointError(f"index: {where} has a malformed layout")
-        memo = (tuple(specs), tuple(names), tuple(mshape))
-        done = self.layouts.get(memo)
-        if done is None:
-            if (
-                len(names) != len(mshape)
-                or not names
-                or not all(n and len(n) < 256 for n in names)
-                or len(set(names)) != len(names)
-            ):
-                raise CorruptCheckpointError(f"index: {where} has a bad mesh {names!r} {mshape!r}")
-            try:
-                validate_specs(specs, names)
-            except ValueError as e:
-                raise CorruptCheckpointError(f"index: {where}: {e}") from None
-            done = self.layouts[memo] = memo
-        if len(done[0]) != ndim:
-            raise CorruptCheckpointError(f"index: {where} layout rank differs from its shape")
-        return done
-
-    def tensor(self, key: str, d: Any) -> TensorEntry:
-        v = self.validate
-        if v and type(d) is not dict:
-            raise CorruptCheckpointError(f"index: tensor {key!r} is not an object")
-        dataset = d.get("dataset")
-        if v:
-            if type(dataset) is not str:
-                raise CorruptCheckpointError(f"index: tensor {key!r} has no dataset name")
-            check_name(dataset, f"tensor {key!r} dataset")
-            if "/" in dataset or dataset in (".", ".."):
-                raise CorruptCheckpointError(
-                    f"index: tensor {key!r} dataset {dataset!r} is not a flat name"
-                )
-        dtype = self.dtype(d.get("dtype"), key)
-        shape = d.get("shape")
-        if v and not _ints(shape):
-            raise CorruptCheckpointError(f"index: tensor {key!r} has a bad shape {shape!r:.80}")
-        shape = tuple(shape)
-        nbytes = math.prod(shape) * dtype.itemsize
-        offset = d.get("offset")
-        if v:
-            self._check_storage(key, d, shape, nbytes, offset)
-        if nbytes == 0:
-            offset = None
-        specs, names, mshape = self.layout(d.get("layout"), len(shape), key)
-        raw = d.get("slices")
-        if v and type(raw) is not list:
-            raise CorruptCheckpointError(f"index: tensor {key!r} has no slice list")
-        algorithm = self.algorithm
-        if v:
-            slices = tuple(self._slice(key, i, sl, shape) for i, sl in enumerate(raw))
-        else:
-            slices = tuple(
-                SliceEntry(tuple(x["start"]), tuple(x["shape"]), x[algorithm]) for x in raw
-            )
-        return TensorEntry(key, dataset, dtype, shape, offset, specs, names, mshape, slices)
-
-    def _check_storage(
-        self, key: str, d: dict, shape: tuple[int, ...], nbytes: int, offset: Any
-    ) -> None:
-        data_size = self.data_size
-        if nbytes > data_size:
-            raise CorruptCheckpointError(
-                f"index: tensor {key!r} of shape {shape} needs {nbytes} bytes, more than the "
-                f"data file's {data_size}"
-            )
-        if d.get("nbytes") != nbytes or type(d.get("nbytes")) is not int:
-            raise CorruptCheckpointError(
-                f"index: tensor {key!r}.nbytes disagrees with its shape and dtype"
-            )
-        if nbytes == 0:
-            if offset is not None and type(offset) is not int:
-                raise CorruptCheckpointError(f"index: tensor {key!r}.offset has the wrong type")
-            return
-        if type(offset) is not int or offset < 0:
-            raise CorruptCheckpointError(
-                f"index: tensor {key!r}.offset {offset!r} is not a valid offset"
-            )
-        if offset + nbytes > data_size:
-            raise CorruptCheckpointError(
-                f"index: tensor {key!r} bytes [{offset}, {offset + nbytes}) lie outside "
-                f"the data file of {data_size} bytes"
-            )
-
-    def _slice(self, key: str, i: int, sl: Any, shape: tuple[int, ...]) -> SliceEntry:
-        start: Any = sl.get("start") if type(sl) is dict else None
-        sshape: Any = sl.get("shape") if type(sl) is dict else None
-        crc: Any = sl.get(self.algorithm) if type(sl) is dict else None
-        if not (_ints(start) and _ints(sshape) and type(crc) is int):
-            raise CorruptCheckpointError(
-                f"index: tensor {key!r}.slices[{i}] is malformed or holds a bad value"
-            )
-        if len(start) != len(shape) or len(sshape) != len(shape):
-            raise CorruptCheckpointError(
-                f"index: tensor {key!r}.slices[{i}] rank differs from the tensor's"
-            )
-        if any(a + b > n for a, b, n in zip(start, sshape, shape, strict=True)):
-            raise CorruptCheckpointError(
-                f"index: tensor {key!r}.slices[{i}] lies outside the tensor's shape {shape}"
-            )
-        if not 0 <= crc < 1 << 32:
-            raise CorruptCheckpointError(
-                f"index: tensor {key!r}.slices[{i}] has a bad checksum {crc!r}"
-            )
-        return SliceEntry(tuple(start), tuple(sshape), crc)
-
-
-def parse_index(
-    text: str | bytes, *, source: str = "index", trusted: bool = False
-) -> CheckpointIndex:
-    """Parse the text of ``P.index.json``, validating it unless ``trusted``.
-
-    Args:
-        text: The index file's content.
-        source: Named in error messages.
-        trusted: Skip validation: only for bytes that another rank of the same
-            job has just validated with ``trusted=False`` and broadcast.
-
-    Raises:
-        CorruptCheckpointError: The text is not a valid version-1 index.
-    """
-    if not trusted and len(text) > MAX_INDEX_BYTES:
-        raise CorruptCheckpointError(f"{source}: index larger than {MAX_INDEX_BYTES} bytes")
-    try:
-        doc = json.loads(text)
-    except (ValueError, UnicodeDecodeError, RecursionError) as e:
-        kind = "nested too deeply" if isinstance(e, RecursionError) else f"not valid JSON ({e})"
-        raise CorruptCheckpointError(f"{source}: index is {kind}") from None
-    return _Parser(source, validate=not trusted).index(doc)

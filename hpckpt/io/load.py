@@ -14,9 +14,10 @@ import numpy as np
 from ..errors import CorruptCheckpointError
 from . import hdf5
 from .fsutil import read_required
-from .index import MAX_INDEX_BYTES, CheckpointIndex, TensorEntry, parse_index
+from .index import MAX_INDEX_BYTES, CheckpointIndex, TensorEntry
+from .index_parse import parse_index
 from .paths import data_file_path, index_path, is_data_file_name
-from .verify import verify_request
+from .verify import verify_whole
 
 __all__ = [
     "check_data_file",
@@ -99,7 +100,7 @@ def verify_tensor(entry: TensorEntry, array: np.ndarray, algorithm: str) -> None
     Raises:
         CorruptCheckpointError: A slice's bytes do not match, naming the tensor and byte range.
     """
-    verify_request(entry, (0,) * len(entry.shape), array, algorithm)
+    verify_whole(entry, array, algorithm)
 
 
 def read_tensor_serial(

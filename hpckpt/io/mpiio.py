@@ -72,16 +72,33 @@ def split_piece(piece: Piece, max_bytes: int = MAX_PIECE_BYTES) -> list[Piece]:
     return out
 
 
+def _file_span(p: Piece) -> tuple[int, int]:
+    """The first file byte of a piece and the byte after its last."""
+    first = _file_run(p)
+    if first is not None:
+        return first, first + p.nbytes
+    isz = p.array.dtype.itemsize
+    lo = hi = 0
+    for st, n, dim in zip(p.start, p.array.shape, p.global_shape, strict=True):
+        lo = lo * dim + st
+        hi = hi * dim + st + n - 1
+    return p.offset + lo * isz, p.offset + (hi + 1) * isz
+
+
 def _rounds(pieces: Sequence[Piece], max_bytes: int, max_pieces: int) -> list[list[Piece]]:
+    """Pieces grouped into rounds; a round's file spans never interleave (MPI-IO views
+    must be monotonic: two strided pieces of one tensor go to different rounds)."""
     rounds: list[list[Piece]] = []
     cur: list[Piece] = []
     size = 0
-    for p in sorted(pieces, key=lambda p: (p.offset, p.start)):
-        if cur and (size + p.nbytes > max_bytes or len(cur) >= max_pieces):
+    end = -1
+    for p, (lo, hi) in sorted(((p, _file_span(p)) for p in pieces), key=lambda x: x[1]):
+        if cur and (size + p.nbytes > max_bytes or len(cur) >= max_pieces or lo < end):
             rounds.append(cur)
-            cur, size = [], 0
+            cur, size, end = [], 0, -1
         cur.append(p)
         size += p.nbytes
+        end = max(end, hi)
     if cur:
         rounds.append(cur)
     return rounds

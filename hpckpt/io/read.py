@@ -1,20 +1,29 @@
-"""Reading a checkpoint collectively: the index, then each rank's hyperslabs.
+"""Reading a checkpoint collectively: the index, then each rank's new slices.
 
 Call order (both functions are collective):
 
-* :func:`read_index`: every rank names the same path (agreed); rank 0 reads the
-  index file (bounded, regular files only) and validates it; agreed; only then are
-  the bytes broadcast, and the other ranks parse them on trust (agreed); up to
-  ``VALIDATORS`` ranks check a share each of the data file's HDF5 structure;
-  agreed.
-* :func:`read_tensors`: every rank plans its pieces; agreed before any byte lands
-  in a caller's array; every rank reads (direct IO or collective MPI-IO) and
-  verifies the checksums of every saved slice its reads cover; agreed.
+* :func:`read_index`: every rank names the same path (one reduction); rank 0 reads
+  the index file (bounded, regular files only) and
+  parses and validates it; the outcome is agreed; the validated bytes are broadcast
+  and the other ranks parse them on trust; up to ``VALIDATORS`` ranks check a share
+  each of the data file's HDF5 structure; agreed.
+* :func:`read_tensors`: every rank plans (agreed: all ranks restore the same tensors
+  with the same layouts); then, round by round (groups of tensors of at most
+  ``ROUND_BYTES``): every saved slice that some rank needs is read whole by exactly
+  one *owner* rank, straight into its own variable when it lies inside it, else into
+  a scratch buffer; its checksum is computed while it arrives (fused, in cache-sized
+  chunks); the outcome is agreed, so no unverified byte leaves its reader; then the
+  owners send the parts other ranks need, point to point, from buffer to buffer
+  (MPI datatypes, no packing); agreed.
+
+So every byte a restore hands over was checked against the checksum computed when it
+was saved, whatever the change of layout, mesh or rank count, and no byte of the
+file is read twice (replicas and resharded restores read once and share over MPI).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,38 +31,61 @@ from mpi4py import MPI
 
 from .. import _dist, _faults
 from .._dist import Deadline
-from ..errors import CorruptCheckpointError
+from ..errors import CheckpointError, CorruptCheckpointError
+from ..layout import LayoutSpec
 from . import hdf5
-from .index import CheckpointIndex, TensorEntry, parse_index
+from .checksum import checksum_function
+from .index import CheckpointIndex, TensorEntry
+from .index_parse import parse_index
 from .load import read_index_bytes
-from .mpiio import Piece
+from .mpiio import Piece, contiguous_offset
 from .options import IOOptions
 from .paths import data_file_path, index_path
+from .slicing import (
+    Box,
+    DerivedSlicing,
+    Slicing,
+    TargetGrid,
+    TargetList,
+    Targets,
+    box_intersection,
+    mesh_coords,
+    owner_of,
+    volume,
+)
 from .transfer import move_pieces
-from .verify import StreamVerifier
+from .verify import SliceCheck
 
-__all__ = ["VALIDATORS", "ReadRequest", "read_index", "read_tensors"]
+__all__ = ["ROUND_BYTES", "VALIDATORS", "ReadRequest", "read_index", "read_tensors"]
 
 VALIDATORS = 8  # ranks that share the structural check of a data file
+ROUND_BYTES = 1 << 30  # tensors per exchange round, by global bytes (bounds scratch memory)
+_TAG = 0x2000
 
 
 @dataclass(frozen=True)
 class ReadRequest:
-    """A hyperslab of a saved tensor to read.
+    """This rank's new slice of a saved tensor.
 
     Attributes:
         entry: The saved tensor.
-        start: The hyperslab's first element in the global array.
-        shape: The hyperslab's shape.
-        out: Where to read it: a C-contiguous array of ``shape`` and the entry's
-            dtype (a variable's own shard, so a restore needs no second buffer and
-            no copy), or ``None`` for a new array.
+        start: The slice's first element in the global array.
+        shape: The slice's shape.
+        out: Where to read it: a C-contiguous array of ``shape`` and the entry's dtype
+            (a variable's own shard, so that a restore needs no second buffer), or
+            ``None`` for a new array.
+        layout: The layout every rank's slice derives from (the same on every rank),
+            or ``None`` when each rank has its own box (the boxes are gathered).
+        mesh_rank: This rank's rank in ``layout``'s mesh (it must be its rank in the
+            checkpoint's communicator for ``layout`` to be used; boxes otherwise).
     """
 
     entry: TensorEntry
     start: tuple[int, ...]
     shape: tuple[int, ...]
     out: np.ndarray | None = field(default=None, compare=False, repr=False)
+    layout: LayoutSpec | None = None
+    mesh_rank: int | None = None
 
     def destination(self) -> np.ndarray:
         """``out`` if it fits, else a new array."""
@@ -79,27 +111,26 @@ def read_index(comm: MPI.Comm, prefix: str, deadline: Deadline) -> CheckpointInd
     Collective: call on all ranks.
     """
     what = f"read of checkpoint {prefix!r}"
-    _dist.agree_same_path(comm, prefix, what, deadline)  # before any rank opens a file
-
+    _dist.agree_same_path(comm, prefix, deadline)  # before any rank opens a file
     rank, size = comm.Get_rank(), comm.Get_size()
 
     def load() -> tuple[bytes, CheckpointIndex] | None:
         _faults.point("read_index", rank)
         if rank != 0:
             return None
-        data = read_index_bytes(prefix)
-        return data, parse_index(data, source=index_path(prefix))
+        text = read_index_bytes(prefix)
+        return text, parse_index(text, source=index_path(prefix))
 
-    # Rank 0 reads (bounded, regular files only) and validates; only a valid index is
-    # broadcast, and the other ranks parse it on trust.
-    got = _dist.run_agreed(comm, what, load, deadline)
-    text = _dist.bcast_bytes(comm, got[0] if got is not None else None, 0, deadline)
-
-    def parse() -> CheckpointIndex:
-        return got[1] if got is not None else parse_index(text, trusted=True)
-
-    index = _dist.run_agreed(comm, what, parse, deadline)
-    # The data file's structure is checked by up to VALIDATORS ranks, a share each.
+    loaded = _dist.run_agreed(comm, what, load, deadline)  # validated on rank 0 first
+    text = _dist.bcast_bytes(comm, loaded[0] if loaded is not None else None, 0, deadline)
+    index: CheckpointIndex | None = None
+    exc: BaseException | None = None
+    try:
+        index = loaded[1] if loaded is not None else parse_index(text, trusted=True)
+    except BaseException as e:
+        exc = e
+    _dist.agree(comm, what, exc, deadline)
+    assert index is not None
     validators = min(size, VALIDATORS)
 
     def validate() -> None:
@@ -117,6 +148,156 @@ def read_index(comm: MPI.Comm, prefix: str, deadline: Deadline) -> CheckpointInd
     return index
 
 
+# --- planning (pure, the same on every rank) -------------------------------------------
+
+
+@dataclass
+class _Owned:
+    """A saved slice this rank reads: where to, and who gets which part of it."""
+
+    t: int  # request number
+    i: int  # slice number
+    box: Box
+    buffer: np.ndarray | None = None  # the slice's bytes (a view of the destination, or scratch)
+    in_place: bool = False
+    local_part: Box | None = None  # the part this rank keeps
+    sends: list[tuple[int, Box]] = field(default_factory=list)  # (rank, part)
+
+
+@dataclass
+class _Plan:
+    owned: list[_Owned] = field(default_factory=list)
+    recvs: list[tuple[int, int, Box]] = field(default_factory=list)  # (request, owner, part)
+
+
+def _targets(req: ReadRequest, boxes: list[Box] | None) -> Targets:
+    if boxes is None:
+        assert req.layout is not None
+        return TargetGrid(req.entry.shape, req.layout)
+    return TargetList(req.entry.shape, boxes)
+
+
+def _plan(
+    requests: Sequence[ReadRequest],
+    boxes: dict[int, list[Box]],
+    use_grid: bool,
+    rank: int,
+) -> list[_Plan]:
+    """Per request: the slices this rank owns (reads) and the parts it receives."""
+    plans = []
+    for k, req in enumerate(requests):
+        plan = _Plan()
+        plans.append(plan)
+        mine: Box = (tuple(req.start), tuple(req.shape))
+        if req.shape and not volume(req.shape):
+            continue
+        slicing = req.entry.slicing
+        if use_grid and isinstance(slicing, DerivedSlicing) and _same_shards(req, slicing):
+            # the common restart: the layout it was saved with, one rank per shard
+            i = _own_shard(req, slicing, rank)
+            if i is not None:
+                plan.owned.append(_Owned(k, i, mine, local_part=mine))
+                continue
+        targets = _targets(req, None if (use_grid and req.layout is not None) else boxes[k])
+        for i in slicing.query(mine):
+            sbox = slicing.box(i)
+            cells = targets.query(sbox)
+            owner = owner_of(sbox, cells, i + k)
+            part = box_intersection(sbox, mine)
+            assert part is not None
+            if owner != rank:
+                plan.recvs.append((k, owner, part))
+                continue
+            o = _Owned(k, i, sbox, local_part=part)
+            for cbox, ranks in cells:
+                cpart = box_intersection(sbox, cbox)
+                if cpart is None:
+                    continue
+                o.sends.extend((r, cpart) for r in ranks if r != rank)
+            plan.owned.append(o)
+    return plans
+
+
+def _same_shards(req: ReadRequest, slicing: Slicing) -> bool:
+    """Whether the request's layout is the one the tensor was saved with, unreplicated."""
+    return (
+        isinstance(slicing, DerivedSlicing)
+        and req.layout is not None
+        and req.layout == slicing.spec
+        and slicing.replicas == 1
+    )
+
+
+def _own_shard(req: ReadRequest, slicing: DerivedSlicing, rank: int) -> int | None:
+    """The saved slice that is exactly this rank's new slice, if there is one."""
+    coords = mesh_coords(rank, slicing.spec.mesh_shape)
+    i = slicing.grid.linear(slicing.grid.cell_of(coords))
+    box = slicing.box(i)
+    return i if box == (tuple(req.start), tuple(req.shape)) else None
+
+
+def _rounds(requests: Sequence[ReadRequest]) -> list[list[int]]:
+    """Request numbers grouped in rounds of at most ``ROUND_BYTES`` (global sizes)."""
+    rounds: list[list[int]] = []
+    cur: list[int] = []
+    size = 0
+    for k, r in enumerate(requests):
+        n = r.entry.nbytes
+        if cur and size + n > ROUND_BYTES:
+            rounds.append(cur)
+            cur, size = [], 0
+        cur.append(k)
+        size += n
+    if cur:
+        rounds.append(cur)
+    return rounds
+
+
+def _structure_hash(requests: Sequence[ReadRequest]) -> int:
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=8)
+    for r in requests:
+        lay = repr(r.layout) if r.layout is not None else "boxes"
+        h.update(repr((r.entry.key, r.entry.shape, r.entry.dtype.str, lay)).encode())
+    return int.from_bytes(h.digest(), "little") & ((1 << 63) - 1)
+
+
+# --- execution ---------------------------------------------------------------------------
+
+
+def _rel(box: Box, origin: Sequence[int]) -> tuple[slice, ...]:
+    return tuple(slice(a - o, a - o + n) for a, o, n in zip(box[0], origin, box[1], strict=True))
+
+
+def _part_type(
+    array: np.ndarray, origin: Sequence[int], part: Box, cache: list
+) -> tuple[int, MPI.Datatype]:
+    """``(address, datatype)`` of ``part`` (global coordinates) of ``array`` (whose first
+    element is at global ``origin``); datatypes to free are appended to ``cache``."""
+    isz = array.dtype.itemsize
+    if not array.ndim:
+        return MPI.Get_address(array), MPI.BYTE.Create_contiguous(isz)
+    elem = MPI.BYTE.Create_contiguous(isz)
+    cache.append(elem)
+    rel = [a - o for a, o in zip(part[0], origin, strict=True)]
+    sub = elem.Create_subarray(list(array.shape), list(part[1]), rel)
+    return MPI.Get_address(array), sub
+
+
+def _message(parts: list[tuple[np.ndarray, Sequence[int], Box]], cache: list) -> list:
+    """One MPI buffer spec (struct of subarrays at absolute addresses) for several parts."""
+    addrs, types = [], []
+    for array, origin, part in parts:
+        a, t = _part_type(array, origin, part, cache)
+        cache.append(t)
+        addrs.append(a)
+        types.append(t)
+    msg = MPI.Datatype.Create_struct([1] * len(types), addrs, types).Commit()
+    cache.append(msg)
+    return [MPI.BOTTOM, 1, msg]
+
+
 def read_tensors(
     comm: MPI.Comm,
     prefix: str,
@@ -126,62 +307,175 @@ def read_tensors(
     options: IOOptions,
     deadline: Deadline,
 ) -> list[np.ndarray]:
-    """Read each request's hyperslab (into its ``out`` where given); verify; agree.
+    """Read each request's slice (into its ``out`` where given); verify; agree.
 
-    Returns one array per request: its ``out`` when that fits, else a new array.
-    A failure found before the data moves changes no ``out`` array; one found while
-    or after it moves (an IO error, a checksum mismatch) may leave ``out`` arrays
+    Returns one array per request: its ``out`` when that fits, else a new array. A
+    failure found before the data moves changes no ``out`` array; one found while or
+    after it moves (an IO error, a checksum mismatch) may leave ``out`` arrays
     holding part of the checkpoint's data.
 
-    Collective: call on all ranks (each with its own requests, possibly none).
+    Raises:
+        CorruptCheckpointError: On every rank, if any saved slice fails its checksum.
+        CheckpointError: On every rank, if anything else fails on any rank.
+
+    Collective: call on all ranks (each with its own slices of the same tensors).
     """
     what = f"read of checkpoint {prefix!r}"
+    rank = comm.Get_rank()
     exc: BaseException | None = None
     arrays: list[np.ndarray] = []
-    pieces: list[Piece] = []
+    # 1. Agree on what is restored (keys, shapes, layouts): every rank derives the
+    #    others' slices from the layouts; per-rank boxes are gathered.
+    h = _structure_hash(requests)
+    same = _dist.allreduce_int(comm, h, MPI.MIN, deadline) == _dist.allreduce_int(
+        comm, h, MPI.MAX, deadline
+    )
+    if not same:
+        raise CheckpointError(
+            f"{what}: ranks restore different tensors or layouts (every rank must restore "
+            f"the same objects with the same layouts)"
+        )
+    use_grid = _dist.all_true(
+        comm, all(r.layout is None or r.mesh_rank == rank for r in requests), deadline
+    )
+    need = [k for k, r in enumerate(requests) if r.layout is None or not use_grid]
+    gathered = (
+        _dist.allgather_json(
+            comm, [[list(requests[k].start), list(requests[k].shape)] for k in need], deadline
+        )
+        if need
+        else []
+    )
+    boxes = {k: [(tuple(g[j][0]), tuple(g[j][1])) for g in gathered] for j, k in enumerate(need)}
+    plans: list[_Plan] = []
     try:
-        _faults.point("read_data", comm.Get_rank())
+        _faults.point("read_data", rank)
         arrays = [r.destination() for r in requests]
-        pieces = [
-            Piece(r.entry.offset, r.entry.shape, r.start, a)  # type: ignore[arg-type]
-            for r, a in zip(requests, arrays, strict=True)
-            if a.size
-        ]
+        plans = _plan(requests, boxes, use_grid, rank)
     except BaseException as e:
-        exc, pieces = e, []
+        exc = e
     # Agree before any byte lands in a variable: a failure found so far (planning,
     # a bad request) on any rank changes nothing anywhere.
     _dist.agree(comm, what, exc, deadline)
-    verifier = None
-    if options.verify_checksums and exc is None:
-        verifier = StreamVerifier(
-            index.checksum,
-            [(r.entry, r.start, a) for r, a in zip(requests, arrays, strict=True)],
-            stream_min_bytes=options.direct_io_threshold if options.collective else 0,
-        )
+    path = data_file_path(prefix, index.data_file)
+    fn = checksum_function(index.checksum)
+    for n, group in enumerate(_rounds(requests)):
+        _read_round(comm, path, requests, arrays, plans, group, fn, options, deadline, what, n)
+    return arrays
+
+
+def _read_round(
+    comm: MPI.Comm,
+    path: str,
+    requests: Sequence[ReadRequest],
+    arrays: list[np.ndarray],
+    plans: list[_Plan],
+    group: list[int],
+    fn: Callable[..., int],
+    options: IOOptions,
+    deadline: Deadline,
+    what: str,
+    number: int,
+) -> None:
+    exc: BaseException | None = None
+    checks: dict[int, SliceCheck] = {}
+    pieces: list[Piece] = []
+    owned = [o for k in group for o in plans[k].owned]
     try:
-        move_pieces(
-            comm,
-            data_file_path(prefix, index.data_file),
-            pieces,
-            options,
-            write=False,
-            deadline=deadline,
-            on_chunk=verifier.on_chunk if verifier is not None else None,
-        )
+        for o in owned:
+            req = requests[o.t]
+            dest = arrays[o.t]
+            rel = _rel(o.box, req.start)
+            view = dest[rel] if rel else dest
+            if (
+                o.box == o.local_part
+                and view.flags.c_contiguous
+                and (
+                    not dest.ndim
+                    or contiguous_offset(dest.shape, tuple(s.start for s in rel), o.box[1])
+                    is not None
+                )
+            ):
+                o.buffer, o.in_place = view, True  # read straight into the variable
+            else:
+                o.buffer = np.empty(o.box[1], dtype=req.entry.dtype)
+            e = req.entry
+            if e.offset is not None and o.buffer.size:
+                if options.verify_checksums:
+                    checks[id(o.buffer)] = SliceCheck(e, o.i, o.buffer, fn)
+                pieces.append(Piece(e.offset, e.shape, o.box[0], o.buffer))
+    except BaseException as ex:
+        exc, pieces = ex, []
+
+    def on_chunk(piece: Piece, lo: int, hi: int) -> None:
+        c = checks.get(id(piece.array))
+        if c is not None:
+            c.update(lo, hi)
+
+    try:
+        move_pieces(comm, path, pieces, options, write=False, deadline=deadline, on_chunk=on_chunk)
     except MPI.Exception as e:
-        exc = exc or CorruptCheckpointError(f"MPI-IO error reading {prefix!r}: {e}")
+        exc = exc or CorruptCheckpointError(f"MPI-IO error reading {path!r}: {e}")
     except OSError as e:
-        exc = exc or CorruptCheckpointError(f"error reading {prefix!r}: {e}")
+        exc = exc or CorruptCheckpointError(f"error reading {path!r}: {e}")
     except BaseException as e:
         exc = exc or e
-    if verifier is not None:
+    if exc is None:
         try:
-            if exc is None:
-                verifier.finish()
+            for c in checks.values():
+                c.finish()
         except BaseException as e:
             exc = e
-        finally:
-            verifier.close()
+    # no unverified byte leaves its reader
     _dist.agree(comm, what, exc, deadline)
-    return arrays
+    # keep this rank's parts of slices read into scratch
+    for o in owned:
+        if not o.in_place and o.local_part is not None and o.buffer is not None:
+            req = requests[o.t]
+            dest = arrays[o.t]
+            drel = _rel(o.local_part, req.start)
+            srel = _rel(o.local_part, o.box[0])
+            if drel:
+                dest[drel] = o.buffer[srel]
+            else:
+                dest[...] = o.buffer
+    _exchange(comm, requests, arrays, plans, owned, group, deadline, what, number)
+
+
+def _exchange(
+    comm: MPI.Comm,
+    requests: Sequence[ReadRequest],
+    arrays: list[np.ndarray],
+    plans: list[_Plan],
+    owned: list[_Owned],
+    group: list[int],
+    deadline: Deadline,
+    what: str,
+    number: int,
+) -> None:
+    """Send the parts of owned slices to the ranks that need them; receive ours."""
+    out: dict[int, list[tuple[np.ndarray, Sequence[int], Box]]] = {}
+    for o in owned:
+        assert o.buffer is not None
+        for r, part in o.sends:
+            out.setdefault(r, []).append((o.buffer, o.box[0], part))
+    inc: dict[int, list[tuple[np.ndarray, Sequence[int], Box]]] = {}
+    for k in group:
+        for _, owner, part in plans[k].recvs:
+            inc.setdefault(owner, []).append((arrays[k], requests[k].start, part))
+    cache: list[MPI.Datatype] = []
+    exc: BaseException | None = None
+    try:
+        sends = [(r, _message(parts, cache)) for r, parts in sorted(out.items())]
+        recvs = [(r, _message(parts, cache)) for r, parts in sorted(inc.items())]
+        _dist.exchange(comm, sends, recvs, _TAG + number % 1000, deadline)
+    except BaseException as e:
+        exc = e
+    finally:
+        for t in cache:
+            if t != MPI.DATATYPE_NULL:
+                try:
+                    t.Free()
+                except MPI.Exception:
+                    pass
+    _dist.agree(comm, what, exc, deadline)

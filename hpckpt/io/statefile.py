@@ -11,11 +11,19 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ..errors import CorruptCheckpointError
+from ..errors import CorruptCheckpointError, InvalidStateFileError
 from .fsutil import atomic_write, read_bounded
-from .paths import STATE_FILE, check_inside, check_relative, checkpoint_exists, new_token
+from .paths import (
+    STATE_FILE,
+    check_inside,
+    check_relative,
+    checkpoint_exists,
+    new_token,
+    relative_to,
+)
 
 __all__ = [
     "MAX_STATE_BYTES",
@@ -25,6 +33,7 @@ __all__ = [
     "parse_state",
     "read_state",
     "resolve_latest",
+    "state_from_paths",
     "write_state",
 ]
 
@@ -65,30 +74,39 @@ def parse_state(text: bytes | str, source: str = "state file") -> CheckpointStat
     """Parse and validate the text of a state file.
 
     Raises:
-        CorruptCheckpointError: The text is not a valid state file, or names a path
-            that leaves the directory.
+        InvalidStateFileError: The text is not a valid state file (empty, not JSON,
+            another format), or names a path that leaves the directory.
     """
+    try:
+        return _parse_state(text, source)
+    except InvalidStateFileError:
+        raise
+    except CorruptCheckpointError as e:
+        raise InvalidStateFileError(str(e)) from None
+
+
+def _parse_state(text: bytes | str, source: str) -> CheckpointState:
     try:
         doc = json.loads(text)
     except (ValueError, UnicodeDecodeError, RecursionError):
-        raise CorruptCheckpointError(f"state file {source!r} is not valid JSON") from None
+        raise InvalidStateFileError(f"state file {source!r} is not valid JSON") from None
     if not isinstance(doc, dict) or doc.get("format") != _FORMAT or doc.get("version") != 1:
-        raise CorruptCheckpointError(f"state file {source!r} is not an hpckpt state file")
+        raise InvalidStateFileError(f"state file {source!r} is not an hpckpt state file")
     ckpts = doc.get("checkpoints")
     if not isinstance(ckpts, list):
-        raise CorruptCheckpointError(f"state file {source!r} has no checkpoint list")
+        raise InvalidStateFileError(f"state file {source!r} has no checkpoint list")
     out = []
     for c in ckpts:
         t = c.get("time") if isinstance(c, dict) else None
         if isinstance(t, bool) or not isinstance(t, (int, float)):
-            raise CorruptCheckpointError(f"state file {source!r} has a bad entry {c!r:.120}")
+            raise InvalidStateFileError(f"state file {source!r} has a bad entry {c!r:.120}")
         out.append((check_relative(c.get("path")), float(t)))
     latest = doc.get("latest")
     if latest is not None:
         check_relative(latest)
     lpt = doc.get("last_preserved_timestamp", time.time())
     if isinstance(lpt, bool) or not isinstance(lpt, (int, float)):
-        raise CorruptCheckpointError(f"state file {source!r} has a bad last_preserved_timestamp")
+        raise InvalidStateFileError(f"state file {source!r} has a bad last_preserved_timestamp")
     return CheckpointState(out, latest, float(lpt))
 
 
@@ -96,19 +114,72 @@ def read_state(directory: str) -> CheckpointState | None:
     """Read ``directory/checkpoint``; ``None`` if there is none.
 
     Raises:
-        CorruptCheckpointError: The state file is damaged, hostile, or not a regular file,
+        InvalidStateFileError: The state file is damaged, hostile, or not a regular file,
             or names a checkpoint outside ``directory`` (``..``, an absolute path, or a
             symbolic link to a directory elsewhere).
     """
     path = os.path.join(directory, STATE_FILE)
-    text = read_bounded(path, MAX_STATE_BYTES, "state file")
+    try:
+        text = read_bounded(path, MAX_STATE_BYTES, "state file")
+    except CorruptCheckpointError as e:
+        raise InvalidStateFileError(str(e)) from None
     if text is None:
         return None
     state = parse_state(text, path)
-    for rel in [p for p, _ in state.checkpoints] + [state.latest]:
-        if rel is not None:
-            check_inside(directory, rel, f"state file {path!r}")
+    try:
+        for rel in [p for p, _ in state.checkpoints] + [state.latest]:
+            if rel is not None:
+                check_inside(directory, rel, f"state file {path!r}")
+    except CorruptCheckpointError as e:
+        raise InvalidStateFileError(str(e)) from None
     return state
+
+
+def state_from_paths(
+    directory: str,
+    latest: str,
+    paths: Sequence[str],
+    timestamps: Sequence[float] | None,
+    last_preserved_timestamp: float | None,
+) -> CheckpointState:
+    """The state TF's ``update_checkpoint_state(directory, latest, paths, ...)`` records.
+
+    Paths are taken as TensorFlow takes them: an absolute path as it is; a relative
+    path relative to the current directory when ``directory`` is relative too, else
+    relative to ``directory``. Each is stored relative to ``directory``, where it must
+    lie. ``latest`` is appended to ``paths`` unless it is their last entry. Without
+    ``timestamps``, every entry gets ``last_preserved_timestamp`` (default 0), so that
+    no ``CheckpointManager`` adopts them (TF: entries without timestamps are never
+    managed). Pure: the same arguments give the same state on every process.
+
+    Raises:
+        ValueError: A path lies outside ``directory``, or the number of timestamps
+            differs from the number of paths.
+    """
+    paths = list(paths)
+    if not paths or paths[-1] != latest:
+        paths.append(latest)
+    lpt = 0.0 if last_preserved_timestamp is None else float(last_preserved_timestamp)
+    times = [lpt] * len(paths) if not timestamps else [float(t) for t in timestamps]
+    if len(times) != len(paths):
+        raise ValueError(
+            f"checkpoint timestamps must match checkpoint paths (got paths {paths} and "
+            f"timestamps {list(timestamps or ())})"
+        )
+
+    def rel(p: str) -> str:
+        if not os.path.isabs(p):
+            if os.path.isabs(directory):
+                p = os.path.join(directory, p)
+        out = relative_to(directory, p)
+        try:
+            return check_relative(os.path.normpath(out))
+        except CorruptCheckpointError:
+            raise ValueError(f"checkpoint {p!r} is not inside directory {directory!r}") from None
+
+    return CheckpointState(
+        [(rel(p), t) for p, t in zip(paths, times, strict=True)], rel(latest), lpt
+    )
 
 
 def write_state(directory: str, state: CheckpointState) -> None:

@@ -95,12 +95,6 @@ class TestCheckpointingTests:
         status.assert_consumed()
 
     # ports CheckpointingTests.testDeepCopyCheckpoint
-    @pytest.mark.xfail(
-        strict=True,
-        reason="copy.deepcopy(Checkpoint) raises ValueError: a Variable's layout holds its "
-        "Mesh, whose MPI.Cartcomm cannot be copied ('cannot serialize mpi4py.MPI.Cartcomm'); "
-        "TF deep-copies a Checkpoint with its variables",
-    )
     def test_deep_copy_checkpoint(self, shared_dir):
         prefix = os.path.join(shared_dir, "ckpt")
         v = V(1.0)
@@ -276,12 +270,6 @@ class TestCheckpointingTests:
         assert all_ranks(loaded_dep_after_var.dep.var.numpy() == -14.0)
 
     # ports CheckpointingTests.testOverlappingRestores
-    @pytest.mark.xfail(
-        strict=True,
-        reason="restore order is not honoured: when two pending restores match the same "
-        "object, hpckpt applies whichever is triggered last (13 from the older restore() "
-        "call), where TF keeps the value of the most recent restore() call (12)",
-    )
     def test_overlapping_restores(self, shared_dir):
         save_root = hpckpt.Checkpoint()
         save_root.dep = hpckpt.Module()
@@ -368,12 +356,6 @@ class TestCheckpointingTests:
         assert all_ranks(v2.numpy() == 64.0)
 
     # ports CheckpointingTests.testEmptyContainersIgnored
-    @pytest.mark.xfail(
-        strict=True,
-        reason="assert_nontrivial_match() does not count save_counter as a match: with only "
-        "empty containers, hpckpt raises where TF passes (TF counts every matched object "
-        "besides the root, save_counter included)",
-    )
     def test_empty_containers_ignored(self, shared_dir):
         checkpoint_directory = _mkdir(os.path.join(shared_dir, "tmp"))
         save_root = hpckpt.Checkpoint(a=[])
@@ -459,12 +441,6 @@ class TestCheckpointingTests:
         assert set(expected_filenames) - set(listdir0(shared_dir)) == set()
 
     # ports CheckpointingTests.testCheckpointStateChangingVarList
-    @pytest.mark.xfail(
-        strict=True,
-        reason="hpckpt.get_checkpoint_state does not exist (requested by the open issue); "
-        "besides, Checkpoint.save() keeps every saved path in the state file where TF's "
-        "keeps only the latest in all_model_checkpoint_paths",
-    )
     def test_checkpoint_state_changing_var_list(self, shared_dir):
         checkpoint_prefix = os.path.join(shared_dir, "ckpt")
         obj = hpckpt.Module()
@@ -653,12 +629,6 @@ class TestCheckpointingTests:
             assert delete_counter == 2
 
     # ports CheckpointingTests.test_defer_objects_with_values_only
-    @pytest.mark.xfail(
-        strict=True,
-        reason="a deferred restore is queued for every saved child that is missing, also "
-        "for a branch that holds no values (branch_no_value: 3 pending where TF has 2); TF "
-        "defers only nodes that have checkpointed values below them",
-    )
     def test_defer_objects_with_values_only(self, shared_dir):
         # Tests that deferred dependencies are only added if the node in the
         # object graph has children or checkpointed values.
@@ -721,11 +691,6 @@ class TestCheckpointingTests:
             assert z.numpy() == 6
 
     # ports CheckpointingTests.test_weakref_root
-    @pytest.mark.xfail(
-        strict=True,
-        reason="Checkpoint(root=weakref.ref(obj)) raises ValueError (a weak reference is "
-        "not trackable); TF accepts a weakref root and holds the root only weakly",
-    )
     def test_weakref_root(self, shared_dir):
         root = hpckpt.Module()
         root.v = V(1)
@@ -744,11 +709,6 @@ class TestCheckpointingTests:
         assert all_ranks(sys.getrefcount(ref) == 2)
 
     # ports CheckpointingTests.test_restore_incompatible_shape
-    @pytest.mark.xfail(
-        strict=True,
-        reason="a shape mismatch on restore raises CheckpointError (a RuntimeError), not "
-        "ValueError as TF does ('incompatible tensor with shape')",
-    )
     def test_restore_incompatible_shape(self, shared_dir):
         v = V([1.0, 1.0])
         w = V([1.0])

@@ -4,18 +4,16 @@ Source: tensorflow/tensorflow, that file at commit 0304934138cbfabd338ec432a630a
 Every test keeps TF's name (snake_case) and class, and names the TF test it ports.
 TF tests that are not here are listed, with the reason, in SKIPPED.md.
 
-Translation: ``checkpoint_management.X`` -> ``hpckpt.X``. The helpers that hpckpt does not
-have yet (``checkpoint_exists``, ``get_checkpoint_state``, ``update_checkpoint_state``,
-``remove_checkpoint``) are called by TF's names; they are requested by an open issue.
-Their return value is read like TF's ``CheckpointState`` proto (``model_checkpoint_path``,
+Translation: ``checkpoint_management.X`` -> ``hpckpt.X`` (``checkpoint_exists``,
+``get_checkpoint_state``, ``update_checkpoint_state``, ``remove_checkpoint``). The state
+is read like TF's ``CheckpointState`` proto (``model_checkpoint_path``,
 ``all_model_checkpoint_paths``, ``all_model_checkpoint_timestamps``,
-``last_preserved_timestamp``). hpckpt's functions that change files are collective, so the
-ports call them on every rank, through ``agreed_call`` (an error on any rank is raised on
-every rank); a rank-local implementation must tolerate being called by every rank.
+``last_preserved_timestamp``). The helpers that change files run on one process; the
+ports call them on every rank at once, through ``agreed_call`` (an error on any rank is
+raised on every rank): they must be, and are, idempotent and atomic.
 
-Time: TF patches ``checkpoint_management.time``. hpckpt reads ``time.time()`` in several
-modules, so the ports patch ``time.time`` itself, identically on every rank
-(an injectable clock is planned).
+Time: TF patches ``checkpoint_management.time``. The ports patch ``time.time`` itself,
+identically on every rank (the manager reads it at each call unless given ``clock=``).
 """
 
 # TF's own idioms are kept as they are (the port is line by line):
@@ -40,11 +38,13 @@ pytestmark = [pytest.mark.mpi(min_size=1), pytest.mark.timeout(120)]
 COMM = MPI.COMM_WORLD
 
 
-def missing(*names: str) -> str:
-    """The xfail reason of a test that calls helpers hpckpt does not have yet."""
-    listed = " and ".join(f"hpckpt.{n}" for n in names)
-    verb = "does" if len(names) == 1 else "do"
-    return f"{listed} {verb} not exist (requested by the open issue)"
+OUTSIDE_DIRECTORY = (
+    "deliberate difference (docs/api.md, Differences from TensorFlow): hpckpt's state file "
+    "records paths relative to its directory, which must contain them (a moved directory "
+    "still resolves, and no state file can make a manager delete files elsewhere), so "
+    "update_checkpoint_state raises ValueError for TF's absolute path outside the "
+    "directory (save_dir/model-0 for the directory save_dir/train), which TF records as it is"
+)
 
 
 def _mkdir(path) -> str:
@@ -115,10 +115,7 @@ class TestCheckpointStateTest:
     # ports CheckpointStateTest.testUpdateCheckpointState
     @pytest.mark.xfail(
         strict=True,
-        reason=missing("update_checkpoint_state", "get_checkpoint_state")
-        + "; besides, hpckpt's state file holds only paths inside its directory (stored "
-        "relative), while TF's test records an absolute path outside it (save_dir/model-0 "
-        "for the directory save_dir/train), which TF keeps as it is",
+        reason=OUTSIDE_DIRECTORY,
     )
     def test_update_checkpoint_state(self, shared_dir):
         save_dir = self._get_test_dir(shared_dir, "update_checkpoint_state")
@@ -144,10 +141,7 @@ class TestCheckpointStateTest:
     # ports CheckpointStateTest.testFSPath
     @pytest.mark.xfail(
         strict=True,
-        reason=missing("update_checkpoint_state", "get_checkpoint_state")
-        + "; besides, hpckpt's state file holds only paths inside its directory (stored "
-        "relative), while TF's test records an absolute path outside it (save_dir/model-0 "
-        "for the directory save_dir/train), which TF keeps as it is",
+        reason=OUTSIDE_DIRECTORY,
     )
     def test_fs_path(self, shared_dir):
         save_dir = self._get_test_dir(shared_dir, "fspath")
@@ -168,9 +162,6 @@ class TestCheckpointStateTest:
             assert ckpt.model_checkpoint_path == rel_path
 
     # ports CheckpointStateTest.testUpdateCheckpointStateSaveRelativePaths
-    @pytest.mark.xfail(
-        strict=True, reason=missing("update_checkpoint_state", "get_checkpoint_state")
-    )
     def test_update_checkpoint_state_save_relative_paths(self, shared_dir):
         save_dir = self._get_test_dir(shared_dir, "update_checkpoint_state")
         with chdir(save_dir):
@@ -205,12 +196,6 @@ class TestCheckpointStateTest:
             assert ckpt.all_model_checkpoint_paths[0] == abs_path0
 
     # ports CheckpointStateTest.testCheckPointStateFailsWhenIncomplete
-    @pytest.mark.xfail(
-        strict=True,
-        reason=missing("get_checkpoint_state")
-        + "; besides, hpckpt reports a damaged state file with CorruptCheckpointError, which "
-        "is not a ValueError (TF raises ValueError)",
-    )
     def test_check_point_state_fails_when_incomplete(self, shared_dir):
         save_dir = self._get_test_dir(shared_dir, "checkpoint_state_fails_when_incomplete")
         with chdir(save_dir):
@@ -220,7 +205,6 @@ class TestCheckpointStateTest:
                 hpckpt.get_checkpoint_state(save_dir)
 
     # ports CheckpointStateTest.testCheckPointCompletesRelativePaths
-    @pytest.mark.xfail(strict=True, reason=missing("get_checkpoint_state"))
     def test_check_point_completes_relative_paths(self, shared_dir):
         save_dir = self._get_test_dir(shared_dir, "checkpoint_completes_relative_paths")
         with chdir(save_dir):
@@ -264,7 +248,6 @@ class TestSaverUtilsTest:
 
     # ports SaverUtilsTest.testCheckpointExists (TF's loop over the V1/V2 file formats
     # has no analogue: hpckpt has one format)
-    @pytest.mark.xfail(strict=True, reason=missing("checkpoint_exists"))
     def test_checkpoint_exists(self, base_dir):
         for sharded in (False, True):
             checkpoint = hpckpt.Checkpoint(v=_variable(sharded))
@@ -278,7 +261,6 @@ class TestSaverUtilsTest:
             assert hpckpt.checkpoint_exists(ckpt_prefix)
 
     # ports SaverUtilsTest.testRemoveCheckpoint (TF also passes the format version)
-    @pytest.mark.xfail(strict=True, reason=missing("checkpoint_exists", "remove_checkpoint"))
     def test_remove_checkpoint(self, base_dir):
         for sharded in (False, True):
             checkpoint = hpckpt.Checkpoint(v=_variable(sharded))
@@ -292,7 +274,6 @@ class TestSaverUtilsTest:
 
 class TestCheckpointManagerTest:
     # ports CheckpointManagerTest.testDeletion
-    @pytest.mark.xfail(strict=True, reason=missing("checkpoint_exists"))
     def test_deletion(self, shared_dir):
         checkpoint = hpckpt.Checkpoint()
         manager = hpckpt.CheckpointManager(checkpoint, shared_dir, max_to_keep=3)
@@ -306,7 +287,6 @@ class TestCheckpointManagerTest:
         assert not hpckpt.checkpoint_exists(first_path)
 
     # ports CheckpointManagerTest.testKeepAll
-    @pytest.mark.xfail(strict=True, reason=missing("checkpoint_exists"))
     def test_keep_all(self, shared_dir):
         checkpoint = hpckpt.Checkpoint()
         # (TF names the directory after the execution mode)
@@ -340,7 +320,6 @@ class TestCheckpointManagerTest:
         assert not hpckpt.checkpoint_exists(first_path)
 
     # ports CheckpointManagerTest.testSaveRestoreState
-    @pytest.mark.xfail(strict=True, reason=missing("get_checkpoint_state", "checkpoint_exists"))
     def test_save_restore_state(self, shared_dir, patched_time):
         mock_time = patched_time
         directory = shared_dir
@@ -409,14 +388,6 @@ class TestCheckpointManagerTest:
         assert [fifth_name, sixth_name] == third_manager.checkpoints
 
     # ports CheckpointManagerTest.testContinueFromUnmanaged
-    @pytest.mark.xfail(
-        strict=True,
-        reason="a new CheckpointManager takes over the checkpoints that Checkpoint.save() "
-        "listed in the state file (manager.checkpoints == [unusual_prefix-2, ckpt-3] after "
-        "its first save, and unusual_prefix-1 is deleted), where TF manages only its own "
-        "saves ([ckpt-3]) and never deletes the unmanaged ones; besides, "
-        + missing("checkpoint_exists"),
-    )
     def test_continue_from_unmanaged(self, shared_dir):
         directory = shared_dir
         prefix = os.path.join(directory, "unusual_prefix")
@@ -441,15 +412,6 @@ class TestCheckpointManagerTest:
         assert hpckpt.checkpoint_exists(fifth_path)
 
     # ports CheckpointManagerTest.testClockReset
-    @pytest.mark.xfail(
-        strict=True,
-        reason=missing("get_checkpoint_state", "checkpoint_exists")
-        + "; besides, a manager created while time.time() is behind the state file's "
-        "last_preserved_timestamp neither warns ('behind the last preserved checkpoint "
-        "timestamp') nor resets that timestamp, and keeps managing (and may delete) the "
-        "checkpoints listed with later times, where TF leaves them alone "
-        "(manager.checkpoints == [])",
-    )
     def test_clock_reset(self, shared_dir, patched_time):
         mock_time = patched_time
         directory = shared_dir
@@ -499,7 +461,6 @@ class TestCheckpointManagerTest:
         assert [5020.0] == list(state.all_model_checkpoint_timestamps)
 
     # ports CheckpointManagerTest.testCustomNumbering
-    @pytest.mark.xfail(strict=True, reason=missing("get_checkpoint_state"))
     def test_custom_numbering(self, shared_dir):
         directory = shared_dir
         step = V(0, dtype=np.int64)
@@ -590,7 +551,6 @@ class TestCheckpointManagerTest:
         assert str(directory / "ckpt_name-1") == cp_dir
 
     # ports CheckpointManagerTest.testCheckpointInterval
-    @pytest.mark.xfail(strict=True, reason=missing("checkpoint_exists"))
     def test_checkpoint_interval(self, shared_dir):
         v = V(1.0)
         step_counter = V(0)
@@ -631,11 +591,6 @@ class TestCheckpointManagerTest:
         assert hpckpt.checkpoint_exists(path)
 
     # ports CheckpointManagerTest.testCheckpointIntervalWithLastCheckpointStep
-    @pytest.mark.xfail(
-        strict=True,
-        reason="CheckpointManager has no last_checkpoint_step parameter (TypeError); TF "
-        "starts the checkpoint_interval count from it; besides, " + missing("checkpoint_exists"),
-    )
     def test_checkpoint_interval_with_last_checkpoint_step(self, shared_dir):
         v = V(1.0)
         step_counter = V(1)

@@ -13,8 +13,7 @@ file. The hpckpt counterpart saves the same variables in an object graph through
 ``CheckpointManager`` (``checkpoint_name="model"``, ``checkpoint_number=0``), so each name
 becomes the object-graph key ``var1/.ATTRIBUTES/VARIABLE_VALUE`` and the listing also holds
 ``save_counter``. ``load_variable``, ``checkpoints_iterator`` and ``wait_for_new_checkpoint``
-are called by TF's names (``hpckpt.load_variable`` and ``hpckpt.checkpoints_iterator`` are
-requested by an open issue). These readers are rank-local; every rank calls them.
+are called by TF's names. These readers run on one process; every rank calls them.
 """
 
 # TF's own idioms are kept as they are (the port is line by line):
@@ -36,7 +35,6 @@ import hpckpt
 pytestmark = [pytest.mark.mpi(min_size=1), pytest.mark.timeout(120)]
 
 COMM = MPI.COMM_WORLD
-MISSING = "hpckpt.{} does not exist (requested by the open issue)"
 
 
 def _key(name: str) -> str:
@@ -74,7 +72,6 @@ _ALL_VARIABLES = [
 
 class TestCheckpointsTest:
     # ports CheckpointsTest.testNoCheckpoints
-    @pytest.mark.xfail(strict=True, reason=MISSING.format("load_variable"))
     def test_no_checkpoints(self, shared_dir):
         checkpoint_dir = shared_dir + "/no_checkpoints"
         # TF: errors_impl.OpError (a NotFoundError) -> hpckpt.NotFoundError
@@ -82,17 +79,15 @@ class TestCheckpointsTest:
             np.testing.assert_array_equal(hpckpt.load_variable(checkpoint_dir, _key("var1")), [])
 
     # ports CheckpointsTest.testNoTensor
-    @pytest.mark.xfail(strict=True, reason=MISSING.format("load_variable"))
     def test_no_tensor(self, shared_dir):
         checkpoint_dir = shared_dir
         _, _, _, _ = _create_checkpoints(checkpoint_dir)
-        # TF: errors_impl.OpError (NotFoundError: key not in checkpoint). hpckpt's reader
-        # raises KeyError for an unknown key; either kind of "not found" is accepted.
-        with pytest.raises((hpckpt.NotFoundError, KeyError)):
+        # TF: errors_impl.OpError (NotFoundError: key not in checkpoint). hpckpt raises
+        # KeyNotFoundError, a NotFoundError that is also a KeyError.
+        with pytest.raises(hpckpt.NotFoundError):
             np.testing.assert_array_equal(hpckpt.load_variable(checkpoint_dir, _key("var5")), [])
 
     # ports CheckpointsTest.testGetTensor
-    @pytest.mark.xfail(strict=True, reason=MISSING.format("load_variable"))
     def test_get_tensor(self, shared_dir):
         checkpoint_dir = shared_dir
         v1, v2, v3, v4 = _create_checkpoints(checkpoint_dir)
@@ -111,7 +106,6 @@ class TestCheckpointsTest:
         assert all_ranks(hpckpt.list_variables(checkpoint_dir) == _ALL_VARIABLES)
 
     # ports CheckpointsTest.testFSPath
-    @pytest.mark.xfail(strict=True, reason=MISSING.format("load_variable"))
     def test_fs_path(self, shared_dir):
         checkpoint_dir = pathlib.Path(shared_dir)
         v1, v2, v3, v4 = _create_checkpoints(checkpoint_dir)
@@ -127,7 +121,6 @@ class TestCheckpointsTest:
 
 class TestCheckpointIteratorTest:
     # ports CheckpointIteratorTest.testReturnsEmptyIfNoCheckpointsFound
-    @pytest.mark.xfail(strict=True, reason=MISSING.format("checkpoints_iterator"))
     def test_returns_empty_if_no_checkpoints_found(self, shared_dir):
         checkpoint_dir = os.path.join(shared_dir, "no_checkpoints_found")
 
@@ -137,7 +130,6 @@ class TestCheckpointIteratorTest:
         assert all_ranks(num_found == 0)
 
     # ports CheckpointIteratorTest.testReturnsSingleCheckpointIfOneCheckpointFound
-    @pytest.mark.xfail(strict=True, reason=MISSING.format("checkpoints_iterator"))
     def test_returns_single_checkpoint_if_one_checkpoint_found(self, shared_dir):
         checkpoint_dir = os.path.join(shared_dir, "one_checkpoint_found")
         if COMM.rank == 0:
@@ -158,7 +150,6 @@ class TestCheckpointIteratorTest:
     # ports CheckpointIteratorTest.testReturnsSingleCheckpointIfOneShardedCheckpoint
     # (TF: a v1 sharded Saver over two CPU devices writes 3 shard files; hpckpt: variables
     # sharded over the ranks, one checkpoint)
-    @pytest.mark.xfail(strict=True, reason=MISSING.format("checkpoints_iterator"))
     def test_returns_single_checkpoint_if_one_sharded_checkpoint(self, shared_dir):
         checkpoint_dir = os.path.join(shared_dir, "one_checkpoint_found_sharded")
         if COMM.rank == 0:
@@ -181,7 +172,6 @@ class TestCheckpointIteratorTest:
         assert all_ranks(num_found == 1)
 
     # ports CheckpointIteratorTest.testTimeoutFn
-    @pytest.mark.xfail(strict=True, reason=MISSING.format("checkpoints_iterator"))
     def test_timeout_fn(self):
         timeout_fn_calls = [0]
 
@@ -199,11 +189,6 @@ class TestCheckpointIteratorTest:
 
 class TestWaitForNewCheckpointTest:
     # ports WaitForNewCheckpointTest.testReturnsNoneAfterTimeout
-    @pytest.mark.xfail(
-        strict=True,
-        reason="hpckpt.wait_for_new_checkpoint does not exist (TF's companion of "
-        "checkpoints_iterator; not named in the open issue)",
-    )
     def test_returns_none_after_timeout(self):
         start = time.time()
         ret = hpckpt.wait_for_new_checkpoint(

@@ -7,11 +7,11 @@ tensorflow/tensorflow (``test_children``, ``test_all_nodes``, ``test_match``,
 Every test keeps TF's name and names the TF test it ports.
 
 Translation: ``checkpoint_view.CheckpointView(path)`` -> ``hpckpt.CheckpointView(path)``, a
-read-only view of a checkpoint's object graph (requested by an open issue): node ids are
+read-only view of a checkpoint's object graph: node ids are
 the saved graph's (0 is the root, then breadth first, as in TF), ``children(node_id)``
 maps names to node ids, ``descendants()`` lists node ids, ``match(obj)`` maps node ids to
 live objects, ``diff(obj)`` returns (matched, unmatched node ids, unmatched live objects).
-It is a rank-local reader; every rank calls it.
+It runs on one process; every rank calls it.
 """
 
 from __future__ import annotations
@@ -24,13 +24,7 @@ from mpi4py import MPI
 
 import hpckpt
 
-pytestmark = [
-    pytest.mark.mpi(min_size=1),
-    pytest.mark.timeout(120),
-    pytest.mark.xfail(
-        strict=True, reason="hpckpt.CheckpointView does not exist (requested by the open issue)"
-    ),
-]
+pytestmark = [pytest.mark.mpi(min_size=1), pytest.mark.timeout(120)]
 
 COMM = MPI.COMM_WORLD
 

@@ -26,11 +26,6 @@ import hpckpt
 
 pytestmark = [pytest.mark.mpi(min_size=1), pytest.mark.timeout(120)]
 
-BYTES_STATE = (
-    "PythonState.serialize() may not return bytes: the save raises TypeError ('returned "
-    "bytes, not str'); TF's PythonState saves bytes, and DESIGN.md allows str | bytes"
-)
-
 
 class _NumpyState(hpckpt.Module):
     """A checkpointable object whose NumPy array attributes are saved/restored.
@@ -105,7 +100,6 @@ class _NumpyWrapper(hpckpt.PythonState):
 
 class TestNumpyStateTests:
     # ports NumpyStateTests.testWrapper
-    @pytest.mark.xfail(strict=True, reason=BYTES_STATE)
     def test_wrapper(self, shared_dir):
         prefix = os.path.join(shared_dir, "ckpt")
         root = hpckpt.Checkpoint(numpy=_NumpyWrapper(numpy.array([1.0])))
@@ -117,7 +111,6 @@ class TestNumpyStateTests:
             assert [1.0] == root.numpy.array
 
     # ports NumpyStateTests.testSaveRestoreNumpyState
-    @pytest.mark.xfail(strict=True, reason=BYTES_STATE)
     def test_save_restore_numpy_state(self, shared_dir):
         prefix = os.path.join(shared_dir, "ckpt")
         save_state = _NumpyState()
@@ -153,7 +146,6 @@ class TestNumpyStateTests:
             assert 4 == load_state.c
 
     # ports NumpyStateTests.testDocstringExample
-    @pytest.mark.xfail(strict=True, reason=BYTES_STATE)
     def test_docstring_example(self, shared_dir):
         arrays = _NumpyState()
         checkpoint = hpckpt.Checkpoint(numpy_arrays=arrays)
