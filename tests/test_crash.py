@@ -123,7 +123,7 @@ def test_sigkill_at_random_moments_of_a_training_job(tmp_path):
     the latest; every resume finds correct values (the next trial checks it)."""
     d = str(tmp_path / "run")
     rng = random.Random(11)
-    plan = [(2, False), (3, True), (4, False), (3, False)]
+    plan = [(2, False), (3, True), (4, False)]
     for i, (n, kill_all) in enumerate(plan):
         trial = kill_trial(d, n, seed=100 + i, kill_all=kill_all, delay=rng.uniform(0.5, 3.0))
         assert trial.ended, trial.output[-2000:]

