@@ -31,13 +31,17 @@ the file to open.
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
+import zlib
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import numpy as np
 from mpi4py import MPI
 
+from . import _interrupts
 from .errors import (
     CheckpointError,
     CheckpointValueError,
@@ -50,6 +54,9 @@ from .errors import (
 __all__ = [
     "Deadline",
     "agree",
+    "agree_same_path",
+    "path_hash",
+    "raise_different_paths",
     "all_true",
     "allgather_json",
     "allgatherv_array",
@@ -63,11 +70,22 @@ __all__ = [
     "gather_arrays",
     "gather_json",
     "gather_rows",
+    "interrupted",
     "raise_failures",
+    "raise_interrupt",
     "run_agreed",
 ]
 
 T = TypeVar("T")
+
+
+def _abort(status: int, message: str) -> None:
+    sys.stderr.write(f"hpckpt: rank {MPI.COMM_WORLD.Get_rank()}: {message}\n")
+    sys.stderr.flush()
+    MPI.COMM_WORLD.Abort(status)
+
+
+_interrupts.set_abort(_abort)
 
 _POLL_SECONDS = 5e-5  # first sleep between polls of a pending request
 _POLL_MAX = 2e-3  # longest sleep between polls
@@ -105,11 +123,13 @@ class Deadline:
         which matters whenever ranks share cores.
         """
         end = self.window()
-        spin_end = time.monotonic() + _SPIN_SECONDS
+        start = time.monotonic()
+        spin_end = start + _SPIN_SECONDS
         while not request.Test():
             now = time.monotonic()
             if now < spin_end:
                 continue
+            _interrupts.escape_if_due(start)
             if end is not None and now > end:
                 raise CheckpointError(
                     f"{self.what}: timed out after {self.timeout} s waiting for other ranks "
@@ -133,7 +153,9 @@ class Deadline:
             return
         end = self.window()
         assert end is not None
+        start = time.monotonic()
         while not MPI.Request.Testall(requests):
+            _interrupts.escape_if_due(start)
             if time.monotonic() > end:
                 for r in requests:
                     if r != MPI.REQUEST_NULL:
@@ -363,6 +385,25 @@ def _failure_of(exc: BaseException | None) -> list[str] | None:
     return [kind, type(exc).__name__, str(exc)]
 
 
+def interrupted(exc: BaseException | None) -> BaseException | None:
+    """This rank's failure for an agreement made by hand (gather + broadcast).
+
+    Delivers the signals deferred so far (:mod:`hpckpt._interrupts`): what their
+    handlers raise is the failure (and is raised again on this rank by
+    :func:`raise_failures`); otherwise ``exc``.
+    """
+    interrupt = _interrupts.deliver()
+    return interrupt if interrupt is not None else exc
+
+
+def raise_interrupt() -> None:
+    """Raise what the handler of a signal deferred so far raises (a last check before a
+    step that cannot be undone, made by one rank inside an agreed step)."""
+    interrupt = _interrupts.deliver()
+    if interrupt is not None:
+        raise interrupt
+
+
 def failure_record(exc: BaseException | None) -> list[str] | None:
     """A JSON-able record of a rank's exception (``None`` for success)."""
     return _failure_of(exc)
@@ -383,11 +424,16 @@ def raise_failures(
       ``CheckpointError``;
     * :class:`CheckpointValueError` (a ``CheckpointError`` that is also a ``ValueError``)
       if every failing rank raised a ``ValueError``;
-    * :class:`CheckpointError` naming each failing rank and its cause otherwise.
+    * :class:`CheckpointError` naming each failing rank and its cause otherwise;
+
+    except on a rank whose own ``exc`` is not an ``Exception`` (``SystemExit``,
+    ``KeyboardInterrupt``): that rank raises ``exc`` itself, once all ranks know.
     """
     failed = [(r, f) for r, f in enumerate(records) if f is not None]
     if not failed:
         return
+    if exc is not None and not isinstance(exc, Exception):
+        raise exc
     failures = tuple(RankFailure(r, f[1], f[2]) for r, f in failed)
     kinds = {f[0] for _, f in failed}
     if "timeout" in kinds:
@@ -434,9 +480,15 @@ def agree(
     failures count only when it succeeded (used when rank 0 validates what the
     others take on trust).
 
+    A signal deferred during the operation (:mod:`hpckpt._interrupts`) is delivered
+    here first: what its handler raises is this rank's failure.
+
     Collective: call on all ranks.
     """
-    rec = _failure_of(exc)
+    interrupt = _interrupts.deliver()
+    rec = _failure_of(exc if exc is not None else interrupt)
+    if interrupt is not None:
+        exc = interrupt
     if deadline is None or deadline.timeout is None:
         # One small reduction when all is well; the records travel only on failure.
         flag = np.array([rec is not None], dtype=np.int32)
@@ -543,6 +595,41 @@ def bcast_bytes(
     return data if is_root and data is not None else buf.tobytes()
 
 
+def path_hash(path: str) -> int:
+    """A hash of ``path``'s absolute form, the same on every rank that names that file."""
+    return zlib.crc32(os.path.abspath(path).encode("utf-8", "surrogatepass"))
+
+
+def raise_different_paths(comm: MPI.Comm, path: str, deadline: Deadline | None = None) -> None:
+    """Raise, on every rank, the error for ranks that name different files (after a
+    reduction showed it): one all-gather of the paths, for the message.
+
+    Collective: call on all ranks.
+    """
+    full = os.path.abspath(path)
+    paths = allgather_json(comm, full, deadline)
+    odd = [r for r, q in enumerate(paths) if q != paths[0]]
+    shown = "; ".join(f"rank {r}: {paths[r]!r}" for r in [0, *odd[:3]])
+    raise CheckpointError(  # not the operation's name: it names this rank's own path
+        f"ranks name different checkpoint paths ({shown}); every rank of the "
+        f"communicator must pass the same path"
+    )
+
+
+def agree_same_path(comm: MPI.Comm, path: str, deadline: Deadline | None = None) -> None:
+    """Check that every rank names the same file ``path`` (one reduction).
+
+    Raises:
+        CheckpointError: On every rank, naming the paths that differ.
+
+    Collective: call on all ranks.
+    """
+    p = path_hash(path)
+    got = allreduce_max(comm, np.array([p, -p], dtype=np.int64), deadline)
+    if got[0] != -got[1]:
+        raise_different_paths(comm, path, deadline)
+
+
 def run_agreed(
     comm: MPI.Comm, what: str, fn: Callable[[], T], deadline: Deadline | None = None
 ) -> T:
@@ -551,13 +638,16 @@ def run_agreed(
     Returns ``fn()``'s result where every rank succeeded; otherwise raises on every
     rank as :func:`agree` describes.
 
+    A ``BaseException`` (``SystemExit``, ``KeyboardInterrupt``) is agreed on like any
+    failure; the rank that had it raises it again, the others ``CheckpointError``.
+
     Collective: call on all ranks.
     """
     result: Any = None
     exc: BaseException | None = None
     try:
         result = fn()
-    except Exception as e:
+    except BaseException as e:
         exc = e
     agree(comm, what, exc, deadline)
     return result

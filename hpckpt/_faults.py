@@ -6,12 +6,15 @@ Set ``HPCKPT_FAULT="phase:rank:action[:arg]"`` (several separated by ``,``) or c
 * ``raise`` — raise ``RuntimeError("injected fault ...")`` (the rank survives);
 * ``exit`` — ``os._exit(arg or 17)`` (the process vanishes without cleanup);
 * ``kill`` — ``SIGKILL`` to itself;
-* ``hang`` — sleep ``arg`` seconds (default 3600), then continue.
+* ``hang`` — sleep ``arg`` seconds (default 3600), then continue;
+* ``signal`` — send itself the signal ``arg`` (a name such as ``SIGTERM``, the default),
+  so that its handler runs at this point of the operation.
 
 Phases of a save: ``plan``, ``create``, ``before_data``, ``mid_data``,
 ``after_data``, ``before_commit`` (rank 0, before the index is written),
 ``after_commit`` (rank 0: index committed, state file not yet updated), ``state``
-(rank 0: state file written, old checkpoints not yet deleted). Of a restore:
+(rank 0: state file written, old checkpoints not yet deleted), ``remove`` (rank 0's
+background removal of an old file, before it unlinks). Of a restore:
 ``read_index``, ``read_data``. Of a local-tier save (multi-level checkpointing):
 ``local_create``, ``local_data`` (own pieces written), ``partner`` (during the
 partner copy), ``local_commit`` (rank 0, before any marker is written),
@@ -36,6 +39,7 @@ PHASES = (
     "before_commit",
     "after_commit",
     "state",
+    "remove",
     "read_index",
     "read_data",
     "local_create",
@@ -44,7 +48,7 @@ PHASES = (
     "local_commit",
     "local_marker",
 )
-_ACTIONS = ("raise", "exit", "kill", "hang")
+_ACTIONS = ("raise", "exit", "kill", "hang", "signal")
 _programmatic: list[tuple[str, str, str, str]] = []
 
 
@@ -84,3 +88,5 @@ def point(phase: str, rank: int) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
         if action == "hang":
             time.sleep(float(arg or 3600))
+        if action == "signal":
+            os.kill(os.getpid(), getattr(signal, arg or "SIGTERM"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
+    "CheckpointChangedError",
     "CheckpointError",
     "CheckpointValueError",
     "CorruptCheckpointError",
@@ -69,6 +70,11 @@ class WriteCallbackError(CheckpointError):
 
 class CorruptCheckpointError(CheckpointError):
     """A checkpoint's files are damaged, hostile, or fail their checksums."""
+
+
+class CheckpointChangedError(CheckpointError):
+    """A checkpoint was replaced (``write(P)`` again) while it was being read, again and
+    again: the reader gave up. Nothing is wrong with the files; read again later."""
 
 
 class InvalidStateFileError(CorruptCheckpointError, ValueError):

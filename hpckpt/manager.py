@@ -1,4 +1,4 @@
-"""CheckpointManager: numbered saves, retention and the state file.
+"""CheckpointManager: numbered saves, retention, the state file and the directory's lease.
 
 The counterpart of ``tf.train.CheckpointManager``.
 
@@ -14,23 +14,25 @@ from __future__ import annotations
 import os
 import time
 import warnings
+import weakref
 from collections.abc import Callable
+from types import TracebackType
 from typing import Any
 
 from . import _dist
 from ._dist import Deadline
+from ._interrupts import deferred, deferring
 from .checkpoint import Checkpoint, CheckpointLoadStatus, core_of, update_state_file
 from .errors import WriteCallbackError
 from .io import (
     CheckpointState,
-    DirectoryLock,
+    DirectoryLease,
     checkpoint_exists,
     delete_checkpoint_files,
     read_state,
     relative_to,
     remove_orphans,
     resolve_latest,
-    wait_removals,
 )
 from .options import CheckpointOptions
 from .tiers import LocalTier, TieredSaves
@@ -53,6 +55,14 @@ class RestoredPath(str):
         out = super().__new__(cls, path)
         out.status = status
         return out
+
+
+def _release(lease: DirectoryLease | None) -> None:
+    if lease is not None:
+        try:
+            lease.release()
+        except Exception:  # at exit or in a finalizer: nothing to tell anyone
+            pass
 
 
 def _as_int(value: Any, what: str) -> int:
@@ -90,6 +100,13 @@ class CheckpointManager:
             :mod:`hpckpt.tiers`).
         persist_every: With ``local_tier``: also persist every N-th save (by
             ``save_counter``); ``None``: only saves with ``persist=True``.
+
+    One writer per directory: the first :meth:`save` takes the directory's lease
+    (``DIR/.hpckpt.lock``) and the manager holds it until :meth:`close`, the end
+    of a ``with`` block, its garbage collection or the end of the process. A save
+    into a directory another live job holds fails at once on every rank with a
+    ``CheckpointError`` naming that job (see docs/reliability.md). Managers that
+    only restore never take it.
 
     Raises:
         ValueError: A bad ``max_to_keep``, ``checkpoint_interval`` without ``step_counter``,
@@ -160,14 +177,20 @@ class CheckpointManager:
         self._last_step: int | None = last_checkpoint_step
         self._core = core_of(checkpoint)
         comm = self._core.comm
+        self._closed = False
+        # rank 0 holds the lease; it is given up when the manager is closed or collected,
+        # or at exit (after pending asynchronous saves: threading's exit hooks run first)
+        self._lease = DirectoryLease(self._directory) if comm.Get_rank() == 0 else None
+        self._release = weakref.finalize(self, _release, self._lease)
 
         def load() -> dict | None:
             if comm.Get_rank() != 0:
                 return None
             return self._recover(read_state(self._directory), float(self._clock()))
 
-        doc = _dist.run_agreed(comm, f"reading the state file in {self._directory!r}", load)
-        doc = _dist.bcast_json(comm, doc)
+        with deferred():
+            doc = _dist.run_agreed(comm, f"reading the state file in {self._directory!r}", load)
+            doc = _dist.bcast_json(comm, doc)
         self._kept: list[tuple[str, float]] = [
             (os.path.join(self._directory, p), t) for p, t in doc["checkpoints"]
         ]
@@ -255,18 +278,19 @@ class CheckpointManager:
         return self._tiers.local_paths if self._tiers is not None else []
 
     def sync(self) -> None:
-        """Wait for everything in flight: an asynchronous save, a background flush to
-        the parallel file system, the removal of old files. Raises the agreed error
-        of a background write that failed.
+        """Wait for everything in flight: an asynchronous save (with its retention and
+        state file update), a background flush to the parallel file system, the removal
+        of the files of dropped checkpoints.
+
+        Raises the agreed error of a background write that failed (the same
+        :class:`CheckpointError` on every rank).
 
         Collective: call on all ranks.
         """
-        try:
-            self._checkpoint.sync()
-            if self._tiers is not None:
-                self._tiers.sync()
-        finally:
-            wait_removals()
+        self._checkpoint.sync()  # the background save, then rank 0's removals (agreed)
+        if self._tiers is not None:
+            self._tiers.sync()
+            self._core.sync_all()  # removals that the flush's retention started
 
     @property
     def checkpoint(self) -> Checkpoint:
@@ -278,6 +302,7 @@ class CheckpointManager:
         """The step interval between saves, if any."""
         return self._interval
 
+    @deferring
     def save(
         self,
         checkpoint_number: Any = None,
@@ -307,8 +332,14 @@ class CheckpointManager:
             The new checkpoint's path (with a local tier: the local path), or ``None``
             when the interval skipped it.
 
+        Raises:
+            CheckpointError: On every rank: the save failed, or another live job
+                holds the directory's lease.
+
         Collective: call on all ranks.
         """
+        if self._closed:
+            raise ValueError(f"this CheckpointManager of {self._directory!r} is closed")
         if self._interval is not None:
             step = _as_int(self._step_counter, "step_counter")
             if self._last_step is not None:
@@ -326,7 +357,7 @@ class CheckpointManager:
         )
         path = f"{self._prefix}-{number}"
         deadline = Deadline(options.timeout, f"manager save of {path!r}")
-        self._checkpoint.sync()  # the previous (asynchronous) save is complete first
+        self._core.sync()  # the previous (asynchronous) save is complete first
         last_step = self._last_step
 
         def rollback() -> None:
@@ -356,7 +387,6 @@ class CheckpointManager:
                 deadline,
                 after=lambda c: self._retain(path, deadline, c),
                 on_error=rollback,
-                finally_=self._unlock,
             )
         except WriteCallbackError:
             raise  # the checkpoint is committed and managed
@@ -366,19 +396,21 @@ class CheckpointManager:
         return path
 
     def _lock(self, deadline: Deadline) -> None:
-        """Rank 0 takes the directory's writer lock; agreed."""
+        """Before a save: rank 0 checks (and renews) the directory's writer lease, which
+        this manager holds until it is closed; agreed, so that every rank refuses a save
+        into a directory another job took over."""
         comm = self._core.comm
+        lease = self._lease
 
-        def acquire() -> None:
-            if comm.Get_rank() == 0:
-                DirectoryLock(self._directory).acquire()
+        def take() -> None:
+            if lease is not None:
+                lease.check()
 
-        _dist.run_agreed(comm, f"locking {self._directory!r} for a save", acquire, deadline)
+        _dist.run_agreed(comm, f"taking the writer lease of {self._directory!r}", take, deadline)
 
     def _unlock(self) -> None:
-        """Rank 0 releases the directory's writer lock (not collective)."""
-        if self._core.comm.Get_rank() == 0:
-            DirectoryLock(self._directory).release()
+        """After a save (not collective): nothing to release, the lease is held until
+        :meth:`close`."""
 
     def _retain(self, path: str, deadline: Deadline, comm: Any, when: float | None = None) -> None:
         # rank 0's clock decides, so that every rank keeps the same list (a persisted
@@ -420,6 +452,46 @@ class CheckpointManager:
         self._latest = path
         self._latest_time = now
         self._last_preserved = last_preserved
+
+    @deferring
+    def close(self) -> None:
+        """Finish what is in flight (:meth:`sync`) and give the directory's lease up.
+
+        Idempotent; the manager cannot save afterwards.
+
+        Collective: call on all ranks.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.sync()
+        finally:
+            self._release()
+
+    def __enter__(self) -> CheckpointManager:
+        return self
+
+    def __exit__(
+        self,
+        typ: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if typ is None:
+            self.close()
+            return
+        # Leaving with an exception, perhaps on this rank only: nothing collective. The
+        # background write finishes (its error, if any, is printed at exit), then the
+        # lease goes.
+        self._closed = True
+        self._core.join()
+        self._release()
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
 
     def restore_or_initialize(self) -> RestoredPath | None:
         """Restore the latest checkpoint, or call ``init_fn`` if there is none.

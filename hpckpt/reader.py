@@ -17,9 +17,8 @@ from .io import (
     TensorEntry,
     as_logical,
     latest_checkpoint,
-    load_index,
     normalize_prefix,
-    read_tensor_serial,
+    open_checkpoint,
 )
 
 __all__ = [
@@ -64,17 +63,24 @@ class TensorInfo:
 class CheckpointReader:
     """Reads tensors of one checkpoint on a single process.
 
+    The reader holds one committed version: its index, and its data file open. If
+    ``write(prefix)`` replaces the checkpoint later, this reader keeps reading the
+    version it opened.
+
     Args:
         prefix: The checkpoint path.
 
     Raises:
         NotFoundError: No checkpoint there.
         CorruptCheckpointError: The checkpoint is damaged or hostile.
+        CheckpointChangedError: The checkpoint was replaced again and again while it
+            was being opened.
     """
 
     def __init__(self, prefix: str) -> None:
         self._prefix = prefix
-        self._index: CheckpointIndex = load_index(prefix)
+        self._open = open_checkpoint(prefix)
+        self._index: CheckpointIndex = self._open.index
 
     @property
     def prefix(self) -> str:
@@ -115,7 +121,7 @@ class CheckpointReader:
             CorruptCheckpointError: Its bytes fail their checksums.
         """
         e = self._entry(key)
-        return as_logical(e, read_tensor_serial(self._prefix, self._index, e, verify=True))
+        return as_logical(e, self._open.read(e, verify=True))
 
     def tensor_info(self, key: str) -> TensorInfo:
         """Shape, dtype, layout and mesh at save of ``key``."""
@@ -130,6 +136,10 @@ class CheckpointReader:
             e.nbytes,
             e.dataset,
         )
+
+    def close(self) -> None:
+        """Close the data file (it also closes when the reader is garbage-collected)."""
+        self._open.close()
 
     def get_layout_map(self) -> dict[str, dict | None]:
         """``{key: {"sharding_specs": [...], "mesh": {...}}}``: each tensor's layout at save."""

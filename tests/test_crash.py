@@ -9,11 +9,13 @@ and its next save must succeed and leave a clean directory.
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import time
 
 import numpy as np
 import pytest
+from killing import check_acked, kill_trial
 from launch import mpi_env, mpirun_cmd, run_mpi
 
 import hpckpt
@@ -112,3 +114,20 @@ def test_reader_never_sees_a_half_written_checkpoint(tmp_path):
     assert "WRITER-DONE" in out, out
     assert not errors, errors[:5]
     assert len(seen) >= 2
+
+
+def test_sigkill_at_random_moments_of_a_training_job(tmp_path):
+    """SIGKILL of one rank or of every rank at random moments of a loop of saves
+    (synchronous and asynchronous), on 2, 3 and 4 ranks, resuming each time in the same
+    directory: the last acknowledged checkpoint always loads with its values, and so does
+    the latest; every resume finds correct values (the next trial checks it)."""
+    d = str(tmp_path / "run")
+    rng = random.Random(11)
+    plan = [(2, False), (3, True), (4, False)]
+    for i, (n, kill_all) in enumerate(plan):
+        trial = kill_trial(d, n, seed=100 + i, kill_all=kill_all, delay=rng.uniform(0.5, 3.0))
+        assert trial.ended, trial.output[-2000:]
+        assert trial.resumed_ok, trial.output[-2000:]
+        check_acked(d)
+    # a last job resumes (checks the values), saves, and is killed
+    assert kill_trial(d, 2, seed=1, kill_all=True, delay=0.5).resumed_ok

@@ -99,8 +99,9 @@ def test_raise_during_manager_save(shared_dir, phase):
         for k, want in good.items():
             assert np.array_equal(fresh[k].numpy(), want), k
 
-    # The next save succeeds and leaves no leftovers.
+    # The next save succeeds and leaves no leftovers (nor the lease, once closed).
     again = mgr.save()
+    mgr.close()
     names = files(shared_dir)
     with Agreed():
         assert hpckpt.latest_checkpoint(shared_dir) == again

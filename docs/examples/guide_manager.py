@@ -39,7 +39,9 @@ for s in range(1, 13):
     if path:
         say(f"step {s:2d}: saved {path}")
 say("kept:", manager.checkpoints, " latest:", manager.latest_checkpoint)
+manager.sync()  # collective: the files of dropped checkpoints are gone when it returns
 say("files:", sorted(os.listdir("./managed")) if comm.rank == 0 else None)
+manager.close()  # gives the directory's lease (.hpckpt.lock) up; so does the program's end
 
 # A new manager (a new job) finds the kept checkpoints through the state file.
 again = hpckpt.CheckpointManager(ckpt, "./managed", max_to_keep=2, checkpoint_name="model")
@@ -49,3 +51,4 @@ say("restore_or_initialize ->", restored, "| step", int(step.local), "| w:", w.n
 say("save_counter:", int(ckpt.save_counter.local))
 # check_interval=False forces a save (e.g. at the end of the job).
 say("forced:", again.save(checkpoint_number=99, check_interval=False))
+again.close()

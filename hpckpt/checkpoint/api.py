@@ -21,15 +21,30 @@ from mpi4py import MPI
 from .. import _dist
 from .._dist import Deadline
 from .._gcpause import gc_paused
-from ..errors import CheckpointError, NotFoundError, WriteCallbackError
+from .._interrupts import deferring
+from ..errors import (
+    CheckpointChangedError,
+    CheckpointError,
+    CorruptCheckpointError,
+    NotFoundError,
+    WriteCallbackError,
+)
 from ..graph import Module, SavedGraph, Trackable, children_of, is_trackable, parse_graph, wrap
-from ..io import CheckpointState, Storage, normalize_prefix, open_local, relative_to
+from ..io import READ_RETRIES as RETRIES
+from ..io import (
+    CheckpointState,
+    Storage,
+    index_identity,
+    normalize_prefix,
+    open_local,
+    relative_to,
+)
 from ..layout import Layout
 from ..mesh import Mesh, default_mesh
 from ..options import CheckpointOptions, check_options
 from ..variable import Variable
 from .core import CheckpointCore
-from .restore import RestoreContext
+from .restore import RestoreContext, replaced_since
 from .state import update_state_file
 from .status import CheckpointLoadStatus, InitializationOnlyStatus
 
@@ -136,6 +151,7 @@ class Checkpoint(Module):
 
     # -- saving --
 
+    @deferring
     def write(
         self, file_prefix: str | os.PathLike, options: CheckpointOptions | None = None
     ) -> str:
@@ -151,6 +167,7 @@ class Checkpoint(Module):
         self._hpckpt_core.write(prefix, options, Deadline(options.timeout, f"write of {prefix!r}"))
         return prefix
 
+    @deferring
     def save(self, file_prefix: str | os.PathLike, options: CheckpointOptions | None = None) -> str:
         """Save a numbered checkpoint ``f"{file_prefix}-{n}"`` and update the state file.
 
@@ -164,7 +181,7 @@ class Checkpoint(Module):
         """
         options = check_options(options)
         base = normalize_prefix(file_prefix)
-        self.sync()
+        self._hpckpt_core.sync()  # the previous asynchronous save is complete
         sc = self.save_counter
         n = int(sc.local) + 1
         path = f"{base}-{n}"
@@ -235,6 +252,7 @@ class Checkpoint(Module):
             raise ValueError("read() needs a checkpoint path, got None")
         return self._restore(save_path, options)
 
+    @deferring
     def _restore(
         self,
         save_path: str | os.PathLike,
@@ -243,12 +261,38 @@ class Checkpoint(Module):
     ) -> CheckpointLoadStatus:
         options = check_options(options)
         prefix = normalize_prefix(save_path)
-        self.sync()
+        self._hpckpt_core.sync()
         with gc_paused():
             return self._restore_paused(prefix, options, storage)
 
     def _restore_paused(
         self, prefix: str, options: CheckpointOptions, storage: Storage | None = None
+    ) -> CheckpointLoadStatus:
+        # A checkpoint replaced by write(P) while it is read (its old data file removed)
+        # is read again: a healthy checkpoint is never reported damaged.
+        comm = self._hpckpt_core.comm
+        for _ in range(RETRIES + 1):
+            identity = index_identity(prefix) if comm.Get_rank() == 0 else None
+            tried: list[RestoreContext] = []
+            try:
+                return self._restore_once(prefix, options, identity, tried, storage)
+            except (CorruptCheckpointError, NotFoundError) as e:
+                if not replaced_since(comm, prefix, identity, e):
+                    raise
+                for ctx in tried:
+                    ctx.abandoned = True
+        raise CheckpointChangedError(
+            f"checkpoint {prefix!r} was replaced while being restored, {RETRIES + 1} times "
+            f"in a row; nothing is wrong with it: restore it again later"
+        )
+
+    def _restore_once(
+        self,
+        prefix: str,
+        options: CheckpointOptions,
+        identity: Any,
+        tried: list[RestoreContext],
+        storage: Storage | None = None,
     ) -> CheckpointLoadStatus:
         deadline = Deadline(options.timeout, f"restore of {prefix!r}")
         core = self._hpckpt_core
@@ -273,7 +317,8 @@ class Checkpoint(Module):
             return parse_graph(index.graph, set(index.tensors))
 
         graph = _dist.run_agreed(comm, f"restore of {prefix!r}", check_graph, deadline)
-        ctx = RestoreContext(comm, prefix, index, graph, options, storage)
+        ctx = RestoreContext(comm, prefix, index, graph, options, storage, identity)
+        tried.append(ctx)
         try:
             ctx.restore_subtree(0, self)
         except BaseException:
@@ -282,14 +327,15 @@ class Checkpoint(Module):
         return CheckpointLoadStatus(ctx, self)
 
     def sync(self) -> None:
-        """Wait for a running asynchronous save; raise its error if it failed.
+        """Wait for everything in flight: an asynchronous save, and the removal of old files.
 
-        The error is the same :class:`CheckpointError` on every rank. A no-op when
-        no asynchronous save is running.
+        Raises the save's error if it failed: the same :class:`CheckpointError` on
+        every rank. When it returns, the last save is committed and files that
+        retention or an overwrite made obsolete are gone.
 
         Collective: call on all ranks.
         """
-        self._hpckpt_core.sync()
+        self._hpckpt_core.sync_all()
 
     def __copy__(self) -> Checkpoint:
         """A new checkpoint over the same communicator with the same objects. Local."""

@@ -5,19 +5,36 @@ communicator, so they never interleave with the application's own MPI calls on
 the original one (this needs ``MPI_THREAD_MULTIPLE``, mpi4py's default). Every
 rank runs the same background job; its agreed outcome (success, or the same
 ``CheckpointError`` everywhere) is delivered by :meth:`AsyncWriter.wait`.
+
+A pending write is never dropped at exit: :func:`finish_at_exit` runs when the
+main program ends, before the interpreter shuts down its thread pools and long
+before mpi4py finalizes MPI (``threading``'s exit hooks run first, then
+``atexit``'s, then mpi4py's ``Py_AtExit`` finalizer). It waits for every pending
+write; an error nobody has seen yet is printed on every rank and the process exits
+with status 1.
 """
 
 from __future__ import annotations
 
+import atexit
+import concurrent.futures.thread  # noqa: F401 - its exit hook must be registered before ours
+import contextlib
+import os
+import sys
 import threading
 from collections.abc import Callable
 
 import numpy as np
 from mpi4py import MPI
 
+from .. import _interrupts
 from ..errors import WriteCallbackError
+from ..io import wait_removals
 
-__all__ = ["AsyncWriter", "StagingArea", "async_supported"]
+__all__ = ["AsyncWriter", "StagingArea", "async_supported", "finish_at_exit"]
+
+_unfinished: set[AsyncWriter] = set()  # a job running, or an error not yet raised
+_unfinished_lock = threading.Lock()
 
 
 def async_supported() -> bool:
@@ -76,6 +93,7 @@ class AsyncWriter:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._on_error: Callable[[], None] | None = None
+        self.what = ""
 
     @property
     def busy(self) -> bool:
@@ -83,10 +101,14 @@ class AsyncWriter:
         return self._thread is not None and self._thread.is_alive()
 
     def submit(
-        self, job: Callable[[MPI.Comm], None], on_error: Callable[[], None] | None = None
+        self,
+        job: Callable[[MPI.Comm], None],
+        on_error: Callable[[], None] | None = None,
+        what: str = "asynchronous save",
     ) -> None:
         """Start ``job(comm)`` in the background (after waiting for the previous one)."""
         self.wait()
+        self.what = what
 
         def run() -> None:
             try:
@@ -96,17 +118,87 @@ class AsyncWriter:
 
         self._on_error = on_error
         self._thread = threading.Thread(target=run, name="hpckpt-async-save", daemon=False)
+        with _unfinished_lock:
+            _unfinished.add(self)
         self._thread.start()
 
-    def wait(self) -> None:
-        """Wait for the running job; raise its (agreed) error if it failed."""
+    def join(self) -> None:
+        """Wait for the running job; keep its error for :meth:`wait` (or the exit hook)."""
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+
+    def wait(self) -> None:
+        """Wait for the running job; raise its (agreed) error if it failed."""
+        self.join()
         err, self._error = self._error, None
+        with _unfinished_lock:
+            _unfinished.discard(self)
         if err is not None:
             # a failed write callback comes after the commit: nothing to undo
             if self._on_error is not None and not isinstance(err, WriteCallbackError):
                 self._on_error()
             self._on_error = None
             raise err
+
+
+def _exit_now(status: int) -> None:
+    """End the process with ``status``, after what a normal exit would have run."""
+    with contextlib.suppress(BaseException):
+        atexit._run_exitfuncs()  # the program's own exit handlers (they may use MPI)
+    with contextlib.suppress(BaseException):
+        if MPI.Is_initialized() and not MPI.Is_finalized():
+            MPI.Finalize()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(BaseException):
+            stream.flush()
+    os._exit(status)
+
+
+def finish_at_exit() -> None:
+    """Finish every pending asynchronous write before the interpreter exits.
+
+    Runs on every rank when its main program ends (registered with ``threading``'s
+    exit hooks). Errors not yet raised are printed on stderr, naming the rank, and
+    the process exits with status 1. If a signal handler had to leave a collective
+    operation in the middle (:func:`hpckpt._interrupts.broken`), the job is aborted:
+    the other ranks would wait for this one forever.
+    """
+    failures: list[tuple[str, BaseException]] = []
+    try:
+        with _interrupts.deferred():
+            while True:
+                with _unfinished_lock:
+                    writers = list(_unfinished)
+                if not writers:
+                    break
+                for w in writers:
+                    try:
+                        w.wait()
+                    except BaseException as err:
+                        failures.append((w.what, err))
+            wait_removals()
+    except BaseException:  # a signal's handler, or a removal that failed: we are exiting
+        pass
+    rank = MPI.COMM_WORLD.Get_rank() if MPI.Is_initialized() and not MPI.Is_finalized() else 0
+    for what, e in failures:
+        sys.stderr.write(
+            f"hpckpt: rank {rank}: the {what} did not complete, and the program exited without "
+            f"calling sync(): {type(e).__name__}: {e}\n"
+        )
+    if _interrupts.broken() and MPI.Is_initialized() and not MPI.Is_finalized():
+        sys.stderr.write(
+            f"hpckpt: rank {rank}: a signal handler left a checkpoint operation in the middle; "
+            "aborting the job so that no rank waits for this one\n"
+        )
+        sys.stderr.flush()
+        MPI.COMM_WORLD.Abort(1)
+    if failures:
+        _exit_now(1)
+
+
+_register = getattr(threading, "_register_atexit", None)
+if _register is not None:
+    _register(finish_at_exit)  # runs before concurrent.futures' own hook (last in, first out)
+else:  # pragma: no cover - every supported Python has it
+    atexit.register(finish_at_exit)

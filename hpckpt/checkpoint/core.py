@@ -25,8 +25,9 @@ from mpi4py import MPI
 from .. import _dist
 from .._dist import Deadline
 from .._gcpause import gc_paused
+from .._interrupts import deferring
 from ..errors import WriteCallbackError
-from ..io import SHARED_FILE, Storage
+from ..io import SHARED_FILE, Storage, wait_removals
 from ..mesh import Mesh
 from ..options import CheckpointOptions, call_write_callback, io_options
 from .async_writer import AsyncWriter, async_supported
@@ -103,6 +104,33 @@ class CheckpointCore:
         if self._async is not None:
             self._async.wait()
 
+    def join(self) -> None:
+        """Wait for a running background write on this rank; keep its error for :meth:`sync`."""
+        if self._async is not None:
+            self._async.join()
+
+    @deferring
+    def sync_all(self) -> None:
+        """Wait for everything in flight: the background write, then rank 0's removals of
+        old files; agreed (the same error on every rank).
+
+        Collective: call on all ranks.
+        """
+        err: BaseException | None = None
+        try:
+            self.sync()
+        except BaseException as e:  # already agreed by the background job
+            err = e
+
+        def removals() -> None:
+            if self.comm.Get_rank() == 0:
+                wait_removals()
+
+        _dist.run_agreed(self.comm, "waiting for the removal of old checkpoint files", removals)
+        if err is not None:
+            raise err
+
+    @deferring
     def write(
         self,
         prefix: str,
@@ -183,7 +211,7 @@ class CheckpointCore:
                         if finally_ is not None:
                             finally_()
 
-                writer.submit(job, on_error)
+                writer.submit(job, on_error, f"asynchronous save of {prefix!r}")
                 return True
             if self._async is not None:
                 self._async.staging.clear()  # over the budget: hold no snapshot

@@ -7,8 +7,11 @@ and leaves a :class:`~hpckpt.graph.PendingRestore` in live objects for saved
 children that do not exist yet (restore-on-create).
 
 Call order of a read (collective): every rank plans its requests (agreed); the
-storage layer reads and verifies (agreed); values are assigned; Python states are
-deserialized (agreed).
+storage layer reads and verifies (agreed); the Python states' text is decoded
+(agreed: bytes that are not UTF-8 are a damaged checkpoint); then, in place, the
+variables already hold their values and the states are deserialized (agreed); with
+``restore_in_place=False``, the states are deserialized first (agreed, and undone
+on every rank if any rank failed), and only then are the variables assigned.
 
 As in TensorFlow, the most recent ``restore()`` call wins: every restore gets an
 increasing number (the same on every rank: restores are collective), each value
@@ -30,8 +33,15 @@ from mpi4py import MPI
 from .. import _dist
 from .._dist import Deadline
 from .._gcpause import gc_paused
+from .._interrupts import deferred
 from ..dtypes import logical_name, storage_dtype
-from ..errors import CheckpointError, CheckpointValueError
+from ..errors import (
+    CheckpointChangedError,
+    CheckpointError,
+    CheckpointValueError,
+    CorruptCheckpointError,
+    NotFoundError,
+)
 from ..graph import (
     PendingRestore,
     PythonState,
@@ -40,13 +50,13 @@ from ..graph import (
     Trackable,
     children_of,
 )
-from ..io import SHARED_FILE, CheckpointIndex, ReadRequest, Storage
+from ..io import SHARED_FILE, CheckpointIndex, ReadRequest, Storage, index_identity
 from ..options import CheckpointOptions, io_options
 from ..variable import Variable
 from .progress import ProgressReport, reporter
 from .save_plan import parse_rank_state_header, rank_state_header_bytes
 
-__all__ = ["RestoreContext"]
+__all__ = ["RestoreContext", "replaced_since"]
 
 _UIDS = itertools.count(1)  # restore() calls, in order (collective: the same on every rank)
 
@@ -65,6 +75,18 @@ def _set_restore_uid(obj: Any, uid: int) -> None:
         obj._hpckpt_restore_uid = uid
 
 
+def replaced_since(comm: MPI.Comm, prefix: str, identity: Any, exc: BaseException) -> bool:
+    """After an agreed failure: whether ``P``'s index was replaced since rank 0 noted its
+    ``identity`` (rank 0 looks; agreed). Never after an interrupted rank (it is gone).
+
+    Collective: call on all ranks.
+    """
+    if any(f.type in ("SystemExit", "KeyboardInterrupt") for f in getattr(exc, "failures", ())):
+        return False
+    changed = comm.Get_rank() == 0 and index_identity(prefix) != identity
+    return bool(_dist.bcast_json(comm, changed, 0))
+
+
 class RestoreContext:
     """One restore: the saved graph, what has been matched, and pending restores.
 
@@ -80,8 +102,11 @@ class RestoreContext:
         graph: SavedGraph,
         options: CheckpointOptions,
         storage: Storage = SHARED_FILE,
+        identity: Any = None,
     ) -> None:
         self.comm = comm
+        self.identity = identity  # rank 0: the index file's identity when it was read
+        self.abandoned = False  # a restore started again: its pending restores do nothing
         self.prefix = prefix
         self.index = index
         self.graph = graph
@@ -114,8 +139,28 @@ class RestoreContext:
 
         Collective: call on all ranks (it reads the checkpoint).
         """
-        with gc_paused():
+        if self.abandoned:
+            return
+        with deferred(), gc_paused():
             self._restore_subtree(node, obj)
+
+    def restore_deferred(self, node: int, obj: Any) -> None:
+        """:meth:`restore_subtree` for an object attached after ``restore()`` returned.
+
+        If the checkpoint was replaced since ``restore()`` read it (``write(P)`` again),
+        the data may be gone: that is reported as :class:`CheckpointChangedError`.
+
+        Collective: call on all ranks.
+        """
+        try:
+            self.restore_subtree(node, obj)
+        except (CorruptCheckpointError, NotFoundError) as e:
+            if replaced_since(self.comm, self.prefix, self.identity, e):
+                raise CheckpointChangedError(
+                    f"checkpoint {self.prefix!r} was replaced after restore() read it: the "
+                    f"values of objects attached later are no longer there ({e})"
+                ) from e
+            raise
 
     def _restore_subtree(self, node: int, obj: Any) -> None:
         reads: list[tuple[int, Variable]] = []
@@ -148,7 +193,7 @@ class RestoreContext:
                 if child is not None:
                     queue.append((c, child))
                 elif isinstance(o, Trackable) and c in self.with_values:
-                    o._defer_target(name)._defer(name, PendingRestore(c, self.restore_subtree))
+                    o._defer_target(name)._defer(name, PendingRestore(c, self.restore_deferred))
             for v, slot_name, s in saved.slots:
                 self._match_slot(n, o, v, slot_name, s, queue)
             for p in [p for p in self.pending_slots if p[1] == n]:
@@ -179,7 +224,7 @@ class RestoreContext:
         if slot is not None:
             queue.append((slot_node, slot))
         else:
-            owner._defer_slot(var, slot_name, PendingRestore(slot_node, self.restore_subtree))
+            owner._defer_slot(var, slot_name, PendingRestore(slot_node, self.restore_deferred))
 
     def _read(
         self,
@@ -220,6 +265,103 @@ class RestoreContext:
         arrays = self._storage_read(requests, deadline, report)
         if report is not None:
             report.finish()
+        raws = self._state_values(states, requests[len(reads) :], arrays[len(reads) :], deadline)
+        texts = self._decode_states(states, raws, deadline) if states else []
+        if in_place:
+            # the variables already hold what was read (directly in their buffers)
+            self._assign(reads, requests, arrays)
+            self._deserialize(states, texts, deadline, rollback=False)
+        else:
+            # all or nothing: the Python states first (undone on every rank if any rank
+            # fails), then the variables
+            self._deserialize(states, texts, deadline, rollback=True)
+            self._assign(reads, requests, arrays)
+
+    def _decode_states(
+        self,
+        states: list[tuple[int, PythonState | RankState]],
+        raws: list[bytes | list[bytes]],
+        deadline: Deadline,
+    ) -> list[str | bytes]:
+        """The value of each Python state (text, or bytes for a binary state; a RankState
+        saved by another number of ranks goes through its ``reshard``); agreed (nothing
+        is assigned if any rank fails)."""
+        nodes = self.graph.nodes
+
+        def text(key: str | None, raw: bytes) -> str:
+            try:
+                return raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise CorruptCheckpointError(
+                    f"python state {key!r} in checkpoint {self.prefix!r} is not "
+                    f"UTF-8 text ({e.reason} at byte {e.start})"
+                ) from None
+
+        def decode() -> list[str | bytes]:
+            values: list[str | bytes] = []
+            for (n, s), raw in zip(states, raws, strict=True):
+                binary, key = nodes[n].binary, nodes[n].key
+                if isinstance(raw, list):  # a RankState saved by another number of ranks
+                    assert isinstance(s, RankState)
+                    value = s.reshard([r if binary else text(key, r) for r in raw])
+                    if not isinstance(value, (str, bytes)):
+                        raise TypeError(
+                            f"{type(s).__name__}.reshard() returned {type(value).__name__}, "
+                            f"not str or bytes"
+                        )
+                    values.append(value)
+                else:
+                    values.append(raw if binary else text(key, raw))
+            return values
+
+        return _dist.run_agreed(
+            self.comm, f"restore of checkpoint {self.prefix!r}", decode, deadline
+        )
+
+    def _deserialize(
+        self,
+        states: list[tuple[int, PythonState | RankState]],
+        values: list[str | bytes],
+        deadline: Deadline,
+        *,
+        rollback: bool,
+    ) -> None:
+        """Deserialize every state; agreed. With ``rollback``, a failure on any rank puts
+        each state back as it was (its own ``serialize()`` taken before)."""
+        if not states:
+            return
+        nodes = self.graph.nodes
+        before: list[tuple[PythonState | RankState, Any, int]] = []
+        exc: BaseException | None = None
+        try:
+            for (n, s), value in zip(states, values, strict=True):
+                if rollback:
+                    before.append((s, s.serialize(), _restore_uid(s)))
+                s.deserialize(value)
+                _set_restore_uid(s, self.uid)
+                self.consumed.add(nodes[n].key)  # type: ignore[arg-type]
+        except BaseException as e:
+            exc = e
+        try:
+            _dist.agree(self.comm, f"restore of checkpoint {self.prefix!r}", exc, deadline)
+        except BaseException:
+            for n, _ in states:
+                self.consumed.discard(nodes[n].key)  # type: ignore[arg-type]
+            for s, old, uid in reversed(before):
+                try:
+                    s.deserialize(old)
+                    _set_restore_uid(s, uid)
+                except Exception:  # the state's own error was reported; keep undoing the rest
+                    pass
+            raise
+
+    def _assign(
+        self,
+        reads: list[tuple[int, Variable]],
+        requests: list[ReadRequest],
+        arrays: list[np.ndarray],
+    ) -> None:
+        nodes = self.graph.nodes
         for (n, v), req, a in zip(reads, requests, arrays, strict=False):
             if a is not req.out:
                 dest = v.local
@@ -227,26 +369,6 @@ class RestoreContext:
                 (dest if st == dest.dtype else dest.view(st))[...] = a
             _set_restore_uid(v, self.uid)
             self.consumed.add(nodes[n].key)  # type: ignore[arg-type]
-        raws = self._state_values(states, requests[len(reads) :], arrays[len(reads) :], deadline)
-
-        def apply_states() -> None:
-            for (n, s), raw in zip(states, raws, strict=True):
-                if isinstance(raw, list):  # a RankState saved by another number of ranks
-                    assert isinstance(s, RankState)
-                    value = s.reshard([r if nodes[n].binary else r.decode() for r in raw])
-                    if not isinstance(value, (str, bytes)):
-                        raise TypeError(
-                            f"{type(s).__name__}.reshard() returned {type(value).__name__}, "
-                            f"not str or bytes"
-                        )
-                    s.deserialize(value)
-                else:
-                    s.deserialize(raw if nodes[n].binary else raw.decode())
-                _set_restore_uid(s, self.uid)
-                self.consumed.add(nodes[n].key)  # type: ignore[arg-type]
-
-        if states:
-            _dist.run_agreed(comm, what, apply_states, deadline)
 
     def _storage_read(
         self,

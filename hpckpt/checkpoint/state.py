@@ -37,6 +37,7 @@ def update_state_file(
         if comm.Get_rank() != 0:
             return
         _faults.point("after_commit", 0)
+        _dist.raise_interrupt()  # a signal on rank 0: fail before the state changes
         current = read_state(directory) if read_current else None
         write_state(directory, make_state(current))
         _faults.point("state", 0)

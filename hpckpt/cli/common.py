@@ -11,6 +11,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -127,16 +128,30 @@ class Loaded:
         prefix: The checkpoint path.
         index: The validated index (the data file's structure is validated too).
         graph: The validated object graph, or ``None`` if the index has none.
+        opened: That version of the checkpoint, its data file open (reads of it are
+            not disturbed if ``write(P)`` replaces the checkpoint meanwhile).
     """
 
     prefix: str
     index: CheckpointIndex
     graph: SavedGraph | None
+    opened: io.OpenCheckpoint
 
     @property
     def data_path(self) -> str:
         """The path of the data file."""
         return io.data_file_path(self.prefix, self.index.data_file)
+
+    def read(
+        self,
+        entry: TensorEntry,
+        *,
+        verify: bool = True,
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> np.ndarray:
+        """One whole tensor of the version opened (checksums verified), in its stored
+        dtype; ``on_bytes(n)`` is told of each chunk read (a progress bar)."""
+        return self.opened.read(entry, verify=verify, on_bytes=on_bytes)
 
 
 def load(path: str, *, graph: bool = True) -> Loaded:
@@ -149,18 +164,19 @@ def load(path: str, *, graph: bool = True) -> Loaded:
     """
     prefix = resolve(path)
     try:
-        index = io.load_index(prefix)
+        opened = io.open_checkpoint(prefix)
     except NotFoundError as e:
         if io.checkpoint_exists(prefix):  # committed, but its data file is gone
             raise CorruptCheckpointError(str(e)) from None
         raise
+    index = opened.index
     g = None
     if graph and index.graph is not None:
         try:
             g = parse_graph(index.graph, set(index.tensors))
         except CorruptCheckpointError as e:
             raise CorruptCheckpointError(f"{io.index_path(prefix)}: {e}") from None
-    return Loaded(prefix, index, g)
+    return Loaded(prefix, index, g, opened)
 
 
 def json_float(x: float) -> float | str:

@@ -116,8 +116,8 @@ def _state_change(
     sa, sb = read_state(la, ea, kind), read_state(lb, eb, kind)
     if sa.raw is None or sb.raw is None:
         if ea.nbytes == eb.nbytes and ea.dtype == eb.dtype:
-            xa = io.read_tensor_serial(la.prefix, la.index, ea)
-            xb = io.read_tensor_serial(lb.prefix, lb.index, eb)
+            xa = la.read(ea)
+            xb = lb.read(eb)
             if np.array_equal(xa, xb):
                 return None
         return {"change": "state", "old": None, "new": None}
@@ -186,8 +186,8 @@ def diff_checkpoints(
                 changed.append({**base, "change": "+".join(what), "a": _brief(ea), "b": _brief(eb)})
                 bar.update(ea.nbytes + eb.nbytes)
                 continue
-            xa = io.read_tensor_serial(la.prefix, la.index, ea, verify=True, on_bytes=bar.update)
-            xb = io.read_tensor_serial(lb.prefix, lb.index, eb, verify=True, on_bytes=bar.update)
+            xa = la.read(ea, on_bytes=bar.update)
+            xb = lb.read(eb, on_bytes=bar.update)
             if ea.logical_dtype is not None:  # compare the values, not the bits
                 xa = io.as_logical(ea, xa).astype(np.float64)
                 xb = io.as_logical(eb, xb).astype(np.float64)

@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 
-from .. import io
 from .common import (
     EXIT_IO,
     EXIT_NOT_FOUND,
@@ -40,7 +39,8 @@ def add_parser(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentP
             "keys; load it with numpy.load(OUT) (no pickle needed: every array is numeric; "
             "bfloat16 and float8 tensors are written as their bits, same-width unsigned "
             "integers: view them with ml_dtypes). "
-            "OUT is written to a temporary file and renamed when complete."
+            "A key that is not valid Unicode (a lone surrogate) is written with \\uXXXX "
+            "escapes. OUT is written to a temporary file and renamed when complete."
         ),
     )
     p.add_argument("path", metavar="PATH", help="checkpoint prefix, .index.json or directory")
@@ -55,6 +55,17 @@ def add_parser(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentP
         help="export only keys matching this shell pattern (repeatable)",
     )
     p.set_defaults(run=run)
+
+
+def _archive_name(key: str) -> str:
+    """The key of a tensor in the archive: its checkpoint key, or, for a key that is not
+    valid Unicode (a lone surrogate, which no zip file can name), the key with those
+    characters written as ``\\uXXXX`` escapes."""
+    try:
+        key.encode("utf-8")
+        return key
+    except UnicodeEncodeError:
+        return key.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def export_checkpoint(
@@ -96,19 +107,28 @@ def export_checkpoint(
             Progress(total, "export", enabled=progress) as bar,
             zipfile.ZipFile(tmp, mode="w", compression=mode, allowZip64=True) as zf,
         ):
+            names: set[str] = set()
             for e in entries:
-                arr = io.read_tensor_serial(
-                    loaded.prefix, loaded.index, e, verify=True, on_bytes=bar.update
-                )
+                name = _archive_name(e.key)
+                if name in names:
+                    raise CliError(
+                        f"two tensors map to the archive name {name!r} (one key is not valid "
+                        f"Unicode); export them apart with --include",
+                        EXIT_IO,
+                        "io",
+                    )
+                names.add(name)
+                arr = loaded.read(e, on_bytes=bar.update)
                 if arr.dtype.kind not in "biufc":  # never write an object (pickled) array
                     raise CliError(
                         f"tensor {e.key!r} has a non-numeric dtype {arr.dtype}", EXIT_IO, "io"
                     )
-                with zf.open(e.key + ".npy", mode="w", force_zip64=True) as f:
+                with zf.open(name + ".npy", mode="w", force_zip64=True) as f:
                     np.lib.format.write_array(f, np.ascontiguousarray(arr), allow_pickle=False)
                 written.append(
                     {
                         "key": e.key,
+                        "archive_key": name,
                         "dtype": arr.dtype.name,
                         "shape": list(arr.shape),
                         "nbytes": e.nbytes,

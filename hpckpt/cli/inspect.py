@@ -50,8 +50,18 @@ def add_parser(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentP
     p.set_defaults(run=run)
 
 
+MAX_DEPTH = 100
+"""The tree shows nodes this deep at most (a hostile graph may be a chain of millions)."""
+
+
+def _cap(path: str, limit: int = 1024) -> str:
+    """A path shown at most ``limit`` characters long (memory stays linear in the nodes)."""
+    return path if len(path) <= limit else path[: limit - 3] + "..."
+
+
 def _first_paths(graph: SavedGraph) -> dict[int, str]:
-    """Each reachable node's first path from the root (breadth-first, like the save).
+    """Each reachable node's first path from the root (breadth-first, like the save), for
+    nodes at most :data:`MAX_DEPTH` edges deep.
 
     A slot variable's path is ``<variable>/.OPTIMIZER_SLOT/<owner>/<slot name>``.
     """
@@ -61,18 +71,23 @@ def _first_paths(graph: SavedGraph) -> dict[int, str]:
         for owner, slot_name, s in lst:
             by_owner.setdefault(owner, []).append((var, slot_name, s))
     paths = {0: ""}
+    depth = {0: 0}
     queue = collections.deque([0])
 
     def add_slot(var: int, owner: int, slot_name: str, s: int) -> None:
         if s not in paths and var in paths and owner in paths:
-            paths[s] = f"{paths[var]}/.OPTIMIZER_SLOT/{paths[owner]}/{slot_name}"
+            paths[s] = _cap(f"{paths[var]}/.OPTIMIZER_SLOT/{paths[owner]}/{slot_name}")
+            depth[s] = max(depth[var], depth[owner]) + 1
             queue.append(s)
 
     while queue:
         n = queue.popleft()
+        if depth[n] >= MAX_DEPTH:
+            continue
         for name, c in graph.nodes[n].children:
             if c not in paths:
-                paths[c] = f"{paths[n]}/{name}" if paths[n] else name
+                paths[c] = _cap(f"{paths[n]}/{name}" if paths[n] else name)
+                depth[c] = depth[n] + 1
                 queue.append(c)
         for owner, slot_name, s in slots.get(n, []):
             add_slot(n, owner, slot_name, s)
@@ -110,7 +125,9 @@ def _tree(loaded: Loaded) -> tuple[dict[str, Any], dict[str, int]]:
     shown: set[int] = set()
     counts: collections.Counter[str] = collections.Counter()
 
-    def node_doc(n: int, name: str, slot: dict[str, Any] | None = None) -> dict[str, Any]:
+    def node_doc(
+        n: int, name: str, depth: int, slot: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         node = graph.nodes[n]
         doc: dict[str, Any] = {"name": name, "node": n, "kind": node.kind, "path": paths.get(n)}
         if slot is not None:
@@ -124,17 +141,26 @@ def _tree(loaded: Loaded) -> tuple[dict[str, Any], dict[str, int]]:
         doc["tensor"] = tensor_json(tensors[node.key]) if node.key is not None else None
         if node.key is not None:
             doc.update(_value_doc(loaded, tensors[node.key], node.kind, node.binary))
-        doc["children"] = [node_doc(c, cname) for cname, c in node.children]
+        if depth >= MAX_DEPTH:  # not shown deeper (counted as "too_deep")
+            doc["children"], doc["slots"] = [], []
+            doc["truncated"] = bool(node.children or slots_by_var.get(n))
+            return doc
+        doc["children"] = [node_doc(c, cname, depth + 1) for cname, c in node.children]
         doc["slots"] = [
-            node_doc(s, slot_name, {"slot": slot_name, "owner": paths.get(owner, "?") or "(root)"})
+            node_doc(
+                s,
+                slot_name,
+                depth + 1,
+                {"slot": slot_name, "owner": paths.get(owner, "?") or "(root)"},
+            )
             for owner, slot_name, s in slots_by_var.get(n, [])
         ]
         if slot is not None:
             counts["slot"] += 1
         return doc
 
-    root = node_doc(0, "(root)")
-    counts["unreachable"] = len(graph.nodes) - len(shown)
+    root = node_doc(0, "(root)", 0)
+    counts["unreachable"] = len(graph.nodes) - len(shown)  # or deeper than MAX_DEPTH
     return root, dict(counts)
 
 
@@ -229,6 +255,8 @@ def _render_node(doc: dict[str, Any], depth: int, out: list[str]) -> None:
         out.append(f"{pad}{label}: {_state_text(doc)}")
     else:
         out.append(f"{pad}{label}" + ("" if depth == 0 else "/"))
+    if doc.get("truncated"):
+        out.append(f"{pad}  ... (deeper than {MAX_DEPTH} levels: not shown)")
     for s in doc["slots"]:
         _render_node(s, depth + 1, out)
     for c in doc["children"]:

@@ -8,7 +8,8 @@ are one line on stderr (never a traceback) and a non-zero exit code:
 * 1: a damaged checkpoint or state file (checksum mismatch, truncated or hostile file);
 * 2: a missing path, no checkpoint there, or a command-line usage error;
 * 3: ``diff --exit-code`` only: the checkpoints differ;
-* 4: any other error (permission denied, disk full, unexpected failure).
+* 4: any other error (permission denied, disk full, unexpected failure, a checkpoint
+  replaced again and again while being read: JSON kind ``changed``).
 
 Set ``HPCKPT_CLI_DEBUG=1`` to get the traceback of an unexpected failure.
 """
@@ -21,7 +22,7 @@ import sys
 from collections.abc import Sequence
 
 from .._version import __version__
-from ..errors import CheckpointError, CorruptCheckpointError
+from ..errors import CheckpointChangedError, CheckpointError, CorruptCheckpointError
 from . import diff, export, inspect, ls, verify
 from .common import EXIT_DAMAGED, EXIT_IO, EXIT_NOT_FOUND, CliError, dump_json
 
@@ -91,6 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     except CliError as e:
         return _fail(str(e), e.exit_code, e.kind, as_json)
+    except CheckpointChangedError as e:  # not damaged: replaced while being read
+        return _fail(str(e), EXIT_IO, "changed", as_json)
     except CorruptCheckpointError as e:
         return _fail(f"damaged checkpoint: {e}", EXIT_DAMAGED, "damaged", as_json)
     except CheckpointError as e:

@@ -66,7 +66,7 @@ def preview(raw: bytes, binary: bool, limit: int = PREVIEW_CHARS) -> str:
 
 def read_scalar(loaded: Loaded, e: TensorEntry) -> Any:
     """The value of a scalar tensor as JSON (numbers, bools; NaN/Inf as strings)."""
-    a = io.as_logical(e, io.read_tensor_serial(loaded.prefix, loaded.index, e))
+    a = io.as_logical(e, loaded.read(e))
     if e.logical_dtype is not None:
         return json_float(float(a.astype(np.float64)))
     x = a.item()
@@ -96,7 +96,7 @@ def read_state(loaded: Loaded, e: TensorEntry, kind: str) -> StateValue:
     """The saved bytes of a Python state or per-rank state (``raw`` None if too large)."""
     if e.nbytes > MAX_STATE_BYTES or e.dtype != np.uint8 or len(e.shape) != 1:
         return StateValue(None)
-    raw = io.read_tensor_serial(loaded.prefix, loaded.index, e).tobytes()
+    raw = loaded.read(e).tobytes()
     if kind != "rank_state":
         return StateValue(raw)
     head = 8 * (loaded.index.nprocs + 1)

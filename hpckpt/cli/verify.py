@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 
 from .. import io
-from ..errors import CorruptCheckpointError, NotFoundError
+from ..errors import CheckpointChangedError, CorruptCheckpointError, NotFoundError
 from ..graph import parse_graph
 from ..io.checksum import checksum_function
-from ..io.index import CheckpointIndex, TensorEntry
+from ..io.index import TensorEntry
 from ..io.load import read_index_file
 from ..io.local_check import find_local, is_local_path, verify_local_copy
 from .common import (
@@ -73,13 +73,13 @@ def _distinct_elements(e: TensorEntry) -> int:
 
 
 def _check_tensor(
-    prefix: str,
-    index: CheckpointIndex,
+    opened: io.OpenCheckpoint,
     e: TensorEntry,
     errors: list[dict[str, Any]],
     on_bytes: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Read one tensor and check each slice; append each problem to ``errors``."""
+    """Read one tensor (from the version opened) and check each slice; append each problem
+    to ``errors``."""
     doc: dict[str, Any] = {
         "key": e.key,
         "dataset": e.dataset,
@@ -88,8 +88,15 @@ def _check_tensor(
         "bad_slices": 0,
         "status": "ok",
     }
+    if e.nbytes == 0:  # nothing stored (numpy may not even hold its shape): checksums only
+        for s in e.slices:
+            if s.checksum != 0 or math.prod(s.shape) != 0:
+                errors.append(_slice_error(e, s.start, s.shape))
+                doc["bad_slices"] += 1
+                doc["status"] = "bad"
+        return doc
     try:
-        arr = io.read_tensor_serial(prefix, index, e, verify=False, on_bytes=on_bytes)
+        arr = opened.read(e, verify=False, on_bytes=on_bytes)
     except (CorruptCheckpointError, OSError) as exc:
         lo = e.offset or 0
         errors.append(
@@ -108,25 +115,12 @@ def _check_tensor(
         )
         doc["status"] = "bad"
         return doc
-    fn = checksum_function(index.checksum)
+    fn = checksum_function(opened.index.checksum)
     for s in e.slices:
         part = arr[tuple(slice(a, a + n) for a, n in zip(s.start, s.shape, strict=True))]
         data = np.ascontiguousarray(part).reshape(-1).view(np.uint8)
         if (fn(data) if data.size else 0) != s.checksum:
-            lo, hi = slice_byte_range(e, s.start, s.shape)
-            errors.append(
-                {
-                    "tensor": e.key,
-                    "dataset": e.dataset,
-                    "slice_start": list(s.start),
-                    "slice_shape": list(s.shape),
-                    "byte_range": [lo, hi],
-                    "message": (
-                        f"checksum mismatch in tensor {e.key!r} (dataset {e.dataset!r}), slice "
-                        f"start {list(s.start)} shape {list(s.shape)}, file bytes [{lo}, {hi})"
-                    ),
-                }
-            )
+            errors.append(_slice_error(e, s.start, s.shape))
             doc["bad_slices"] += 1
             doc["status"] = "bad"
     if doc["status"] == "ok" and e.nbytes and _distinct_elements(e) < math.prod(e.shape):
@@ -134,14 +128,46 @@ def _check_tensor(
     return doc
 
 
+def _slice_error(e: TensorEntry, start: tuple[int, ...], shape: tuple[int, ...]) -> dict[str, Any]:
+    lo, hi = slice_byte_range(e, start, shape)
+    return {
+        "tensor": e.key,
+        "dataset": e.dataset,
+        "slice_start": list(start),
+        "slice_shape": list(shape),
+        "byte_range": [lo, hi],
+        "message": (
+            f"checksum mismatch in tensor {e.key!r} (dataset {e.dataset!r}), slice "
+            f"start {list(start)} shape {list(shape)}, file bytes [{lo}, {hi})"
+        ),
+    }
+
+
 def verify_checkpoint(prefix: str, *, progress: bool | None = None) -> dict[str, Any]:
     """The report of ``verify`` for one checkpoint prefix.
 
-    Damage is reported in the result (``ok`` false, ``errors``), not raised.
+    Damage is reported in the result (``ok`` false, ``errors``), not raised. A
+    checkpoint replaced by ``write(P)`` while it was checked is checked again: damage
+    is reported only when the same version was read from start to end.
 
     Raises:
         NotFoundError: There is no index at ``prefix``.
+        CheckpointChangedError: The checkpoint was replaced during every attempt.
     """
+    for _ in range(io.READ_RETRIES + 1):
+        before = io.index_identity(prefix)
+        report = _verify_once(prefix, before, progress)
+        if report["ok"] or io.index_identity(prefix) == before:
+            return report
+    raise CheckpointChangedError(
+        f"checkpoint {prefix!r} was replaced while being verified, "
+        f"{io.READ_RETRIES + 1} times in a row; verify it again later"
+    )
+
+
+def _verify_once(
+    prefix: str, identity: tuple[int, int, int] | None, progress: bool | None
+) -> dict[str, Any]:
     report: dict[str, Any] = {
         "checkpoint": prefix,
         "ok": False,
@@ -176,14 +202,13 @@ def verify_checkpoint(prefix: str, *, progress: bool | None = None) -> dict[str,
         return report
     report["tensors_total"] = len(index.tensors)
     report["checksum"] = index.checksum
-    data_present = True
+    opened: io.OpenCheckpoint | None = None
     try:
-        io.load_index(prefix)  # the data file's HDF5 structure against the index
-    except NotFoundError as e:
-        data_present = False
-        fail(str(e))
-    except CorruptCheckpointError as e:
-        fail(str(e))
+        # held open: the tensors read are this version's, even if P is replaced meanwhile
+        opened = io.OpenCheckpoint.of(prefix, index, identity, check_size=False)
+        io.check_data_file(prefix, index)  # the data file's HDF5 structure against the index
+    except (NotFoundError, CorruptCheckpointError) as e:
+        fail(str(e))  # still read what is there (a truncated file: name the tensors lost)
     if index.graph is None:
         report["warnings"].append("the index has no object graph")
     else:
@@ -191,12 +216,12 @@ def verify_checkpoint(prefix: str, *, progress: bool | None = None) -> dict[str,
             parse_graph(index.graph, set(index.tensors))
         except CorruptCheckpointError as e:
             fail(f"{io.index_path(prefix)}: {e}")
-    if data_present:
+    if opened is not None:
         total = sum(t.nbytes for t in index.tensors.values())
         with Progress(total, "verify", enabled=progress) as bar:
             for entry in index.tensors.values():
                 done = bar.done
-                doc = _check_tensor(prefix, index, entry, errors, bar.update)
+                doc = _check_tensor(opened, entry, errors, bar.update)
                 report["tensors"].append(doc)
                 report["tensors_checked"] += 1
                 report["slices_checked"] += len(entry.slices)
@@ -208,6 +233,7 @@ def verify_checkpoint(prefix: str, *, progress: bool | None = None) -> dict[str,
                         f"tensor {entry.key!r} is {doc['status']}: its saved slices do not cover it"
                     )
                 bar.update(entry.nbytes - (bar.done - done))  # what a failed read skipped
+        opened.close()
     report["ok"] = not errors
     return report
 

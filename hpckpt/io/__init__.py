@@ -20,7 +20,9 @@ Modules:
   :mod:`.save_tensor` (what a save writes per tensor) and :mod:`.records` (checksum
   records and index entries);
 * :mod:`.load` — single-process loading (reader, command line);
-* :mod:`.cleanup`, :mod:`.lock` — removing old files, the directory's writer lock;
+* :mod:`.snapshot` — one committed version of a checkpoint while ``write(P)`` may
+  replace it (retries, a data file held open);
+* :mod:`.cleanup`, :mod:`.lock` — removing old files, the directory's writer lease;
 * the local tier of multi-level checkpointing: :mod:`.local_index` (its index),
   :mod:`.local_tier` (writing, partner copies, retention), :mod:`.local_scan`
   (finding complete local checkpoints), :mod:`.local_read` (restoring, with
@@ -31,11 +33,11 @@ file per checkpoint: :data:`SHARED_FILE`). Call order, for every implementation:
 
 * collective (every rank of the communicator, in the same order):
   :meth:`Storage.write`, :meth:`Storage.read_index`, :meth:`Storage.read`;
-* one process (no MPI; rank 0 inside a job): :func:`load_index`,
+* one process (no MPI; rank 0 inside a job): :func:`open_checkpoint`, :func:`load_index`,
   :func:`read_tensor_serial`, the state file (:func:`read_state`,
   :func:`write_state`, :func:`state_from_paths`), :func:`delete_checkpoint_files`,
   :func:`remove_checkpoint_files`, :func:`remove_orphans`,
-  :class:`DirectoryLock`.
+  :class:`DirectoryLease`.
 """
 
 from __future__ import annotations
@@ -51,12 +53,19 @@ from .cleanup import delete_checkpoint_files, remove_checkpoint_files, remove_or
 from .filters import Compression, parse_compression
 from .fsutil import wait_removals
 from .index import CheckpointIndex, SliceEntry, TensorEntry
-from .load import as_logical, load_index, read_index_file, read_tensor_serial, verify_tensor
+from .load import (
+    as_logical,
+    check_data_file,
+    load_index,
+    read_index_file,
+    read_tensor_serial,
+    verify_tensor,
+)
 from .local_index import REDUNDANCIES, LocalIndex, parse_local_index
 from .local_read import LocalTierStorage, open_local
 from .local_scan import LocalCandidate, scan_local
 from .local_tier import LocalSave, mapped_copies, remove_local, write_local
-from .lock import DirectoryLock
+from .lock import DirectoryLease
 from .options import IO_MODES, IOOptions
 from .paths import (
     NODE_FIELD,
@@ -69,6 +78,8 @@ from .paths import (
     relative_to,
 )
 from .read import ReadRequest, read_index, read_tensors
+from .snapshot import RETRIES as READ_RETRIES
+from .snapshot import OpenCheckpoint, index_identity, open_checkpoint, retry_if_changed
 from .statefile import (
     CheckpointState,
     latest_checkpoint,
@@ -87,12 +98,14 @@ __all__ = [
     "CheckpointIndex",
     "CheckpointState",
     "Compression",
-    "DirectoryLock",
+    "DirectoryLease",
     "IOOptions",
     "LocalCandidate",
     "LocalIndex",
     "LocalSave",
     "LocalTierStorage",
+    "OpenCheckpoint",
+    "READ_RETRIES",
     "ReadRequest",
     "SaveTensor",
     "SharedFileStorage",
@@ -100,11 +113,13 @@ __all__ = [
     "SliceEntry",
     "Storage",
     "TensorEntry",
+    "check_data_file",
     "checkpoint_exists",
     "data_file_path",
     "derived_slicing",
     "use_rows",
     "delete_checkpoint_files",
+    "index_identity",
     "index_path",
     "latest_checkpoint",
     "load_index",
@@ -113,6 +128,7 @@ __all__ = [
     "mapped_copies",
     "normalize_prefix",
     "parse_compression",
+    "open_checkpoint",
     "open_local",
     "parse_local_index",
     "read_index_file",
@@ -123,6 +139,7 @@ __all__ = [
     "remove_local",
     "remove_orphans",
     "resolve_latest",
+    "retry_if_changed",
     "scan_local",
     "state_from_paths",
     "tiling_problem",

@@ -169,7 +169,7 @@ def _write_one(
                 if part is not None and volume(part[1]):
                     buf[_rel(part, mine[0])] = task.local[_rel(part, mine_shard[0])]
             _dist.exchange(comm, sends, recvs, _TAG + j % 1000, deadline)
-        except Exception as e:
+        except BaseException as e:
             error = error or e
         finally:
             for t in cache:
@@ -186,7 +186,7 @@ def _write_one(
                     raise OSError(f"short write at offset {pos + done} (no space?)")
                 done += n
             crc = checksum(data, crc)
-        except Exception as e:
+        except BaseException as e:
             error = error or e
     if not volume(my_band[1]):
         return None, error

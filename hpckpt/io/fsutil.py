@@ -8,6 +8,7 @@ import stat
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from .. import _faults
 from ..errors import CorruptCheckpointError, NotFoundError
 from .paths import tmp_path
 
@@ -102,18 +103,33 @@ def read_bounded(path: str, limit: int, what: str) -> bytes | None:
             raise CorruptCheckpointError(
                 f"{what} {path!r} has {st.st_size} bytes, more than the limit of {limit}"
             )
-        chunks = []
-        left = limit + 1
-        while left > 0:
-            b = os.read(fd, min(left, 1 << 24))
-            if not b:
+        # one buffer of the announced size (+1 to see growth): no second copy in memory
+        buf = bytearray(min(st.st_size, limit) + 1)
+        view = memoryview(buf)
+        n = 0
+        while n < len(buf):
+            k = os.readv(fd, [view[n : n + (1 << 24)]])
+            if not k:
                 break
-            chunks.append(b)
-            left -= len(b)
-        data = b"".join(chunks)
-        if len(data) > limit:
-            raise CorruptCheckpointError(f"{what} {path!r} grew beyond the limit of {limit} bytes")
-        return data
+            n += k
+        view.release()
+        if n == len(buf):  # it grew while being read: read on, up to the limit
+            rest = []
+            total = n
+            while total <= limit:
+                b = os.read(fd, min(limit + 1 - total, 1 << 24))
+                if not b:
+                    break
+                rest.append(b)
+                total += len(b)
+            if total > limit:
+                raise CorruptCheckpointError(
+                    f"{what} {path!r} grew beyond the limit of {limit} bytes"
+                )
+            return bytes(buf) + b"".join(rest)
+        del buf[n:]
+        # a large content stays in its buffer (bytes-like: json and MPI read it as it is)
+        return bytes(buf) if n < (1 << 20) else buf  # type: ignore[return-value]
     finally:
         os.close(fd)
 
@@ -132,6 +148,11 @@ def remove_quietly(path: str) -> None:
         os.remove(path)
 
 
+def _remove_in_background(path: str) -> None:
+    _faults.point("remove", 0)
+    remove_quietly(path)
+
+
 def remove_later(path: str) -> None:
     """Remove a file in a background thread (it no longer matters to any reader).
 
@@ -144,13 +165,23 @@ def remove_later(path: str) -> None:
     with _remover_lock:
         if _remover is None:
             _remover = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hpckpt-remove")
-        _pending[:] = [f for f in _pending if not f.done()]
-        _pending.append(_remover.submit(remove_quietly, path))
+        # finished removals are forgotten, failed ones kept for wait_removals() to report
+        _pending[:] = [f for f in _pending if not f.done() or f.exception() is not None]
+        _pending.append(_remover.submit(_remove_in_background, path))
 
 
 def wait_removals() -> None:
-    """Wait until every removal started by :func:`remove_later` has finished."""
+    """Wait until every removal started by :func:`remove_later` has finished.
+
+    Raises:
+        OSError: The first removal that failed since the last call (each is reported once).
+    """
     with _remover_lock:
-        pending = list(_pending)
+        pending, _pending[:] = list(_pending), []
+    first: BaseException | None = None
     for f in pending:
-        f.result()
+        e = f.exception()
+        if e is not None and first is None:
+            first = e
+    if first is not None:
+        raise first

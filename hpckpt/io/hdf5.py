@@ -9,7 +9,8 @@ is a plain HDF5 file: h5py, ``h5ls`` and ``h5dump`` read it without hpckpt.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import stat
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import h5py
@@ -133,6 +134,7 @@ def validate_data_file(
     tensors: Sequence[TensorEntry],
     *,
     check_links: bool = True,
+    datasets: Collection[str] | None = None,
 ) -> None:
     """Check that ``path`` is the data file the index describes, and safe to read.
 
@@ -141,16 +143,20 @@ def validate_data_file(
     filtered, virtual or stored externally (except compressed tensors: chunked
     with exactly the chunk shape and filters the index records), and datasets
     whose shape, dtype or offset disagree with the index. Several ranks may share
-    the datasets to check (``check_links`` on one of them).
+    the datasets to check (``check_links`` on one of them, given the names of all the
+    index's ``datasets``; by default those of ``tensors``).
 
     Raises:
         NotFoundError: The data file is missing.
         CorruptCheckpointError: Anything else is wrong.
     """
     try:
-        size = os.stat(path).st_size
+        st = os.stat(path)
     except FileNotFoundError:
         raise NotFoundError(f"data file {path!r} is missing") from None
+    if not stat.S_ISREG(st.st_mode):  # a FIFO would block HDF5's open; a device has no end
+        raise CorruptCheckpointError(f"data file {path!r} is not a regular file")
+    size = st.st_size
     if size != expected_size:
         raise CorruptCheckpointError(
             f"data file {path!r} has {size} bytes, the index says {expected_size} "
@@ -164,16 +170,34 @@ def validate_data_file(
         ) from None
     with f:
         bad: list[str] = []
+        others: list[bytes] = []
+        known: set[bytes] = set()
+        if check_links:
+            names = datasets if datasets is not None else [t.dataset for t in tensors]
+            known = {d.encode() for d in names}
 
         def visit(name: bytes, info: h5py.h5l.LinkInfo) -> None:
             if info.type != h5py.h5l.TYPE_HARD:
                 bad.append(name.decode(errors="replace"))
+            elif name not in known:
+                others.append(name)
 
         if check_links:
             f.id.links.iterate(visit, info=True)
         if bad:
             raise CorruptCheckpointError(
                 f"data file {path!r} holds soft or external links {bad[:5]!r}"
+            )
+        # objects the index does not name are ignored by readers, unless they are groups
+        # (or named types): only datasets belong at the root
+        groups = [
+            n.decode(errors="replace")
+            for n in others
+            if h5py.h5o.get_info(f.id, n).type != h5py.h5o.TYPE_DATASET
+        ]
+        if groups:
+            raise CorruptCheckpointError(
+                f"data file {path!r} holds groups or other objects at its root {groups[:5]!r}"
             )
         types: dict[str, h5py.h5t.TypeID] = {}
         for t in tensors:

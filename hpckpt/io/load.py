@@ -24,6 +24,7 @@ from .verify import verify_whole
 
 __all__ = [
     "as_logical",
+    "check_data_file",
     "load_index",
     "named_data_file",
     "read_index_bytes",
@@ -66,10 +67,20 @@ def load_index(prefix: str, *, check_data: bool = True) -> CheckpointIndex:
     """
     index, _ = read_index_file(prefix)
     if check_data:
-        hdf5.validate_data_file(
-            data_file_path(prefix, index.data_file), index.data_size, list(index.tensors.values())
-        )
+        check_data_file(prefix, index)
     return index
+
+
+def check_data_file(prefix: str, index: CheckpointIndex) -> None:
+    """Validate the structure of the data file that ``index`` (of ``prefix``) names.
+
+    Raises:
+        NotFoundError: The data file is missing.
+        CorruptCheckpointError: It is damaged or hostile.
+    """
+    hdf5.validate_data_file(
+        data_file_path(prefix, index.data_file), index.data_size, list(index.tensors.values())
+    )
 
 
 def named_data_file(prefix: str) -> str | None:
@@ -119,36 +130,44 @@ def read_tensor_serial(
     *,
     verify: bool = True,
     on_bytes: Callable[[int], None] | None = None,
+    fd: int | None = None,
 ) -> np.ndarray:
     """Read one whole tensor on a single process (no MPI); verify its checksums.
 
-    The bytes are read in chunks of ``READ_CHUNK_BYTES``; ``on_bytes(n)`` is told of
-    each (a progress bar). The array has the stored dtype (see :func:`as_logical`).
+    The array has the stored dtype (see :func:`as_logical`).
+
+    Args:
+        prefix: The checkpoint path.
+        index: Its index.
+        entry: The tensor.
+        verify: Check its checksums.
+        on_bytes: Told of each chunk of ``READ_CHUNK_BYTES`` read (a progress bar).
+        fd: The data file, already open (see :func:`~.snapshot.open_checkpoint`);
+            by default it is opened by name.
 
     Raises:
-        CorruptCheckpointError: Short read or checksum mismatch.
+        CorruptCheckpointError: Short read, checksum mismatch, or an empty tensor whose
+            dimensions numpy cannot represent.
     """
-    path = data_file_path(prefix, index.data_file)
-    if entry.filters is not None:  # compressed: HDF5 inflates it (see io/filters.py)
+    try:
         out = np.empty(entry.shape, dtype=entry.dtype)
-        hdf5.read_dataset(path, entry, out)
+    except ValueError as e:  # (0, 2**61): empty, but too big for numpy's size arithmetic
+        raise CorruptCheckpointError(
+            f"tensor {entry.key!r} has shape {list(entry.shape)}, which numpy cannot hold ({e})"
+        ) from None
+    if entry.filters is not None:  # compressed: HDF5 inflates it (see io/filters.py)
+        hdf5.read_dataset(data_file_path(prefix, index.data_file), entry, out)
         if verify:
             verify_tensor(entry, out, index.checksum)
         return out
-    if entry.offset is None:
-        return np.empty(entry.shape, dtype=entry.dtype)
-    out = np.empty(entry.shape, dtype=entry.dtype)
+    if entry.offset is None or out.size == 0:
+        return out
     buf = out.reshape(-1).view(np.uint8)
-    n = 0
-    with open(path, "rb", buffering=0) as f:
-        while n < buf.size:
-            hi = min(n + READ_CHUNK_BYTES, buf.size)
-            got = os.preadv(f.fileno(), [buf[n:hi].data], entry.offset + n)
-            if got <= 0:
-                break
-            n += got
-            if on_bytes is not None:
-                on_bytes(got)
+    if fd is None:
+        with open(data_file_path(prefix, index.data_file), "rb", buffering=0) as f:
+            n = _pread_full(f.fileno(), buf, entry.offset, on_bytes)
+    else:
+        n = _pread_full(fd, buf, entry.offset, on_bytes)
     if n != buf.size:
         raise CorruptCheckpointError(
             f"short read of tensor {entry.key!r}: {n} of {buf.size} bytes at offset {entry.offset}"
@@ -156,3 +175,19 @@ def read_tensor_serial(
     if verify:
         verify_tensor(entry, out, index.checksum)
     return out
+
+
+def _pread_full(
+    fd: int, buf: np.ndarray, offset: int, on_bytes: Callable[[int], None] | None = None
+) -> int:
+    """``preadv`` in chunks of ``READ_CHUNK_BYTES`` until ``buf`` is full or the file ends."""
+    view = buf.data
+    n = 0
+    while n < buf.size:
+        k = os.preadv(fd, [view[n : min(n + READ_CHUNK_BYTES, buf.size)]], offset + n)
+        if k <= 0:
+            break
+        n += k
+        if on_bytes is not None:
+            on_bytes(k)
+    return n

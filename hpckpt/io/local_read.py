@@ -226,7 +226,7 @@ class LocalTierStorage:
             _faults.point("read_data", rank)
             arrays = [r.destination() for r in requests]
             plans = self._plan(requests, boxes, use_grid, rank)
-        except Exception as e:
+        except BaseException as e:
             exc = e
         _dist.agree(comm, what, exc, deadline)
         fn = checksum_function(self.candidate.index.index.checksum)
@@ -317,7 +317,7 @@ class LocalTierStorage:
                 )
                 piece = Piece(o.offset, o.box[1], (0,) * len(o.box[1]), o.buffer)
                 by_file.setdefault(o.node, []).append((piece, check))
-        except Exception as ex:
+        except BaseException as ex:
             exc, by_file = ex, {}
         for node, items in sorted(by_file.items()):
             path, copy = self._file(node)
@@ -395,7 +395,7 @@ def _exchange(
         sends = [(r, m) for r, parts in sorted(out.items()) for m in message_specs(parts, cache)]
         recvs = [(r, m) for r, parts in sorted(inc.items()) for m in message_specs(parts, cache)]
         _dist.exchange(comm, sends, recvs, _TAG + number % 1000, deadline)
-    except Exception as e:
+    except BaseException as e:
         exc = e
     finally:
         for t in cache:

@@ -328,18 +328,18 @@ def _write_and_commit(
                 try:
                     values = written.result()
                     _faults.point("local_data", rank)
-                except Exception as e:
+                except BaseException as e:
                     exc = e
                 stream = _region_views(own_file, base, own, rel, lengths[rank], exc is None)
             try:
                 copy_to_partner(comm, nodes, stream, lengths, region, partner_file, deadline)
-            except Exception as e:
+            except BaseException as e:
                 exc = exc or e
         if not waited:
             try:
                 values = written.result()
                 _faults.point("local_data", rank)
-            except Exception as e:
+            except BaseException as e:
                 exc = exc or e
         try:
             if exc is None:
@@ -347,7 +347,7 @@ def _write_and_commit(
                     fsync_path(own_file)
                 if nodes.origins_of(rank) and redundancy == "partner":
                     fsync_path(partner_file)
-        except Exception as e:
+        except BaseException as e:
             exc = exc or e
     derived, listed = _rows(tensors, own, values, rel, base, rank)
     errors = _dist.gather_json(comm, _dist.failure_record(exc), 0, deadline)
@@ -364,7 +364,7 @@ def _write_and_commit(
                 )  # fmt: skip
                 text = index.to_json().encode()
                 _faults.point("local_commit", rank)
-            except Exception as e:
+            except BaseException as e:
                 exc = e
                 errors[0] = _dist.failure_record(e)
     errors = _dist.bcast_json(comm, errors, 0, deadline)

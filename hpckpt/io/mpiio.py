@@ -472,11 +472,11 @@ def collective_io(
 
     Collective: call on all ranks.
     """
-    error: Exception | None = None
+    error: BaseException | None = None
     try:
         split = [q for p in pieces if p.nbytes for q in split_piece(p)]
         rounds = _rounds(split, max_round_bytes, MAX_ROUND_PIECES)
-    except Exception as e:
+    except BaseException as e:
         error, rounds = e, []
     n = allreduce_int(comm, len(rounds), MPI.MAX, deadline)
     empty = np.empty(0, dtype=np.uint8)
@@ -489,7 +489,7 @@ def collective_io(
                 try:
                     ft, mt = _round_types(rounds[i], cache)
                     buf = [MPI.BOTTOM, 1, mt]
-                except Exception as e:
+                except BaseException as e:
                     error, ft, buf = e, MPI.BYTE, [empty, 0, MPI.BYTE]
             fh.Set_view(0, MPI.BYTE, ft)
             if write:

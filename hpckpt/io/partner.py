@@ -126,7 +126,7 @@ def copy_to_partner(
                     targets[r] = target
             finally:
                 os.close(fd)
-        except Exception as e:  # receive into scratch (one round) to keep the rounds going
+        except BaseException as e:  # receive into scratch (one round) to keep the rounds going
             exc, scratch = e, True
             targets = {r: np.empty(min(CHUNK_BYTES, lengths[r]), np.uint8) for r in origins}
     views = [a.reshape(-1).view(np.uint8) for _, _, a in own]
@@ -150,7 +150,7 @@ def copy_to_partner(
                         if len(msg) == 1
                         else byte_ranges_spec([(own[k][2], a, b) for k, a, b in msg], cache)
                     )
-                except Exception as e:  # still send the bytes the partner expects
+                except BaseException as e:  # still send the bytes the partner expects
                     exc = exc or e
                     spec = np.zeros(n, dtype=np.uint8)
                 sends.append((dest, spec))
@@ -161,14 +161,14 @@ def copy_to_partner(
         if j == 0:
             try:
                 _faults.point("partner", rank)
-            except Exception as e:
+            except BaseException as e:
                 exc = exc or e
     recvs = []
     targets.clear()
     for mm in maps:
         try:
             mm.flush()  # msync: durable with the fsync that follows
-        except Exception as e:
+        except BaseException as e:
             exc = exc or e
         try:
             mm.close()

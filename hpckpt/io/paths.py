@@ -14,9 +14,9 @@ The one place that knows how checkpoint files are named:
 
 and the rules built on the names: which files of a directory are leftovers of an
 interrupted save (:func:`find_leftovers`), and which relative paths stay inside a
-directory (:func:`check_relative`, :func:`relative_to`). Pure logic apart from
-:func:`checkpoint_exists`, :func:`own_data_files` and :func:`find_leftovers`,
-which list or stat the directory.
+directory (:func:`check_relative`, :func:`check_inside`, :func:`relative_to`). Pure
+logic apart from :func:`checkpoint_exists`, :func:`own_data_files`,
+:func:`find_leftovers` and :func:`check_inside`, which list, stat or resolve links.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ __all__ = [
     "Leftover",
     "LocalName",
     "NameInfo",
+    "check_inside",
     "check_relative",
     "checkpoint_exists",
     "data_file_name",
@@ -148,7 +149,7 @@ def parse_name(name: str) -> NameInfo:
     """Classify one file name of a checkpoint directory."""
     if name == STATE_FILE:
         return NameInfo("state")
-    if name == LOCK_NAME:
+    if name == LOCK_NAME or name.startswith(LOCK_NAME + "."):  # the lease, its takeover markers
         return NameInfo("lock")
     if name.endswith(INDEX_SUFFIX) and not name.startswith(".") and len(name) > len(INDEX_SUFFIX):
         return NameInfo("index", checkpoint=name[: -len(INDEX_SUFFIX)])
@@ -256,6 +257,24 @@ def check_relative(p: object, what: str = "state file") -> str:
     if ".." in p.split("/"):
         raise CorruptCheckpointError(f"{what}: checkpoint path {p!r:.120} leaves the directory")
     return p
+
+
+def check_inside(directory: str, rel: str, what: str = "state file") -> str:
+    """``rel`` (checked by :func:`check_relative`) names a checkpoint inside ``directory``
+    once symbolic links are resolved: a subdirectory that is a link to elsewhere does not
+    count as inside.
+
+    Raises:
+        CorruptCheckpointError: It leads outside ``directory``.
+    """
+    check_relative(rel, what)
+    root = os.path.realpath(directory)
+    parent = os.path.realpath(os.path.join(directory, os.path.dirname(rel)))
+    if parent != root and not parent.startswith(root.rstrip(os.sep) + os.sep):
+        raise CorruptCheckpointError(
+            f"{what}: checkpoint path {rel!r:.120} leads outside the directory (to {parent!r})"
+        )
+    return rel
 
 
 def relative_to(directory: str, path: str) -> str:

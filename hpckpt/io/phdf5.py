@@ -247,7 +247,7 @@ def _transfer(
     built (then with nothing selected; the error is raised after it). Returns the
     bytes moved.
     """
-    error: Exception | None = None
+    error: BaseException | None = None
     fspace = dsid.get_space()
     mspace = buf = target = None
     copy_back = False
@@ -266,7 +266,7 @@ def _transfer(
             else:  # a scalar: the whole (one-element) dataspace
                 buf = target.reshape(())
                 mspace = h5py.h5s.create(h5py.h5s.SCALAR)
-        except Exception as e:
+        except BaseException as e:
             error, mspace, target = e, None, None
     if mspace is None:
         fspace.select_none()
@@ -388,7 +388,7 @@ def write_file(
     try:
         _record_file(fid)
         offsets, dsids = _create_datasets(fid, specs, dcpls)
-    except Exception as e:
+    except BaseException as e:
         exc = e
     try:
         _dist.agree(comm, what, exc, deadline)
@@ -401,7 +401,7 @@ def write_file(
     try:
         if rank == 0:
             reserve(path, reservation(specs, offsets))
-    except Exception as e:
+    except BaseException as e:
         exc = e
     failed = _dist.any_true(comm, exc is not None, deadline)
     if not failed:
@@ -409,7 +409,7 @@ def write_file(
         try:
             _faults.point("before_data", rank)
             mine = [_own(p) for p in pieces]
-        except Exception as e:
+        except BaseException as e:
             exc = e
         exc = _move(
             comm, dsids, specs, mine, options, deadline, write=True, exc=exc, on_moved=on_moved
@@ -417,12 +417,12 @@ def write_file(
         try:
             if exc is None:
                 _faults.point("mid_data", rank)
-        except Exception as e:
+        except BaseException as e:
             exc = e
         if exc is None and on_written is not None:
             try:
                 on_written()
-            except Exception as e:
+            except BaseException as e:
                 exc = e
         failed = _dist.any_true(comm, exc is not None, deadline)
     if failed and rank == 0:
@@ -434,11 +434,11 @@ def write_file(
             pass
     try:
         h5py.h5f.flush(fid, h5py.h5f.SCOPE_GLOBAL)  # collective: metadata, then MPI_File_sync
-    except Exception as e:
+    except BaseException as e:
         exc = exc or e
     try:
         _close(dsids, fid)
-    except Exception as e:
+    except BaseException as e:
         exc = exc or e
     return offsets, exc
 
@@ -464,7 +464,7 @@ def _open(
             fid = h5py.h5f.create(name, h5py.h5f.ACC_TRUNC, fapl=fapl)
         else:
             fid = h5py.h5f.open(name, h5py.h5f.ACC_RDONLY, fapl=fapl)
-    except Exception as e:
+    except BaseException as e:
         exc = e
     try:
         _dist.agree(comm, what, exc, deadline)
@@ -557,7 +557,7 @@ def _move(
                     moved = _transfer(dsid, name, spec.dtype, piece, dxpl, write)
                     if moved and on_moved is not None:
                         on_moved(moved)
-                except Exception as e:
+                except BaseException as e:
                     exc = exc or e
         finally:
             if isinstance(d, str):
@@ -614,7 +614,7 @@ def read_pieces(
             for _, buf in pieces:
                 if not buf.flags.writeable:
                     raise ValueError(f"{what}: a read buffer is not writable")
-    except Exception as e:
+    except BaseException as e:
         exc = e
     try:
         exc = _move(

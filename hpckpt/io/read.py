@@ -2,7 +2,8 @@
 
 Call order (both functions are collective):
 
-* :func:`read_index`: rank 0 reads the index file (bounded, regular files only) and
+* :func:`read_index`: every rank names the same path (one reduction); rank 0 reads
+  the index file (bounded, regular files only) and
   parses and validates it; the outcome is agreed; the validated bytes are broadcast
   and the other ranks parse them on trust; up to ``VALIDATORS`` ranks check a share
   each of the data file's HDF5 structure; agreed.
@@ -110,6 +111,7 @@ def read_index(comm: MPI.Comm, prefix: str, deadline: Deadline) -> CheckpointInd
     Collective: call on all ranks.
     """
     what = f"read of checkpoint {prefix!r}"
+    _dist.agree_same_path(comm, prefix, deadline)  # before any rank opens a file
     rank, size = comm.Get_rank(), comm.Get_size()
 
     def load() -> tuple[bytes, CheckpointIndex] | None:
@@ -125,7 +127,7 @@ def read_index(comm: MPI.Comm, prefix: str, deadline: Deadline) -> CheckpointInd
     exc: BaseException | None = None
     try:
         index = loaded[1] if loaded is not None else parse_index(text, trusted=True)
-    except Exception as e:
+    except BaseException as e:
         exc = e
     _dist.agree(comm, what, exc, deadline)
     assert index is not None
@@ -139,6 +141,7 @@ def read_index(comm: MPI.Comm, prefix: str, deadline: Deadline) -> CheckpointInd
                 index.data_size,
                 tensors,
                 check_links=rank == 0,
+                datasets=[t.dataset for t in index.tensors.values()] if rank == 0 else None,
             )
 
     _dist.run_agreed(comm, what, validate, deadline)
@@ -321,7 +324,7 @@ def read_tensors(
         _faults.point("read_data", rank)
         arrays = [r.destination() for r in requests]
         plans = _plan(requests, boxes, use_grid, rank)
-    except Exception as e:
+    except BaseException as e:
         exc = e
     # Agree before any byte lands in a variable: a failure found so far (planning,
     # a bad request) on any rank changes nothing anywhere.
@@ -383,7 +386,7 @@ def _read_round(
                     h5[slot[o.t]].append((o.box[0], o.buffer))
                 else:
                     pieces.append(Piece(e.offset, e.shape, o.box[0], o.buffer))
-    except Exception as ex:
+    except BaseException as ex:
         exc, pieces, h5 = ex, [], [[] for _ in group]
 
     def on_chunk(piece: Piece, lo: int, hi: int) -> None:
@@ -420,13 +423,13 @@ def _read_round(
             exc = exc or CorruptCheckpointError(f"MPI-IO error reading {path!r}: {e}")
         except OSError as e:
             exc = exc or CorruptCheckpointError(f"error reading {path!r}: {e}")
-        except Exception as e:
+        except BaseException as e:
             exc = exc or e
     if exc is None:
         try:
             for c in checks.values():
                 c.finish()
-        except Exception as e:
+        except BaseException as e:
             exc = e
     # no unverified byte leaves its reader
     _dist.agree(comm, what, exc, deadline)
@@ -471,7 +474,7 @@ def _exchange(
         sends = [(r, m) for r, parts in sorted(out.items()) for m in message_specs(parts, cache)]
         recvs = [(r, m) for r, parts in sorted(inc.items()) for m in message_specs(parts, cache)]
         _dist.exchange(comm, sends, recvs, _TAG + number % 1000, deadline)
-    except Exception as e:
+    except BaseException as e:
         exc = e
     finally:
         for t in cache:

@@ -16,7 +16,14 @@ from dataclasses import dataclass, field
 
 from ..errors import CorruptCheckpointError, InvalidStateFileError
 from .fsutil import atomic_write, read_bounded
-from .paths import STATE_FILE, check_relative, checkpoint_exists, new_token, relative_to
+from .paths import (
+    STATE_FILE,
+    check_inside,
+    check_relative,
+    checkpoint_exists,
+    new_token,
+    relative_to,
+)
 
 __all__ = [
     "MAX_STATE_BYTES",
@@ -107,7 +114,9 @@ def read_state(directory: str) -> CheckpointState | None:
     """Read ``directory/checkpoint``; ``None`` if there is none.
 
     Raises:
-        InvalidStateFileError: The state file is damaged, hostile, or not a regular file.
+        InvalidStateFileError: The state file is damaged, hostile, or not a regular file,
+            or names a checkpoint outside ``directory`` (``..``, an absolute path, or a
+            symbolic link to a directory elsewhere).
     """
     path = os.path.join(directory, STATE_FILE)
     try:
@@ -116,7 +125,14 @@ def read_state(directory: str) -> CheckpointState | None:
         raise InvalidStateFileError(str(e)) from None
     if text is None:
         return None
-    return parse_state(text, path)
+    state = parse_state(text, path)
+    try:
+        for rel in [p for p, _ in state.checkpoints] + [state.latest]:
+            if rel is not None:
+                check_inside(directory, rel, f"state file {path!r}")
+    except CorruptCheckpointError as e:
+        raise InvalidStateFileError(str(e)) from None
+    return state
 
 
 def state_from_paths(

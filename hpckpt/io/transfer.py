@@ -87,14 +87,14 @@ def move_pieces(
             collective_io(fh, comm, aggregated, write=write, deadline=deadline, on_moved=on_moved)
             if write:
                 _faults.point("mid_data", comm.Get_rank())
-        except Exception as e:  # keep taking part; raised below
+        except BaseException as e:  # keep taking part; raised below
             exc = e
         if exc is None and direct:
             try:
                 posix_io(
                     path, direct, write=write, on_chunk=on_chunk, fsync=False, on_moved=on_moved
                 )
-            except Exception as e:
+            except BaseException as e:
                 exc = e
         if write:
             if exc is None and on_written is not None:
@@ -103,7 +103,7 @@ def move_pieces(
             if exc is None and direct:
                 try:
                     fsync_path(path)
-                except Exception as e:
+                except BaseException as e:
                     exc = e
     if exc is not None:
         raise exc

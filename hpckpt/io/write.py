@@ -103,7 +103,7 @@ def write_checkpoint(
     Collective: call on all ranks.
     """
     what = f"write of checkpoint {prefix!r}"
-    agreed = _agree_structure(comm, tensors, options, deadline, what)
+    agreed = _agree_structure(comm, prefix, tensors, options, deadline, what)
     if agreed[2] or options.parallel_hdf5:
         # no row bands: some rank's strided shard is not a contiguous array, or parallel
         # HDF5 writes each layout slice (strided or not) with its own hyperslab selection
@@ -142,12 +142,18 @@ _MAX_PLANS = 4
 
 
 def _agree_structure(
-    comm: MPI.Comm, tensors: Sequence[SaveTensor], options: IOOptions, deadline: Deadline, what: str
+    comm: MPI.Comm,
+    prefix: str,
+    tensors: Sequence[SaveTensor],
+    options: IOOptions,
+    deadline: Deadline,
+    what: str,
 ) -> tuple[int, bool, bool]:
-    """Agree that every rank saves the same structure (one reduction); returns its hash,
-    whether every rank holds a cached plan for it, and whether any rank holds a strided
-    shard in a non-contiguous array (then no tensor is saved in row bands: the band
-    exchange would need a copy of the shard, the zero-copy path does not)."""
+    """Agree that every rank saves the same structure into the same path (one
+    reduction); returns the structure's hash, whether every rank holds a cached plan
+    for it, and whether any rank holds a strided shard in a non-contiguous array (then
+    no tensor is saved in row bands: the band exchange would need a copy of the shard,
+    the zero-copy path does not)."""
     how = repr(
         (
             options.alignment,
@@ -162,11 +168,18 @@ def _agree_structure(
     ) & ((1 << 63) - 1)
     cached = h in _PLANS
     loose = any(t.rows and any(not a.flags.c_contiguous for _, a in t.pieces) for t in tensors)
+    # the path travels in the same reduction: ranks that name different files must fail
+    # before anything is created or opened (an MPI_File_open no timeout can bound)
+    p = _dist.path_hash(prefix)
     got = _dist.allreduce_max(
-        comm, np.array([h, -h, 0 if cached else 1, int(loose)], dtype=np.int64), deadline
+        comm,
+        np.array([h, -h, p, -p, 0 if cached else 1, int(loose)], dtype=np.int64),
+        deadline,
     )
+    if got[2] != -got[3]:
+        _dist.raise_different_paths(comm, prefix, deadline)
     if got[0] == -got[1]:
-        return h, not got[2], bool(got[3])
+        return h, not got[4], bool(got[5])
     hashes = _dist.allgather_json(comm, h, deadline)
     odd = [r for r, x in enumerate(hashes) if x != hashes[0]]
     raise CheckpointError(
@@ -257,7 +270,7 @@ def _write_and_commit(
         try:
             _faults.point("after_data", rank)
             plan["size"] = os.path.getsize(data_path)
-        except Exception as e:
+        except BaseException as e:
             exc = exc or e
     else:
         offsets, exc, bands = _write_data(
@@ -280,9 +293,10 @@ def _write_and_commit(
             if packed:  # the layouts say who wrote what: checksums only, in tensor order
                 crc_array = derived[:, 2].astype(np.uint32)
                 derived = derived[:0]
-    except Exception as e:
+    except BaseException as e:
         exc = e
 
+    exc = _dist.interrupted(exc)  # a signal deferred during the data phase fails the save here
     errors = _dist.gather_json(comm, _dist.failure_record(exc), 0, deadline)
     got_crcs = _dist.gather_arrays(comm, crc_array, 0, deadline) if packed else None
     got_derived = _dist.gather_rows(comm, derived, 0, deadline) if not packed else derived
@@ -294,13 +308,14 @@ def _write_and_commit(
         if all(r is None for r in records):
             try:
                 _faults.point("before_commit", rank)
+                _dist.raise_interrupt()  # a signal on rank 0: no commit
                 if got_crcs is not None:
                     got_derived = rows_from_layouts(tensors, got_crcs, what)
                 entries = index_entries(
                     tensors, names, offsets, got_derived, got_listed, what, specs
                 )
                 _commit(prefix, data_path, data_name, plan, entries, graph, comm)
-            except Exception as e:
+            except BaseException as e:
                 exc = e
                 records[0] = _dist.failure_record(e)
         if any(r is not None for r in records):
@@ -340,7 +355,7 @@ def _write_data(
             if off is None:
                 raise CheckpointError(f"{what}: tensor {tensors[i].key!r} has no storage")
             pieces.append(Piece(off, tensors[i].shape, tuple(tensors[i].pieces[j][0]), a))
-    except Exception as e:
+    except BaseException as e:
         exc, pieces = e, []
     bands: list[tuple[int, int, int]] = []
     tasks = [
@@ -373,7 +388,7 @@ def _write_data(
             on_moved=counter.hook(),
         )
         _faults.point("after_data", rank)
-    except Exception as e:
+    except BaseException as e:
         exc = exc or e
     return offsets, exc, bands
 

@@ -5,6 +5,12 @@ usage:
   crash.py check DIR                    restore the latest, compare, save again, check files
   crash.py hang DIR                     the last rank hangs; the others must agree on a timeout
   crash.py writer DIR N                 N quick saves (for a concurrent reader)
+  crash.py train DIR SEED               resume from DIR's latest checkpoint (check it), then save
+                                        in a loop, synchronously or asynchronously at random;
+                                        after each save returns (sync() for an asynchronous
+                                        one) rank 0 appends "K PATH" to DIR/acks. Killed from
+                                        outside at a random moment (tests/test_crash.py,
+                                        benchmarks/soak.py)
 """
 
 import os
@@ -15,7 +21,6 @@ from mpi4py import MPI
 
 import hpckpt
 from hpckpt import Layout, _faults
-from hpckpt.io import wait_removals
 
 comm = MPI.COMM_WORLD
 
@@ -45,8 +50,55 @@ def say(*args):
     print(*args, flush=True)
 
 
+def big_values(k):
+    return {
+        "w": (np.arange(256 * 512, dtype=np.float64).reshape(256, 512) + 1) * k,
+        "b": (np.arange(1000, dtype=np.int32) + 3) * k,
+    }
+
+
+def train(d, seed):
+    """Resume, check, then save for ever (until killed); acknowledge each save in DIR/acks."""
+    mesh = hpckpt.create_mesh([("x", comm.size)])
+    vs = {
+        "w": hpckpt.Variable(np.zeros((256, 512)), Layout(["x", "unsharded"], mesh)),
+        "b": hpckpt.Variable(np.zeros(1000, np.int32), Layout(["x"], mesh)),
+    }
+    ckpt = hpckpt.Checkpoint(**vs)
+    mgr = hpckpt.CheckpointManager(ckpt, d, max_to_keep=3)
+    latest = mgr.restore_or_initialize()
+    k = int(ckpt.save_counter.local)
+    ok = latest is None or all(
+        np.array_equal(vs[n].numpy(), want) for n, want in big_values(k).items()
+    )
+    ok = comm.allreduce(ok, op=MPI.LAND)
+    if comm.rank == 0:
+        say(f"RESUMED-{'OK' if ok else 'WRONG'} k={k} latest={latest}")
+    pidfile = os.path.join(d, f"pid-{comm.rank}")
+    with open(pidfile + ".tmp", "w") as f:
+        f.write(str(os.getpid()))
+    os.rename(pidfile + ".tmp", pidfile)
+    rng = np.random.default_rng(seed)
+    acks = os.open(os.path.join(d, "acks"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    async_opts = hpckpt.CheckpointOptions(enable_async=True)
+    for _ in range(100000):
+        k += 1
+        for name, v in big_values(k).items():
+            vs[name].assign(v)
+        if rng.random() < 0.5:
+            path = mgr.save()
+        else:
+            path = mgr.save(options=async_opts)
+            mgr.sync()
+        if comm.rank == 0:
+            os.write(acks, f"{k} {path}\n".encode())
+
+
 def main():
     mode, d = sys.argv[1], sys.argv[2]
+    if mode == "train":
+        train(d, int(sys.argv[3]))
+        return
     vs, ckpt = model()
     if mode == "save":
         phase, rank, action = sys.argv[3], int(sys.argv[4]), sys.argv[5]
@@ -70,9 +122,8 @@ def main():
             say(f"RESTORED-{'OK' if ok else 'WRONG'} counter={k} latest={os.path.basename(latest)}")
         assign(vs, k + 1)
         new = mgr.save()
-        comm.Barrier()
+        mgr.close()  # waits for the removal of old files, gives the directory's lease up
         if comm.rank == 0:
-            wait_removals()  # rank 0 deletes old data files in the background
             names = sorted(os.listdir(d))
             committed = {n[: -len(".index.json")] for n in names if n.endswith(".index.json")}
             data = [n for n in names if ".data-" in n]
