@@ -4,6 +4,7 @@ whether a tensor goes in row bands, and the hash every rank agrees on before a w
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import math
 from collections.abc import Sequence
@@ -85,7 +86,13 @@ ROWS_MIN_BYTES = 1 << 20
 
 def use_rows(shape: tuple[int, ...], layout: LayoutSpec, dtype: np.dtype) -> bool:
     """Whether a tensor is saved in row bands: its shards are strided in the file and the
-    largest is at least ``ROWS_MIN_BYTES`` (smaller ones go through collective MPI-IO)."""
+    largest is at least ``ROWS_MIN_BYTES`` (smaller ones go through collective MPI-IO).
+    Remembered per shape, layout and dtype."""
+    return _use_rows(tuple(shape), layout, np.dtype(dtype))
+
+
+@functools.lru_cache(maxsize=4096)
+def _use_rows(shape: tuple[int, ...], layout: LayoutSpec, dtype: np.dtype) -> bool:
     if not strided_shards(shape, layout):
         return False
     sl = derived_slicing(shape, layout, dtype)

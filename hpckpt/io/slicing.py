@@ -197,19 +197,24 @@ class DerivedSlicing:
         split = self.replicas > 1 and len(shape) >= 1 and largest * itemsize >= split_bytes
         self.sub = self.replicas if (split or (rows and self.replicas > 1 and shape)) else 1
         self.count = self.grid.ncells * self.sub
+        self._writers: dict[int, np.ndarray] = {}  # writers() by ordinal % replicas
+        self._nonempty_list: list[int] | None = None
 
     def __len__(self) -> int:
         return self.count
 
     def nonempty_list(self) -> list[int]:
-        """1 for each slice that holds an element, else 0 (pure Python: small counts)."""
-        if self.count > 256:
-            return [int(x) for x in self.nonempty()]
-        out = []
-        for i in range(self.count):
-            sh = self.box(i)[1]
-            out.append(1 if (not sh or volume(sh)) else 0)
-        return out
+        """1 for each slice that holds an element, else 0 (remembered: a new list each
+        call, since callers may modify it)."""
+        if self._nonempty_list is None:
+            if self.count > 256:
+                self._nonempty_list = [int(x) for x in self.nonempty()]
+            else:
+                self._nonempty_list = [
+                    1 if (not sh or volume(sh)) else 0
+                    for sh in (self.box(i)[1] for i in range(self.count))
+                ]
+        return list(self._nonempty_list)
 
     def nonempty(self) -> np.ndarray:
         """A bool per slice: whether it holds any element (vectorized, no Python loop)."""
@@ -265,8 +270,17 @@ class DerivedSlicing:
     def writers(self, ordinal: int) -> np.ndarray:
         """For every mesh rank (row-major), the non-empty slice it writes, or -1 (vectorized).
 
-        The same rule as :meth:`written_by`, for all ranks at once.
+        The same rule as :meth:`written_by`, for all ranks at once. Remembered (the
+        slicing is shared by the tensors of one shape and layout): do not modify it.
         """
+        key = ordinal % self.replicas
+        got = self._writers.get(key)
+        if got is None:
+            got = self._writers[key] = self._compute_writers(key)
+            got.flags.writeable = False
+        return got
+
+    def _compute_writers(self, ordinal: int) -> np.ndarray:
         spec = self.spec
         nranks = math.prod(spec.mesh_shape)
         if nranks <= 64:  # a loop costs less than numpy's calls
