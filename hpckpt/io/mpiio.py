@@ -363,9 +363,6 @@ def posix_io(
                 view = mem.data.cast("B")
                 for lo in range(0, len(view), step):
                     hi = min(lo + step, len(view))
-                    if streamed and hi < len(view):
-                        # the disk fetches the next chunks while this one is checksummed
-                        _will_need(fd, off + hi, min(READ_AHEAD_CHUNKS * step, len(view) - hi))
                     _transfer(fd, view[lo:hi], off + lo, write)
                     if streamed:
                         on_chunk(p, lo, hi)  # type: ignore[misc]
@@ -375,21 +372,6 @@ def posix_io(
             os.fsync(fd)
     finally:
         os.close(fd)
-
-
-READ_AHEAD_CHUNKS = 2  # streamed reads ask the kernel for this many chunks ahead
-
-
-def _will_need(fd: int, offset: int, length: int) -> None:
-    """Ask the kernel to start reading ``[offset, offset + length)`` (a hint: errors ignored)."""
-    if _FADVISE is not None and length > 0:
-        try:
-            _FADVISE(fd, offset, length, os.POSIX_FADV_WILLNEED)
-        except OSError:
-            pass
-
-
-_FADVISE = getattr(os, "posix_fadvise", None)
 
 
 def _sieved_read(
