@@ -15,6 +15,7 @@ DESCRIPTIONS = {
     "hpckpt-posix": "hpckpt with io='posix' (per-rank pwrite/preadv; = collective=False)",
     "hpckpt-hdf5": "hpckpt with io='hdf5' (parallel HDF5: collective H5Dwrite/H5Dread)",
     "hpckpt-hdf5-2phase": "io='hdf5', direct_io_threshold=None (two-phase MPI-IO under HDF5)",
+    "hpckpt-hdf5-nocrc": "io='hdf5', verify_checksums=False (restores unverified, like IOR)",
     "hpckpt-gzip": "hpckpt with compression='gzip:1' (parallel HDF5 filtered IO)",
     "hpckpt-shuffle-gzip": "hpckpt with compression='shuffle+gzip:1'",
     "hpckpt-shuffle-gzip4": "hpckpt with compression='shuffle+gzip:4'",

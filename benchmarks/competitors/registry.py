@@ -23,6 +23,7 @@ IO_VARIANTS: dict[str, dict] = {
     "hpckpt-posix": {"io": "posix"},
     "hpckpt-hdf5": {"io": "hdf5"},
     "hpckpt-hdf5-2phase": {"io": "hdf5", "direct_io_threshold": None},
+    "hpckpt-hdf5-nocrc": {"io": "hdf5", "verify_checksums": False},
     "hpckpt-gzip": {"compression": "gzip:1"},
     "hpckpt-shuffle-gzip": {"compression": "shuffle+gzip:1"},
     "hpckpt-shuffle-gzip4": {"compression": "shuffle+gzip:4"},
