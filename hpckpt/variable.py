@@ -7,6 +7,7 @@ or a CPU object with ``__dlpack__`` or the buffer protocol, converted without a 
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Sequence
 from typing import Any
 
@@ -107,6 +108,28 @@ def _mismatch_message(arr: np.ndarray, layout: Layout, shape: tuple[int, ...]) -
     )
 
 
+ALIGN_MIN_BYTES = 1 << 20
+"""Shards of at least this many bytes that hpckpt allocates are page-aligned."""
+
+
+def aligned_copy(value: Any, dtype: Any) -> np.ndarray:
+    """A C-ordered copy of ``value`` in a new buffer, page-aligned when it is large.
+
+    The kernel copies file data into page-aligned memory 2-3x faster than into the
+    16-byte-aligned blocks ``malloc`` returns for large numpy arrays (``preadv`` of a
+    warm file here: 4.5 GiB/s against 1.7 GiB/s), so the shards hpckpt allocates are
+    anonymous memory maps (freed with the array).
+    """
+    src = np.asarray(value, dtype=dtype)
+    nbytes = src.size * src.dtype.itemsize
+    if nbytes < ALIGN_MIN_BYTES:
+        return np.array(src, order="C", copy=True)
+    buf = mmap.mmap(-1, nbytes)
+    out = np.frombuffer(buf, dtype=src.dtype, count=src.size).reshape(src.shape)
+    out[...] = src
+    return out
+
+
 class Variable:
     """A global tensor of which each rank keeps a shard.
 
@@ -140,7 +163,7 @@ class Variable:
         if layout is None:
             layout = Layout.replicated(default_mesh(), value.ndim)
         _check_layout(layout, value.shape)
-        local = np.array(value[layout.local_slices(value.shape)], dtype=dt, order="C", copy=True)
+        local = aligned_copy(value[layout.local_slices(value.shape)], dt)
         self._init(local, layout, value.shape, name)
 
     def _init(
@@ -228,7 +251,7 @@ class Variable:
         arr = as_local_array(local_value, copy)
         dt = check_dtype(arr.dtype)
         if copy:
-            arr = np.array(arr, dtype=dt, order="C", copy=True)
+            arr = aligned_copy(arr, dt)
         elif arr.dtype != dt:
             raise TypeError(
                 f"copy=False needs native byte order, got dtype {arr.dtype.str!r} (use copy=True)"
@@ -362,7 +385,7 @@ class Variable:
         """A new Variable of zeros with the same shape, dtype and layout (or box)."""
         new = Variable.__new__(Variable)
         new._init(
-            np.zeros(self._local.shape, dtype=self.dtype),
+            aligned_copy(np.zeros(self._local.shape, dtype=self.dtype), self.dtype),
             self._layout,
             self._shape,
             name,
@@ -381,7 +404,7 @@ class Variable:
         new = Variable.__new__(type(self))
         memo[id(self)] = new
         new._init(
-            np.array(self._local, order="C", copy=True),
+            aligned_copy(self._local, self.dtype),
             self._layout,
             self._shape,
             self._name,
