@@ -15,6 +15,7 @@ import numpy as np
 
 import hpckpt
 from hpckpt.layout import block_range
+from hpckpt.variable import aligned_copy
 
 from .context import RunContext
 
@@ -106,9 +107,13 @@ class Tensor:
 
     @property
     def restore_buf(self) -> np.ndarray:
-        """A preallocated array shaped like the local shard that raw competitors read into."""
+        """A preallocated array shaped like the local shard that raw competitors read into
+        (page-aligned like hpckpt's own shards: the kernel copies into aligned memory
+        faster, and the comparison must not handicap the raw ways)."""
         if self._restore is None:
-            self._restore = np.zeros_like(self.local)
+            self._restore = aligned_copy(
+                np.zeros(self.local.shape, self.local.dtype), self.local.dtype
+            )
         return self._restore
 
     def restored_ok(self, a: np.ndarray, *, written_rows: bool = False) -> bool:
