@@ -16,7 +16,6 @@ no intact copy is left, the restore raises :class:`CorruptCheckpointError`.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
 from collections.abc import Callable, Sequence
@@ -31,12 +30,11 @@ from .._dist import Deadline
 from ..errors import CheckpointError, CorruptCheckpointError
 from ..topology import NodeMap, node_map
 from .checksum import checksum_function
-from .datatypes import message_specs
 from .index import CheckpointIndex
 from .local_scan import LocalCandidate, scan_local
 from .mpiio import Piece, posix_io
 from .options import IOOptions
-from .read import ROUND_BYTES, ReadRequest
+from .read import ReadRequest, exchange_parts, read_rounds, rel_slices, request_structure_hash
 from .slicing import Box, TargetGrid, TargetList, Targets, box_intersection, volume
 from .verify import SliceCheck
 
@@ -62,18 +60,6 @@ class _Owned:
 class _Plan:
     owned: list[_Owned] = field(default_factory=list)
     recvs: list[tuple[int, int, Box]] = field(default_factory=list)  # (request, owner, part)
-
-
-def _rel(box: Box, origin: Sequence[int]) -> tuple[slice, ...]:
-    return tuple(slice(a - o, a - o + n) for a, o, n in zip(box[0], origin, box[1], strict=True))
-
-
-def _structure_hash(requests: Sequence[ReadRequest]) -> int:
-    h = hashlib.blake2b(digest_size=8)
-    for r in requests:
-        lay = repr(r.layout) if r.layout is not None else "boxes"
-        h.update(repr((r.entry.key, r.entry.shape, r.entry.dtype.str, lay)).encode())
-    return int.from_bytes(h.digest(), "little") & ((1 << 63) - 1)
 
 
 class LocalTierStorage:
@@ -197,7 +183,7 @@ class LocalTierStorage:
         bad: set[tuple[int, str]],
     ) -> list[np.ndarray]:
         rank = comm.Get_rank()
-        h = _structure_hash(requests)
+        h = request_structure_hash(requests)
         if _dist.allreduce_int(comm, h, MPI.MIN, deadline) != _dist.allreduce_int(
             comm, h, MPI.MAX, deadline
         ):
@@ -230,7 +216,7 @@ class LocalTierStorage:
             exc = e
         _dist.agree(comm, what, exc, deadline)
         fn = checksum_function(self.candidate.index.index.checksum)
-        for n, group in enumerate(_rounds(requests)):
+        for n, group in enumerate(read_rounds(requests)):
             self._round(comm, requests, arrays, plans, group, fn, options, deadline, what, n, bad)
         return arrays
 
@@ -306,7 +292,7 @@ class LocalTierStorage:
             for o in owned:
                 req = requests[o.t]
                 dest = arrays[o.t]
-                rel = _rel(o.box, req.start)
+                rel = rel_slices(o.box, req.start)
                 view = dest[rel] if rel else dest
                 if o.box == o.local_part and view.flags.c_contiguous:
                     o.buffer, o.in_place = view, True  # straight into the variable
@@ -342,69 +328,13 @@ class LocalTierStorage:
         for o in owned:
             if not o.in_place and o.local_part is not None and o.buffer is not None:
                 req = requests[o.t]
-                drel = _rel(o.local_part, req.start)
-                srel = _rel(o.local_part, o.box[0])
+                drel = rel_slices(o.local_part, req.start)
+                srel = rel_slices(o.local_part, o.box[0])
                 if drel:
                     arrays[o.t][drel] = o.buffer[srel]
                 else:
                     arrays[o.t][...] = o.buffer
-        _exchange(comm, requests, arrays, plans, owned, group, deadline, what, number)
-
-
-def _rounds(requests: Sequence[ReadRequest]) -> list[list[int]]:
-    """Request numbers in rounds of at most ``ROUND_BYTES`` (bounds the scratch memory)."""
-    rounds: list[list[int]] = []
-    cur: list[int] = []
-    size = 0
-    for k, r in enumerate(requests):
-        n = r.entry.nbytes
-        if cur and size + n > ROUND_BYTES:
-            rounds.append(cur)
-            cur, size = [], 0
-        cur.append(k)
-        size += n
-    if cur:
-        rounds.append(cur)
-    return rounds
-
-
-def _exchange(
-    comm: MPI.Comm,
-    requests: Sequence[ReadRequest],
-    arrays: list[np.ndarray],
-    plans: list[_Plan],
-    owned: list[_Owned],
-    group: list[int],
-    deadline: Deadline,
-    what: str,
-    number: int,
-) -> None:
-    """Send the parts of owned slices to the ranks that need them; receive ours."""
-    out: dict[int, list[tuple[np.ndarray, Sequence[int], Box]]] = {}
-    for o in owned:
-        assert o.buffer is not None
-        for r, part in o.sends:
-            out.setdefault(r, []).append((o.buffer, o.box[0], part))
-    inc: dict[int, list[tuple[np.ndarray, Sequence[int], Box]]] = {}
-    for k in group:
-        for _, owner, part in plans[k].recvs:
-            inc.setdefault(owner, []).append((arrays[k], requests[k].start, part))
-    cache: list[MPI.Datatype] = []
-    exc: BaseException | None = None
-    try:
-        sends = [(r, m) for r, parts in sorted(out.items()) for m in message_specs(parts, cache)]
-        recvs = [(r, m) for r, parts in sorted(inc.items()) for m in message_specs(parts, cache)]
-        _dist.exchange(comm, sends, recvs, _TAG + number % 1000, deadline)
-    except BaseException as e:
-        exc = e
-    finally:
-        for t in cache:
-            if t != MPI.DATATYPE_NULL:
-                try:
-                    t.Free()
-                except MPI.Exception:
-                    pass
-    _dist.agree(comm, what, exc, deadline)
+        exchange_parts(comm, requests, arrays, plans, owned, group, deadline, what, number, _TAG)
 
 
 def open_local(

@@ -23,8 +23,10 @@ file is read twice (replicas and resharded restores read once and share over MPI
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from mpi4py import MPI
@@ -57,7 +59,17 @@ from .slicing import (
 from .transfer import ProgressCounter, move_pieces
 from .verify import SliceCheck
 
-__all__ = ["ROUND_BYTES", "VALIDATORS", "ReadRequest", "read_index", "read_tensors"]
+__all__ = [
+    "ROUND_BYTES",
+    "VALIDATORS",
+    "ReadRequest",
+    "exchange_parts",
+    "read_index",
+    "read_rounds",
+    "read_tensors",
+    "rel_slices",
+    "request_structure_hash",
+]
 
 VALIDATORS = 8  # ranks that share the structural check of a data file
 ROUND_BYTES = 1 << 30  # tensors per exchange round, by global bytes (bounds scratch memory)
@@ -236,7 +248,7 @@ def _own_shard(req: ReadRequest, slicing: DerivedSlicing, rank: int) -> int | No
     return i if box == (tuple(req.start), tuple(req.shape)) else None
 
 
-def _rounds(requests: Sequence[ReadRequest]) -> list[list[int]]:
+def read_rounds(requests: Sequence[ReadRequest]) -> list[list[int]]:
     """Request numbers grouped in rounds of at most ``ROUND_BYTES`` (global sizes)."""
     rounds: list[list[int]] = []
     cur: list[int] = []
@@ -253,9 +265,8 @@ def _rounds(requests: Sequence[ReadRequest]) -> list[list[int]]:
     return rounds
 
 
-def _structure_hash(requests: Sequence[ReadRequest]) -> int:
-    import hashlib
-
+def request_structure_hash(requests: Sequence[ReadRequest]) -> int:
+    """A 63-bit hash of what every rank must agree on before a collective read."""
     h = hashlib.blake2b(digest_size=8)
     for r in requests:
         lay = repr(r.layout) if r.layout is not None else "boxes"
@@ -266,7 +277,8 @@ def _structure_hash(requests: Sequence[ReadRequest]) -> int:
 # --- execution ---------------------------------------------------------------------------
 
 
-def _rel(box: Box, origin: Sequence[int]) -> tuple[slice, ...]:
+def rel_slices(box: Box, origin: Sequence[int]) -> tuple[slice, ...]:
+    """``box`` as slices of an array whose element 0 is at ``origin``."""
     return tuple(slice(a - o, a - o + n) for a, o, n in zip(box[0], origin, box[1], strict=True))
 
 
@@ -298,7 +310,7 @@ def read_tensors(
     arrays: list[np.ndarray] = []
     # 1. Agree on what is restored (keys, shapes, layouts): every rank derives the
     #    others' slices from the layouts; per-rank boxes are gathered.
-    h = _structure_hash(requests)
+    h = request_structure_hash(requests)
     same = _dist.allreduce_int(comm, h, MPI.MIN, deadline) == _dist.allreduce_int(
         comm, h, MPI.MAX, deadline
     )
@@ -332,7 +344,7 @@ def read_tensors(
     path = data_file_path(prefix, index.data_file)
     fn = checksum_function(index.checksum)
     counter = ProgressCounter(options, _owned_bytes(requests, plans))
-    for n, group in enumerate(_rounds(requests)):
+    for n, group in enumerate(read_rounds(requests)):
         _read_round(
             comm, path, requests, arrays, plans, group, fn, options, deadline, what, n, counter
         )
@@ -372,7 +384,7 @@ def _read_round(
         for o in owned:
             req = requests[o.t]
             dest = arrays[o.t]
-            rel = _rel(o.box, req.start)
+            rel = rel_slices(o.box, req.start)
             view = dest[rel] if rel else dest
             if o.box == o.local_part:
                 o.buffer, o.in_place = view, True  # straight into the variable (any strides)
@@ -438,27 +450,35 @@ def _read_round(
         if not o.in_place and o.local_part is not None and o.buffer is not None:
             req = requests[o.t]
             dest = arrays[o.t]
-            drel = _rel(o.local_part, req.start)
-            srel = _rel(o.local_part, o.box[0])
+            drel = rel_slices(o.local_part, req.start)
+            srel = rel_slices(o.local_part, o.box[0])
             if drel:
                 dest[drel] = o.buffer[srel]
             else:
                 dest[...] = o.buffer
-    _exchange(comm, requests, arrays, plans, owned, group, deadline, what, number)
+    exchange_parts(comm, requests, arrays, plans, owned, group, deadline, what, number)
 
 
-def _exchange(
+def exchange_parts(
     comm: MPI.Comm,
     requests: Sequence[ReadRequest],
     arrays: list[np.ndarray],
-    plans: list[_Plan],
-    owned: list[_Owned],
+    plans: Sequence[Any],
+    owned: Sequence[Any],
     group: list[int],
     deadline: Deadline,
     what: str,
     number: int,
+    tag: int = _TAG,
 ) -> None:
-    """Send the parts of owned slices to the ranks that need them; receive ours."""
+    """Send the parts of owned slices to the ranks that need them; receive ours.
+
+    ``owned`` items have ``buffer``, ``box`` and ``sends`` ((rank, part) pairs);
+    ``plans[k].recvs`` lists (request, owner, part) for request ``k`` of ``group``
+    (this module's plans and the local tier's, :mod:`.local_read`).
+
+    Collective: call on all ranks.
+    """
     out: dict[int, list[tuple[np.ndarray, Sequence[int], Box]]] = {}
     for o in owned:
         assert o.buffer is not None
@@ -473,7 +493,7 @@ def _exchange(
     try:
         sends = [(r, m) for r, parts in sorted(out.items()) for m in message_specs(parts, cache)]
         recvs = [(r, m) for r, parts in sorted(inc.items()) for m in message_specs(parts, cache)]
-        _dist.exchange(comm, sends, recvs, _TAG + number % 1000, deadline)
+        _dist.exchange(comm, sends, recvs, tag + number % 1000, deadline)
     except BaseException as e:
         exc = e
     finally:
