@@ -63,6 +63,7 @@ __all__ = [
     "allreduce_int",
     "allreduce_max",
     "exchange",
+    "exchange_start",
     "any_true",
     "bcast_bytes",
     "bcast_json",
@@ -294,9 +295,20 @@ def exchange(
 
     Collective: call on all ranks (each with its own peers).
     """
+    (deadline or Deadline(None)).wait_all(exchange_start(comm, sends, recvs, tag), comm)
+
+
+def exchange_start(
+    comm: MPI.Comm, sends: list[tuple[int, Any]], recvs: list[tuple[int, Any]], tag: int
+) -> list[MPI.Request]:
+    """Post the receives and sends of a point-to-point :func:`exchange`; complete them
+    with :meth:`Deadline.wait_all` (every posted message must be waited for).
+
+    Collective: call on all ranks (each with its own peers), like :func:`exchange`.
+    """
     reqs = [comm.Irecv(buf, source=src, tag=tag) for src, buf in recvs]
     reqs += [comm.Isend(buf, dest=dst, tag=tag) for dst, buf in sends]
-    (deadline or Deadline(None)).wait_all(reqs, comm)
+    return reqs
 
 
 def allreduce_int(

@@ -81,6 +81,60 @@ def _sub(array: np.ndarray, origin: tuple[int, ...], part: Box, cache: list) -> 
     return [array, 1, t]
 
 
+@dataclass
+class _Step:
+    """One chunk step of one tensor: what this rank sends, receives and writes."""
+
+    task: BandTask
+    number: int  # the tensor's slice this rank's band is (for the record)
+    mine: Box | None  # this rank's chunk of its band (global coordinates)
+    shard: Box  # this rank's shard
+    sends: list[tuple[int, Box]]  # (peer, part of this rank's shard)
+    recvs: list[tuple[int, Box]]  # (peer, part of this rank's chunk)
+    last: bool  # the tensor's last step (its band's record is due)
+
+
+def _steps(task: BandTask, rank: int) -> list[_Step]:
+    """This rank's chunk steps for ``task`` (the same count on every member of its group)."""
+    sl = task.slicing
+    shape = sl.shape
+    where = TargetGrid(shape, task.layout)  # the shards as they are now
+    bands = TargetGrid(shape, sl.spec)  # the cells of the row bands (groups)
+    cell = sl.grid.cell_of(mesh_coords(rank, sl.spec.mesh_shape))
+    members = bands.ranks_of(cell)
+    base = sl.grid.linear(cell) * sl.sub
+    band = {r: sl.box(base + k) for k, r in enumerate(members)}
+    shard = {r: where.box_of(r) for r in members}
+    row_bytes = max(math.prod(shape[1:]) * task.dtype.itemsize, 1)
+    rpc = max(1, CHUNK_BYTES // row_bytes)
+    count = max((math.ceil(b[1][0] / rpc) for b in band.values()), default=0)
+    number = base + members.index(rank) if volume(band[rank][1]) else -1
+
+    def chunk(r: int, j: int) -> Box | None:
+        (r0, *rest0), (n0, *rest1) = band[r]
+        lo = r0 + j * rpc
+        hi = min(r0 + n0, lo + rpc)
+        return ((lo, *rest0), (hi - lo, *rest1)) if hi > lo else None
+
+    out = []
+    for j in range(count):
+        mine = chunk(rank, j)
+        sends, recvs = [], []
+        for r in members:
+            if r == rank:
+                continue
+            c = chunk(r, j)
+            part = box_intersection(shard[rank], c) if c is not None else None
+            if part is not None and volume(part[1]):
+                sends.append((r, part))
+            if mine is not None:
+                part = box_intersection(shard[r], mine)
+                if part is not None and volume(part[1]):
+                    recvs.append((r, part))
+        out.append(_Step(task, number, mine, shard[rank], sends, recvs, j == count - 1))
+    return out
+
+
 def write_bands(
     comm: MPI.Comm,
     path: str,
@@ -90,6 +144,10 @@ def write_bands(
 ) -> tuple[list[tuple[int, int, int]], BaseException | None]:
     """Exchange and write every row-band tensor; returns ``(tensor, slice, crc)`` of the
     band this rank wrote for each, and this rank's first error (it keeps taking part).
+
+    The steps of all tensors form one pipeline over two chunk buffers: the exchange of
+    step ``j + 1`` is under way (its messages posted) while step ``j`` is written, so a
+    rank does not wait for its peers' writes, only for their data.
 
     Collective: call on all ranks (with the same tensors).
     """
@@ -101,93 +159,92 @@ def write_bands(
         fd = os.open(path, os.O_WRONLY)
     except OSError as e:
         error = e
+    steps: list[_Step] = []
     try:
-        for task in tasks:
-            rec, err = _write_one(comm, fd, task, rank, deadline, checksum)
+        steps = [s for task in tasks for s in _steps(task, rank)]
+    except BaseException as e:  # pragma: no cover - pure geometry; kept collective below
+        error = error or e
+    size = max((_nbytes(s) for s in steps), default=0)
+    bufs = [np.empty(size, np.uint8) for _ in range(2 if len(steps) > 1 else len(steps))]
+    crc = 0
+    pending = _post(comm, steps, 0, bufs)
+    try:
+        for j, step in enumerate(steps):
+            reqs, cache, chunk, err = pending
+            try:
+                if err is None:
+                    deadline.wait_all(reqs, comm)
+            except BaseException as e:
+                err = e
+            finally:
+                _free(cache)
             error = error or err
-            if rec is not None:
-                out.append(rec)
+            pending = _post(comm, steps, j + 1, bufs)
+            if step.mine is not None and error is None and step.task.offset is not None:
+                try:
+                    assert chunk is not None
+                    data = chunk.reshape(-1).view(np.uint8)
+                    row_bytes = data.size // max(step.mine[1][0], 1)
+                    _pwrite_all(fd, data, step.task.offset + step.mine[0][0] * row_bytes)
+                    crc = checksum(data, crc)
+                except BaseException as e:
+                    error = error or e
+            if step.last:
+                if step.number >= 0:
+                    out.append((step.task.index, step.number, crc))
+                crc = 0
     finally:
+        _free(pending[1])
         if fd >= 0:
             os.close(fd)
     return out, error
 
 
-def _write_one(
-    comm: MPI.Comm,
-    fd: int,
-    task: BandTask,
-    rank: int,
-    deadline: Deadline,
-    checksum: Callable[..., int],
-) -> tuple[tuple[int, int, int] | None, BaseException | None]:
-    sl = task.slicing
-    shape = sl.shape
-    where = TargetGrid(shape, task.layout)  # the shards as they are now
-    bands = TargetGrid(shape, sl.spec)  # the cells of the row bands (groups)
-    cell = sl.grid.cell_of(mesh_coords(rank, sl.spec.mesh_shape))
-    members = bands.ranks_of(cell)
-    base = sl.grid.linear(cell) * sl.sub
-    band = {r: sl.box(base + k) for k, r in enumerate(members)}
-    shard = {r: where.box_of(r) for r in members}
-    mine_shard = shard[rank]
-    row_elems = math.prod(shape[1:])
-    row_bytes = max(row_elems * task.dtype.itemsize, 1)
-    rpc = max(1, CHUNK_BYTES // row_bytes)
-    steps = max((math.ceil(b[1][0] / rpc) for b in band.values()), default=0)
-    my_band = band[rank]
-    crc = 0
-    error: BaseException | None = None
-    buf = np.empty((min(rpc, my_band[1][0]), *shape[1:]), dtype=task.dtype)
-    for j in range(steps):
+_Pending = tuple[list[MPI.Request], list[MPI.Datatype], np.ndarray | None, BaseException | None]
 
-        def chunk(r: int, j: int = j) -> Box | None:
-            (r0, *rest0), (n0, *rest1) = band[r]
-            lo = r0 + j * rpc
-            hi = min(r0 + n0, lo + rpc)
-            if hi <= lo:
-                return None
-            return (lo, *rest0), (hi - lo, *rest1)
 
-        cache: list[MPI.Datatype] = []
-        sends, recvs = [], []
-        mine = chunk(rank)
+def _nbytes(step: _Step) -> int:
+    if step.mine is None:
+        return 0
+    return volume(step.mine[1]) * step.task.dtype.itemsize
+
+
+def _post(comm: MPI.Comm, steps: list[_Step], j: int, bufs: list[np.ndarray]) -> _Pending:
+    """Start step ``j``: copy this rank's own part into its chunk buffer, post the
+    receives of the others' parts and the sends of this rank's parts of theirs."""
+    if j >= len(steps):
+        return [], [], None, None
+    step = steps[j]
+    task = step.task
+    cache: list[MPI.Datatype] = []
+    chunk: np.ndarray | None = None
+    sends, recvs = [], []
+    try:
+        if step.mine is not None:
+            chunk = bufs[j % 2][: _nbytes(step)].view(task.dtype).reshape(step.mine[1])
+            part = box_intersection(step.shard, step.mine)
+            if part is not None and volume(part[1]):
+                chunk[_rel(part, step.mine[0])] = task.local[_rel(part, step.shard[0])]
+            recvs = [(r, _sub(chunk, step.mine[0], p, cache)) for r, p in step.recvs]
+        sends = [(r, _view(task.local[_rel(p, step.shard[0])], cache)) for r, p in step.sends]
+        return _dist.exchange_start(comm, sends, recvs, _TAG + j % 1000), cache, chunk, None
+    except BaseException as e:
+        return [], cache, chunk, e
+
+
+def _free(cache: list[MPI.Datatype]) -> None:
+    for t in cache:
         try:
-            for r in members:
-                if r == rank:
-                    continue
-                c = chunk(r)
-                part = box_intersection(mine_shard, c) if c is not None else None
-                if part is not None and volume(part[1]):
-                    sends.append((r, _view(task.local[_rel(part, mine_shard[0])], cache)))
-                if mine is not None:
-                    part = box_intersection(shard[r], mine)
-                    if part is not None and volume(part[1]):
-                        recvs.append((r, _sub(buf, mine[0], part, cache)))
-            if mine is not None:
-                part = box_intersection(mine_shard, mine)
-                if part is not None and volume(part[1]):
-                    buf[_rel(part, mine[0])] = task.local[_rel(part, mine_shard[0])]
-            _dist.exchange(comm, sends, recvs, _TAG + j % 1000, deadline)
-        except BaseException as e:
-            error = error or e
-        finally:
-            for t in cache:
-                t.Free()
-        if mine is None or error is not None or task.offset is None:
-            continue
-        try:
-            data = buf[: mine[1][0]].reshape(-1).view(np.uint8)
-            pos = task.offset + mine[0][0] * row_bytes
-            done = 0
-            while done < data.size:
-                n = os.pwrite(fd, data[done:].data, pos + done)
-                if n <= 0:
-                    raise OSError(f"short write at offset {pos + done} (no space?)")
-                done += n
-            crc = checksum(data, crc)
-        except BaseException as e:
-            error = error or e
-    if not volume(my_band[1]):
-        return None, error
-    return (task.index, base + members.index(rank), crc), error
+            t.Free()
+        except MPI.Exception:
+            pass
+    cache.clear()
+
+
+def _pwrite_all(fd: int, data: np.ndarray, pos: int) -> None:
+    done = 0
+    while done < data.size:
+        n = os.pwrite(fd, data[done:].data, pos + done)
+        if n <= 0:
+            raise OSError(f"short write at offset {pos + done} (no space?)")
+        done += n
