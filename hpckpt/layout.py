@@ -205,6 +205,13 @@ class LayoutSpec:
     mesh_shape: tuple[int, ...]
     splits: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
+    def __hash__(self) -> int:  # remembered: layouts key the slicing and planning caches
+        h: int | None = self.__dict__.get("_hash")
+        if h is None:
+            h = hash((self.specs, self.dim_names, self.mesh_shape, self.splits))
+            object.__setattr__(self, "_hash", h)
+        return h
+
     @property
     def ndim(self) -> int:
         """The tensor rank the layout describes."""

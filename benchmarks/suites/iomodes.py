@@ -17,7 +17,8 @@ Every job first makes ``--job-warmup`` untimed iterations in the same process (h
 the bandwidth suite's ``--warmup``; IOR: ``-i 1+W``, the last iteration kept), so that
 both are measured in the steady state of a job that checkpoints repeatedly, not with
 the first-use costs of a fresh process (imports, library initialisation, first touch of
-the buffers, hpckpt's plan cache).
+the buffers, hpckpt's plan cache). With ``--cold`` IOR's read job makes one iteration
+right after the file is evicted (a second iteration would read it from the cache).
 
 The tables give medians over the repetitions (the first ``--warmup`` are not counted)
 and each time relative to IOR's HDF5 collective run. IOR comes from ``--ior``, ``$IOR``,
@@ -211,8 +212,6 @@ def _ior_job(
         str(block),
         "-t",
         str(block),
-        "-i",
-        str(1 + args.job_warmup),
         "-k",
         "-o",
         target,
@@ -222,9 +221,11 @@ def _ior_job(
     times = {}
     for op, flags in (("save", ["-w", "-e"]), ("restore", ["-r", "-E"])):
         summary = os.path.join(workdir, f"{mode}-{op}.json")
-        if op == "restore" and args.cold:
+        cold = op == "restore" and args.cold
+        if cold:  # one iteration, right after the eviction (a second would read warm)
             _evict(target)
-        _launch(args, n, [*common, *flags, "-O", f"summaryFile={summary}"])
+        iters = ["-i", "1" if cold else str(1 + args.job_warmup)]
+        _launch(args, n, [*common, *iters, *flags, "-O", f"summaryFile={summary}"])
         with open(summary) as f:
             doc = json.load(f)
         res = doc["tests"][0]["Results"][-1]  # one entry per iteration: the last one

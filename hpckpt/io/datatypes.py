@@ -91,13 +91,20 @@ def message_spec(parts: list[tuple[np.ndarray, Sequence[int], Box]], cache: list
         flat = contiguous_part(*parts[0])
         if flat is not None:
             return [flat, MPI.BYTE]
-    addrs, types = [], []
+    lengths, addrs, types = [], [], []
     for array, origin, part in parts:
+        flat = contiguous_part(array, origin, part)
+        if flat is not None:  # a block of bytes: no datatype of its own
+            lengths.append(flat.nbytes)
+            addrs.append(MPI.Get_address(flat))
+            types.append(MPI.BYTE)
+            continue
         a, t = part_datatype(array, origin, part, cache)
         cache.append(t)
+        lengths.append(1)
         addrs.append(a)
         types.append(t)
-    msg = MPI.Datatype.Create_struct([1] * len(types), addrs, types).Commit()
+    msg = MPI.Datatype.Create_struct(lengths, addrs, types).Commit()
     cache.append(msg)
     return [MPI.BOTTOM, 1, msg]
 
