@@ -7,6 +7,7 @@ or a CPU object with ``__dlpack__`` or the buffer protocol, converted without a 
 
 from __future__ import annotations
 
+import math
 import mmap
 from collections.abc import Sequence
 from typing import Any
@@ -19,7 +20,7 @@ from .dtypes import check_dtype
 from .layout import Layout
 from .mesh import default_mesh
 
-__all__ = ["Variable", "as_local_array", "check_dtype"]
+__all__ = ["Variable", "aligned_empty", "as_local_array", "check_dtype"]
 
 
 def as_local_array(value: Any, copy: bool) -> np.ndarray:
@@ -128,6 +129,27 @@ def aligned_copy(value: Any, dtype: Any) -> np.ndarray:
     out = np.frombuffer(buf, dtype=src.dtype, count=src.size).reshape(src.shape)
     out[...] = src
     return out
+
+
+PAGE_BYTES = mmap.PAGESIZE
+
+
+def aligned_empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """A new uninitialized C-ordered array, page-aligned when it is large.
+
+    For scratch buffers that a restore reads into (see :func:`aligned_copy` for why the
+    alignment matters): a page-aligned view of a numpy allocation one page larger, so
+    that it keeps numpy's transparent-huge-page advice (one fault per 2 MiB instead of
+    one per 4 KiB page when it is first written).
+    """
+    dt = np.dtype(dtype)
+    count = math.prod(shape)
+    nbytes = count * dt.itemsize
+    if nbytes < ALIGN_MIN_BYTES:
+        return np.empty(shape, dtype=dt)
+    raw = np.empty(nbytes + PAGE_BYTES, dtype=np.uint8)
+    skip = -raw.ctypes.data % PAGE_BYTES
+    return raw[skip : skip + nbytes].view(dt).reshape(shape)
 
 
 class Variable:

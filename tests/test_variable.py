@@ -74,3 +74,24 @@ def test_local_is_writable_view(mesh):
     v = hpckpt.Variable(np.zeros(4), hpckpt.Layout(["x"], mesh))
     v.local[1] = 7
     assert v.numpy()[1] == 7
+
+
+@pytest.mark.parametrize(
+    ("shape", "dtype"),
+    [((3,), np.float32), ((1024, 1024), np.float64), ((512, 1024), np.uint8), ((300, 1001), "<c8")],
+)
+def test_large_shards_and_scratch_buffers_are_page_aligned(shape, dtype):
+    """Restores read into these: large ones start on a page (the kernel's fast copy)."""
+    from hpckpt.variable import ALIGN_MIN_BYTES, PAGE_BYTES, aligned_copy, aligned_empty
+
+    a = aligned_empty(shape, dtype)
+    src = np.arange(int(np.prod(shape))).reshape(shape).astype(dtype)
+    b = aligned_copy(src, dtype)
+    for arr in (a, b):
+        assert arr.shape == shape and arr.dtype == np.dtype(dtype) and arr.flags.c_contiguous
+        assert arr.flags.writeable
+        if arr.nbytes >= ALIGN_MIN_BYTES:
+            assert arr.ctypes.data % PAGE_BYTES == 0
+    a[...] = src  # the whole buffer is usable
+    np.testing.assert_array_equal(a, src)
+    np.testing.assert_array_equal(b, src)

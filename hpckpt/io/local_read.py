@@ -29,6 +29,7 @@ from .. import _dist, _faults
 from .._dist import Deadline
 from ..errors import CheckpointError, CorruptCheckpointError
 from ..topology import NodeMap, node_map
+from ..variable import aligned_empty
 from .checksum import checksum_function
 from .index import CheckpointIndex
 from .local_scan import LocalCandidate, scan_local
@@ -297,7 +298,7 @@ class LocalTierStorage:
                 if o.box == o.local_part and view.flags.c_contiguous:
                     o.buffer, o.in_place = view, True  # straight into the variable
                 else:
-                    o.buffer = np.empty(o.box[1], dtype=req.entry.dtype)
+                    o.buffer = aligned_empty(o.box[1], req.entry.dtype)
                 check = (
                     SliceCheck(req.entry, o.i, o.buffer, fn) if options.verify_checksums else None
                 )

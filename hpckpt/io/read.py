@@ -36,6 +36,7 @@ from .. import _dist, _faults
 from .._dist import Deadline
 from ..errors import CheckpointError, CorruptCheckpointError
 from ..layout import UNSHARDED, LayoutSpec
+from ..variable import aligned_empty
 from . import hdf5, phdf5
 from .checksum import checksum_function
 from .datatypes import message_specs
@@ -111,7 +112,7 @@ class ReadRequest:
             and o.flags.writeable
         ):
             return o
-        return np.empty(self.shape, dtype=self.entry.dtype)
+        return aligned_empty(self.shape, self.entry.dtype)
 
 
 def read_index(comm: MPI.Comm, prefix: str, deadline: Deadline) -> CheckpointIndex:
@@ -417,7 +418,7 @@ def _read_round(
             if o.box == o.local_part:
                 o.buffer, o.in_place = view, True  # straight into the variable (any strides)
             else:
-                o.buffer = np.empty(o.box[1], dtype=req.entry.dtype)
+                o.buffer = aligned_empty(o.box[1], req.entry.dtype)
             e = req.entry
             if (e.offset is not None or e.filters is not None) and o.buffer.size:
                 if options.verify_checksums:
