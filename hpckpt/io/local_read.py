@@ -35,7 +35,7 @@ from .index import CheckpointIndex
 from .local_scan import LocalCandidate, scan_local
 from .mpiio import Piece, posix_io
 from .options import IOOptions
-from .read import ReadRequest, exchange_parts, read_rounds, rel_slices, request_structure_hash
+from .read import ReadRequest, agree_requests, exchange_parts, read_rounds, rel_slices
 from .slicing import Box, TargetGrid, TargetList, Targets, box_intersection, volume
 from .verify import SliceCheck
 
@@ -184,28 +184,7 @@ class LocalTierStorage:
         bad: set[tuple[int, str]],
     ) -> list[np.ndarray]:
         rank = comm.Get_rank()
-        h = request_structure_hash(requests)
-        if _dist.allreduce_int(comm, h, MPI.MIN, deadline) != _dist.allreduce_int(
-            comm, h, MPI.MAX, deadline
-        ):
-            raise CheckpointError(
-                f"{what}: ranks restore different tensors or layouts (every rank must restore "
-                f"the same objects with the same layouts)"
-            )
-        use_grid = _dist.all_true(
-            comm, all(r.layout is None or r.mesh_rank == rank for r in requests), deadline
-        )
-        need = [k for k, r in enumerate(requests) if r.layout is None or not use_grid]
-        gathered = (
-            _dist.allgather_json(
-                comm, [[list(requests[k].start), list(requests[k].shape)] for k in need], deadline
-            )
-            if need
-            else []
-        )
-        boxes = {
-            k: [(tuple(g[j][0]), tuple(g[j][1])) for g in gathered] for j, k in enumerate(need)
-        }
+        use_grid, boxes = agree_requests(comm, requests, deadline, what)
         exc: BaseException | None = None
         arrays: list[np.ndarray] = []
         plans: list[_Plan] = []

@@ -339,27 +339,7 @@ def read_tensors(
     arrays: list[np.ndarray] = []
     # 1. Agree on what is restored (keys, shapes, layouts): every rank derives the
     #    others' slices from the layouts; per-rank boxes are gathered.
-    h = request_structure_hash(requests)
-    same = _dist.allreduce_int(comm, h, MPI.MIN, deadline) == _dist.allreduce_int(
-        comm, h, MPI.MAX, deadline
-    )
-    if not same:
-        raise CheckpointError(
-            f"{what}: ranks restore different tensors or layouts (every rank must restore "
-            f"the same objects with the same layouts)"
-        )
-    use_grid = _dist.all_true(
-        comm, all(r.layout is None or r.mesh_rank == rank for r in requests), deadline
-    )
-    need = [k for k, r in enumerate(requests) if r.layout is None or not use_grid]
-    gathered = (
-        _dist.allgather_json(
-            comm, [[list(requests[k].start), list(requests[k].shape)] for k in need], deadline
-        )
-        if need
-        else []
-    )
-    boxes = {k: [(tuple(g[j][0]), tuple(g[j][1])) for g in gathered] for j, k in enumerate(need)}
+    use_grid, boxes = agree_requests(comm, requests, deadline, what)
     plans: list[_Plan] = []
     try:
         _faults.point("read_data", rank)
@@ -378,6 +358,44 @@ def read_tensors(
             comm, path, requests, arrays, plans, group, fn, options, deadline, what, n, counter
         )
     return arrays
+
+
+def agree_requests(
+    comm: MPI.Comm, requests: Sequence[ReadRequest], deadline: Deadline, what: str
+) -> tuple[bool, dict[int, list[Box]]]:
+    """Check that every rank restores the same tensors with the same layouts; return
+    whether every rank's slices follow from the layouts (``use_grid``: each layout's
+    mesh rank is the rank here) and, for the requests whose slices do not, every
+    rank's box (one allgather).
+
+    Raises:
+        CheckpointError: On every rank, when the ranks' requests differ.
+
+    Collective: call on all ranks.
+    """
+    rank = comm.Get_rank()
+    h = request_structure_hash(requests)
+    if _dist.allreduce_int(comm, h, MPI.MIN, deadline) != _dist.allreduce_int(
+        comm, h, MPI.MAX, deadline
+    ):
+        raise CheckpointError(
+            f"{what}: ranks restore different tensors or layouts (every rank must restore "
+            f"the same objects with the same layouts)"
+        )
+    use_grid = _dist.all_true(
+        comm, all(r.layout is None or r.mesh_rank == rank for r in requests), deadline
+    )
+    need = [k for k, r in enumerate(requests) if r.layout is None or not use_grid]
+    gathered = (
+        _dist.allgather_json(
+            comm, [[list(requests[k].start), list(requests[k].shape)] for k in need], deadline
+        )
+        if need
+        else []
+    )
+    return use_grid, {
+        k: [(tuple(g[j][0]), tuple(g[j][1])) for g in gathered] for j, k in enumerate(need)
+    }
 
 
 def _owned_bytes(requests: Sequence[ReadRequest], plans: list[_Plan]) -> int:
