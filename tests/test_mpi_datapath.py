@@ -457,6 +457,35 @@ def test_strided_shards_are_saved_in_contiguous_row_bands(shared_dir, chunk, mon
         hpckpt.Checkpoint(**t).read(p).expect_partial()
 
 
+def test_row_bands_of_tensors_with_different_groups_and_step_counts(shared_dir, monkeypatch):
+    """Row-band tensors whose groups differ (rows over ``x`` for one, over ``y`` for the
+    other) and whose groups need different numbers of chunk steps (uneven row splits):
+    every pair of ranks still matches its messages, and the save restores exactly."""
+    from hpckpt.io import aggregate
+
+    monkeypatch.setattr(aggregate, "CHUNK_BYTES", 1 << 16)
+    mesh = mesh2d()
+    rows = 2048
+    rng = np.random.default_rng(11)
+    a = rng.standard_normal((rows, 640)).astype(np.float32)
+    c = rng.standard_normal((rows, 640)).astype(np.float32)
+    # uneven rows over x: the two x-groups of "a" need different numbers of steps
+    splits = {"x": [0, 1800, rows]} if mesh.shape[0] == 2 else None
+    vs = {
+        "a": hpckpt.Variable(a, Layout(["x", "y"], mesh, splits=splits)),
+        "c": hpckpt.Variable(c, Layout(["y", "x"], mesh)),
+    }
+    opts = hpckpt.CheckpointOptions(timeout=120)
+    p = hpckpt.Checkpoint(**vs).write(os.path.join(shared_dir, "groups"), options=opts)
+    flat = hpckpt.create_mesh([("r", MPI.COMM_WORLD.size)])
+    t = {
+        "a": hpckpt.Variable(np.zeros_like(a), Layout(["r", UNSHARDED], flat)),
+        "c": hpckpt.Variable(np.zeros_like(c), Layout(["r", UNSHARDED], flat)),
+    }
+    hpckpt.Checkpoint(**t).read(p, options=opts).assert_consumed()
+    assert all_ranks(np.array_equal(t["a"].numpy(), a) and np.array_equal(t["c"].numpy(), c))
+
+
 def test_strided_caller_arrays_are_saved_without_row_bands(shared_dir):
     """Row bands would need a copy of a shard held in a strided array (a field with ghost
     cells, ``copy=False``): when any rank holds one, every rank saves the layout's own

@@ -92,10 +92,16 @@ class _Step:
     sends: list[tuple[int, Box]]  # (peer, part of this rank's shard)
     recvs: list[tuple[int, Box]]  # (peer, part of this rank's chunk)
     last: bool  # the tensor's last step (its band's record is due)
+    tag: int  # the same on both ends: from the tensor's position and the step's number
 
 
-def _steps(task: BandTask, rank: int) -> list[_Step]:
-    """This rank's chunk steps for ``task`` (the same count on every member of its group)."""
+def _steps(task: BandTask, rank: int, position: int) -> list[_Step]:
+    """This rank's chunk steps for ``task``, the ``position``-th band tensor of the save.
+
+    Every member of this rank's group has the same number of steps for ``task``; other
+    groups may have more or fewer, so a step's message tag comes from ``(position, j)``,
+    not from its place in a rank's pipeline (which differs between groups).
+    """
     sl = task.slicing
     shape = sl.shape
     where = TargetGrid(shape, task.layout)  # the shards as they are now
@@ -131,7 +137,8 @@ def _steps(task: BandTask, rank: int) -> list[_Step]:
                 part = box_intersection(shard[r], mine)
                 if part is not None and volume(part[1]):
                     recvs.append((r, part))
-        out.append(_Step(task, number, mine, shard[rank], sends, recvs, j == count - 1))
+        tag = _TAG + (position * 61 + j) % 1000
+        out.append(_Step(task, number, mine, shard[rank], sends, recvs, j == count - 1, tag))
     return out
 
 
@@ -161,7 +168,7 @@ def write_bands(
         error = e
     steps: list[_Step] = []
     try:
-        steps = [s for task in tasks for s in _steps(task, rank)]
+        steps = [s for n, task in enumerate(tasks) for s in _steps(task, rank, n)]
     except BaseException as e:  # pragma: no cover - pure geometry; kept collective below
         error = error or e
     size = max((_nbytes(s) for s in steps), default=0)
@@ -227,7 +234,7 @@ def _post(comm: MPI.Comm, steps: list[_Step], j: int, bufs: list[np.ndarray]) ->
                 chunk[_rel(part, step.mine[0])] = task.local[_rel(part, step.shard[0])]
             recvs = [(r, _sub(chunk, step.mine[0], p, cache)) for r, p in step.recvs]
         sends = [(r, _view(task.local[_rel(p, step.shard[0])], cache)) for r, p in step.sends]
-        return _dist.exchange_start(comm, sends, recvs, _TAG + j % 1000), cache, chunk, None
+        return _dist.exchange_start(comm, sends, recvs, step.tag), cache, chunk, None
     except BaseException as e:
         return [], cache, chunk, e
 
