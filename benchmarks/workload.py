@@ -15,7 +15,7 @@ import numpy as np
 
 import hpckpt
 from hpckpt.layout import block_range
-from hpckpt.variable import aligned_copy
+from hpckpt.variable import aligned_zeros
 
 from .context import RunContext
 
@@ -111,9 +111,7 @@ class Tensor:
         (page-aligned like hpckpt's own shards: the kernel copies into aligned memory
         faster, and the comparison must not handicap the raw ways)."""
         if self._restore is None:
-            self._restore = aligned_copy(
-                np.zeros(self.local.shape, self.local.dtype), self.local.dtype
-            )
+            self._restore = aligned_zeros(self.local.shape, self.local.dtype)
         return self._restore
 
     def restored_ok(self, a: np.ndarray, *, written_rows: bool = False) -> bool:

@@ -13,6 +13,7 @@ files.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -43,28 +44,13 @@ LOGICAL_DTYPES = frozenset(
 """The ``ml_dtypes`` float types hpckpt stores (by name)."""
 
 
+@functools.lru_cache(maxsize=256)  # called per tensor; a program has few dtypes
 def logical_name(dtype: np.dtype) -> str | None:
     """The name of an ``ml_dtypes`` float dtype hpckpt stores, else ``None``."""
-    try:
-        return _LOGICAL[dtype]
-    except KeyError:
-        pass
-    except TypeError:  # not hashable: not a numpy dtype
-        return _logical_name(dtype)
-    if len(_LOGICAL) >= 256:
-        _LOGICAL.clear()
-    name = _LOGICAL[dtype] = _logical_name(dtype)
-    return name
-
-
-def _logical_name(dtype: np.dtype) -> str | None:
     t = dtype.type
     if getattr(t, "__module__", "").split(".")[0] == "ml_dtypes" and dtype.name in LOGICAL_DTYPES:
         return str(dtype.name)
     return None
-
-
-_LOGICAL: dict[np.dtype, str | None] = {}  # remembered per dtype (a few per program)
 
 
 def storage_dtype(dtype: np.dtype) -> np.dtype:

@@ -20,7 +20,14 @@ from .dtypes import check_dtype
 from .layout import Layout
 from .mesh import default_mesh
 
-__all__ = ["Variable", "aligned_empty", "as_local_array", "check_dtype"]
+__all__ = [
+    "Variable",
+    "aligned_copy",
+    "aligned_empty",
+    "aligned_zeros",
+    "as_local_array",
+    "check_dtype",
+]
 
 
 def as_local_array(value: Any, copy: bool) -> np.ndarray:
@@ -110,26 +117,7 @@ def _mismatch_message(arr: np.ndarray, layout: Layout, shape: tuple[int, ...]) -
 
 
 ALIGN_MIN_BYTES = 1 << 20
-"""Shards of at least this many bytes that hpckpt allocates are page-aligned."""
-
-
-def aligned_copy(value: Any, dtype: Any) -> np.ndarray:
-    """A C-ordered copy of ``value`` in a new buffer, page-aligned when it is large.
-
-    The kernel copies file data into page-aligned memory 2-3x faster than into the
-    16-byte-aligned blocks ``malloc`` returns for large numpy arrays (``preadv`` of a
-    warm file here: 4.5 GiB/s against 1.7 GiB/s), so the shards hpckpt allocates are
-    anonymous memory maps (freed with the array).
-    """
-    src = np.asarray(value, dtype=dtype)
-    nbytes = src.size * src.dtype.itemsize
-    if nbytes < ALIGN_MIN_BYTES:
-        return np.array(src, order="C", copy=True)
-    buf = mmap.mmap(-1, nbytes)
-    out = np.frombuffer(buf, dtype=src.dtype, count=src.size).reshape(src.shape)
-    out[...] = src
-    return out
-
+"""Arrays of at least this many bytes that hpckpt allocates are page-aligned."""
 
 PAGE_BYTES = mmap.PAGESIZE
 
@@ -137,9 +125,11 @@ PAGE_BYTES = mmap.PAGESIZE
 def aligned_empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     """A new uninitialized C-ordered array, page-aligned when it is large.
 
-    For scratch buffers that a restore reads into (see :func:`aligned_copy` for why the
-    alignment matters): a page-aligned view of a numpy allocation one page larger, so
-    that it keeps numpy's transparent-huge-page advice (one fault per 2 MiB instead of
+    The kernel copies file data into page-aligned memory 2-3x faster than into the
+    16-byte-aligned blocks ``malloc`` returns for large numpy arrays (``preadv`` of a
+    warm file here: 4.5 GiB/s against 1.7 GiB/s), so the shards and the restore scratch
+    hpckpt allocates are page-aligned: a view of a numpy allocation one page larger,
+    which keeps numpy's transparent-huge-page advice (one fault per 2 MiB instead of
     one per 4 KiB page when it is first written).
     """
     dt = np.dtype(dtype)
@@ -150,6 +140,21 @@ def aligned_empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     raw = np.empty(nbytes + PAGE_BYTES, dtype=np.uint8)
     skip = -raw.ctypes.data % PAGE_BYTES
     return raw[skip : skip + nbytes].view(dt).reshape(shape)
+
+
+def aligned_copy(value: Any, dtype: Any) -> np.ndarray:
+    """A C-ordered copy of ``value`` as ``dtype`` in an :func:`aligned_empty` array."""
+    src = np.asarray(value, dtype=dtype)
+    out = aligned_empty(src.shape, src.dtype)
+    out[...] = src
+    return out
+
+
+def aligned_zeros(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """An :func:`aligned_empty` array of zeros."""
+    out = aligned_empty(shape, dtype)
+    out.fill(0)
+    return out
 
 
 class Variable:
@@ -407,7 +412,7 @@ class Variable:
         """A new Variable of zeros with the same shape, dtype and layout (or box)."""
         new = Variable.__new__(Variable)
         new._init(
-            aligned_copy(np.zeros(self._local.shape, dtype=self.dtype), self.dtype),
+            aligned_zeros(self._local.shape, self.dtype),
             self._layout,
             self._shape,
             name,

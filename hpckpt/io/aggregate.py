@@ -93,6 +93,7 @@ class _Step:
     recvs: list[tuple[int, Box]]  # (peer, part of this rank's chunk)
     last: bool  # the tensor's last step (its band's record is due)
     tag: int  # the same on both ends: from the tensor's position and the step's number
+    at: int | None  # the file offset of this rank's chunk (None: nothing to write)
 
 
 def _steps(task: BandTask, rank: int, position: int) -> list[_Step]:
@@ -138,7 +139,10 @@ def _steps(task: BandTask, rank: int, position: int) -> list[_Step]:
                 if part is not None and volume(part[1]):
                     recvs.append((r, part))
         tag = _TAG + (position * 61 + j) % 1000
-        out.append(_Step(task, number, mine, shard[rank], sends, recvs, j == count - 1, tag))
+        at = None
+        if mine is not None and task.offset is not None:
+            at = task.offset + mine[0][0] * row_bytes
+        out.append(_Step(task, number, mine, shard[rank], sends, recvs, j == count - 1, tag, at))
     return out
 
 
@@ -169,7 +173,7 @@ def write_bands(
     steps: list[_Step] = []
     try:
         steps = [s for n, task in enumerate(tasks) for s in _steps(task, rank, n)]
-    except BaseException as e:  # pragma: no cover - pure geometry; kept collective below
+    except BaseException as e:  # pragma: no cover - pure geometry of agreed layouts
         error = error or e
     size = max((_nbytes(s) for s in steps), default=0)
     bufs = [np.empty(size, np.uint8) for _ in range(2 if len(steps) > 1 else len(steps))]
@@ -187,12 +191,11 @@ def write_bands(
                 _free(cache)
             error = error or err
             pending = _post(comm, steps, j + 1, bufs)
-            if step.mine is not None and error is None and step.task.offset is not None:
+            if step.at is not None and error is None:
                 try:
                     assert chunk is not None
                     data = chunk.reshape(-1).view(np.uint8)
-                    row_bytes = data.size // max(step.mine[1][0], 1)
-                    _pwrite_all(fd, data, step.task.offset + step.mine[0][0] * row_bytes)
+                    _pwrite_all(fd, data, step.at)
                     crc = checksum(data, crc)
                 except BaseException as e:
                     error = error or e

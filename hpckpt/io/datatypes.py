@@ -87,13 +87,11 @@ def message_spec(parts: list[tuple[np.ndarray, Sequence[int], Box]], cache: list
 
     Every datatype made is appended to ``cache``: free them after the transfer.
     """
-    if len(parts) == 1:
-        flat = contiguous_part(*parts[0])
-        if flat is not None:
-            return [flat, MPI.BYTE]
     lengths, addrs, types = [], [], []
     for array, origin, part in parts:
         flat = contiguous_part(array, origin, part)
+        if flat is not None and len(parts) == 1:
+            return [flat, MPI.BYTE]
         if flat is not None:  # a block of bytes: no datatype of its own
             lengths.append(flat.nbytes)
             addrs.append(MPI.Get_address(flat))

@@ -24,7 +24,6 @@ file is read twice (replicas and resharded restores read once and share over MPI
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,7 +34,7 @@ from mpi4py import MPI
 from .. import _dist, _faults
 from .._dist import Deadline
 from ..errors import CheckpointError, CorruptCheckpointError
-from ..layout import UNSHARDED, LayoutSpec
+from ..layout import LayoutSpec
 from ..variable import aligned_empty
 from . import hdf5, phdf5
 from .checksum import checksum_function
@@ -212,20 +211,6 @@ def _plan(
             if i is not None:
                 plan.owned.append(_Owned(k, i, mine, local_part=mine))
                 continue
-        if use_grid and req.layout is not None and _whole_everywhere(req):
-            # a replicated tensor (every rank wants all of it): each saved slice is
-            # read by one rank, round-robin as owner_of would pick, and sent to the rest
-            n = math.prod(req.layout.mesh_shape)
-            for i in slicing.query(mine):
-                sbox = slicing.box(i)
-                owner = (i + k) % n
-                if owner != rank:
-                    plan.recvs.append((k, owner, sbox))
-                    continue
-                o = _Owned(k, i, sbox, local_part=sbox)
-                o.sends = [(r, sbox) for r in range(n) if r != rank]
-                plan.owned.append(o)
-            continue
         targets = _targets(req, None if (use_grid and req.layout is not None) else boxes[k])
         for i in slicing.query(mine):
             sbox = slicing.box(i)
@@ -244,19 +229,6 @@ def _plan(
                 o.sends.extend((r, cpart) for r in ranks if r != rank)
             plan.owned.append(o)
     return plans
-
-
-def _whole_everywhere(req: ReadRequest) -> bool:
-    """Whether every rank restores the whole tensor (a fully replicated layout)."""
-    lay = req.layout
-    return (
-        lay is not None
-        and all(s == UNSHARDED for s in lay.specs)
-        and (
-            tuple(req.start) == (0,) * len(req.entry.shape)
-            and tuple(req.shape) == tuple(req.entry.shape)
-        )
-    )
 
 
 def _same_shards(req: ReadRequest, slicing: Slicing) -> bool:

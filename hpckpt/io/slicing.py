@@ -597,6 +597,11 @@ class TargetGrid:
 
     def query(self, box: Box) -> list[tuple[Box, list[int]]]:
         """The non-empty target cells meeting ``box``: ``(cell box, ranks)``."""
+        if all(s == "unsharded" for s in self.spec.specs):  # replicated: one cell, every rank
+            whole: Box = ((0,) * len(self.shape), tuple(self.shape))
+            if not volume(self.shape) or box_intersection(whole, box) is None:
+                return []
+            return [(whole, list(self._replica_offsets))]
         return [(self.grid.cell_box(c), self.ranks_of(c)) for c in self.grid.cells_meeting(box)]
 
 
