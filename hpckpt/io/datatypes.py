@@ -8,6 +8,7 @@ so that one send or receive moves them straight between the arrays.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -49,6 +50,12 @@ def part_datatype(
 
 def contiguous_part(array: np.ndarray, origin: Sequence[int], part: Box) -> np.ndarray | None:
     """The bytes of ``part`` of ``array`` as a flat view, if they are contiguous in memory."""
+    if (
+        array.flags.c_contiguous
+        and tuple(part[1]) == array.shape
+        and tuple(part[0]) == tuple(origin)
+    ):  # the whole array (a replicated tensor, a whole saved slice): no slicing
+        return array.reshape(-1).view(np.uint8)
     rel = tuple(slice(a - o, a - o + n) for a, o, n in zip(part[0], origin, part[1], strict=True))
     view = array[rel] if rel else array
     if not view.flags.c_contiguous:
@@ -72,7 +79,7 @@ def message_specs(parts: list[tuple[np.ndarray, Sequence[int], Box]], cache: lis
     alone: list[tuple[np.ndarray, Sequence[int], Box]] = []
     small: list[tuple[np.ndarray, Sequence[int], Box]] = []
     for p in parts:
-        nbytes = p[0].dtype.itemsize * int(np.prod(p[2][1], dtype=np.int64))
+        nbytes = p[0].dtype.itemsize * math.prod(p[2][1])
         (alone if nbytes >= ALONE_BYTES else small).append(p)
     out = [message_spec([p], cache) for p in alone]
     if small:

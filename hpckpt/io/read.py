@@ -23,6 +23,7 @@ file is read twice (replicas and resharded restores read once and share over MPI
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -49,12 +50,11 @@ from .slicing import (
     Box,
     DerivedSlicing,
     Slicing,
-    TargetGrid,
     TargetList,
     Targets,
     box_intersection,
-    mesh_coords,
     owner_of,
+    target_grid,
     volume,
 )
 from .transfer import ProgressCounter, move_pieces
@@ -186,7 +186,7 @@ class _Plan:
 def _targets(req: ReadRequest, boxes: list[Box] | None) -> Targets:
     if boxes is None:
         assert req.layout is not None
-        return TargetGrid(req.entry.shape, req.layout)
+        return target_grid(req.entry.shape, req.layout)
     return TargetList(req.entry.shape, boxes)
 
 
@@ -243,9 +243,7 @@ def _same_shards(req: ReadRequest, slicing: Slicing) -> bool:
 
 def _own_shard(req: ReadRequest, slicing: DerivedSlicing, rank: int) -> int | None:
     """The saved slice that is exactly this rank's new slice, if there is one."""
-    coords = mesh_coords(rank, slicing.spec.mesh_shape)
-    i = slicing.grid.linear(slicing.grid.cell_of(coords))
-    box = slicing.box(i)
+    i, box = slicing.shard_of(rank)
     return i if box == (tuple(req.start), tuple(req.shape)) else None
 
 
@@ -269,10 +267,25 @@ def read_rounds(requests: Sequence[ReadRequest]) -> list[list[int]]:
 def request_structure_hash(requests: Sequence[ReadRequest]) -> int:
     """A 63-bit hash of what every rank must agree on before a collective read."""
     h = hashlib.blake2b(digest_size=8)
-    for r in requests:
-        lay = repr(r.layout) if r.layout is not None else "boxes"
-        h.update(repr((r.entry.key, r.entry.shape, r.entry.dtype.str, lay)).encode())
+    text = "\n".join(
+        repr(
+            (
+                r.entry.key,
+                r.entry.shape,
+                r.entry.dtype.str,
+                _layout_text(r.layout) if r.layout is not None else "boxes",
+            )
+        )
+        for r in requests
+    )
+    h.update(text.encode())
     return int.from_bytes(h.digest(), "little") & ((1 << 63) - 1)
+
+
+@functools.lru_cache(maxsize=1024)
+def _layout_text(layout: LayoutSpec) -> str:
+    """A layout's text in the structure hash (remembered: tensors share layouts)."""
+    return repr(layout)
 
 
 # --- execution ---------------------------------------------------------------------------

@@ -199,6 +199,7 @@ class DerivedSlicing:
         self.count = self.grid.ncells * self.sub
         self._writers: dict[int, np.ndarray] = {}  # writers() by ordinal % replicas
         self._nonempty_list: list[int] | None = None
+        self._shards: dict[int, tuple[int, Box]] = {}  # shard_of() by rank
 
     def __len__(self) -> int:
         return self.count
@@ -306,6 +307,15 @@ class DerivedSlicing:
         full = self.nonempty()
         return np.where((idx >= 0) & full[np.maximum(idx, 0)], idx, -1)
 
+    def shard_of(self, rank: int) -> tuple[int, Box]:
+        """The slice holding the shard of mesh rank ``rank`` (row-major) and its box, when
+        shards are not split (``sub == 1``). Remembered per rank (the slicing is shared)."""
+        got = self._shards.get(rank)
+        if got is None:
+            i = self.shard_index(mesh_coords(rank, self.spec.mesh_shape))
+            got = self._shards[rank] = (i, self.box(i))
+        return got
+
     def shard_index(self, coords: Sequence[int]) -> int:
         """The slice of the shard at mesh ``coords`` when shards are not split (``sub == 1``)."""
         return self.grid.linear(self.grid.cell_of(coords)) * self.sub
@@ -336,7 +346,7 @@ class DerivedSlicing:
         return i if volume(self.box(i)[1]) else None
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=1 << 16)
 def cached_slicing(
     shape: tuple[int, ...], spec: LayoutSpec, itemsize: int, split_bytes: int, rows: bool = False
 ) -> DerivedSlicing:
@@ -638,6 +648,12 @@ class TargetList:
 
 
 Targets = TargetGrid | TargetList
+
+
+@functools.lru_cache(maxsize=1 << 12)
+def target_grid(shape: tuple[int, ...], spec: LayoutSpec) -> TargetGrid:
+    """A shared :class:`TargetGrid` (immutable; the tensors of one shape and layout share it)."""
+    return TargetGrid(shape, spec)
 
 
 def owner_of(slice_box: Box, cells: list[tuple[Box, list[int]]], salt: int) -> int:
