@@ -514,3 +514,60 @@ def test_strided_caller_arrays_are_saved_without_row_bands(shared_dir):
     hpckpt.Checkpoint(v=whole).read(p).assert_consumed()
     want = np.arange(n * n, dtype=np.float64).reshape(n, n)
     assert all_ranks(np.array_equal(whole.numpy(), want))
+
+
+def test_restores_in_several_rounds_reuse_their_scratch(shared_dir, monkeypatch):
+    """Rounds of a restore (``read.ROUND_BYTES``) hand their scratch to the next round:
+    resharded and replicated restores that take several rounds are still bit-identical,
+    and the scratch a restore holds is less than the scratch its rounds used in all."""
+    from hpckpt.io import read, scratch
+    from hpckpt.variable import ALIGN_MIN_BYTES, PAGE_BYTES
+
+    comm = MPI.COMM_WORLD
+    pools: list[scratch.ScratchPool] = []
+    taken = [0]
+
+    class Recording(scratch.ScratchPool):
+        def __init__(self) -> None:
+            super().__init__()
+            pools.append(self)
+
+        def take(self, shape, dtype):
+            a = super().take(shape, dtype)
+            if a.nbytes >= ALIGN_MIN_BYTES:  # pooled: counted in whole pages
+                taken[0] += -(-a.nbytes // PAGE_BYTES) * PAGE_BYTES
+            return a
+
+    monkeypatch.setattr(read, "ScratchPool", Recording)
+    monkeypatch.setattr(read, "ROUND_BYTES", 1 << 20)  # one tensor per round
+    mesh = mesh2d()
+    rng = np.random.default_rng(5)
+    want = {
+        "b": rng.standard_normal((1200, 1000)),  # the largest first: later rounds fit in it
+        "a": rng.standard_normal((2049, 517)).astype(np.float32),
+        "c": rng.integers(0, 1 << 40, 400_000, dtype=np.int64),
+    }
+    saved = {
+        "b": hpckpt.Variable(want["b"], Layout(["x", "y"], mesh)),
+        "a": hpckpt.Variable(want["a"], Layout(["x", "y"], mesh)),
+        "c": hpckpt.Variable(want["c"], Layout([UNSHARDED], mesh)),
+    }
+    p = hpckpt.Checkpoint(**saved).write(os.path.join(shared_dir, "rounds"))
+    flat = hpckpt.create_mesh([("r", comm.size)])
+    for layouts in [
+        # column shards: every saved row band is read whole into scratch, then shared
+        (Layout([UNSHARDED, "r"], flat), Layout([UNSHARDED, "r"], flat), Layout(["r"], flat)),
+        (Layout(["y", "x"], mesh), Layout([UNSHARDED, "x"], mesh), Layout([UNSHARDED], mesh)),
+    ]:
+        pools.clear()
+        taken[0] = 0
+        got = {
+            k: hpckpt.Variable(np.zeros_like(v), la)
+            for (k, v), la in zip(want.items(), layouts, strict=True)
+        }
+        hpckpt.Checkpoint(**got).read(p).assert_consumed()
+        assert all_ranks(all(np.array_equal(got[k].numpy(), want[k]) for k in want))
+        held = sum(x.nbytes for x in pools)
+        assert all_ranks(held <= taken[0])
+        reused = comm.allreduce(int(held < taken[0]), op=MPI.SUM)
+        assert reused > 0, (held, taken[0])

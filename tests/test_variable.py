@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from mpi4py import MPI
@@ -95,3 +97,35 @@ def test_large_shards_and_scratch_buffers_are_page_aligned(shape, dtype):
     a[...] = src  # the whole buffer is usable
     np.testing.assert_array_equal(a, src)
     np.testing.assert_array_equal(b, src)
+
+
+def test_restore_scratch_is_reused_from_round_to_round():
+    """A restore's scratch pool hands the next round the memory of the last one (no new
+    pages to fault in and zero), page-aligned, without overlaps within a round."""
+    from hpckpt.io.scratch import ScratchPool
+    from hpckpt.variable import ALIGN_MIN_BYTES, PAGE_BYTES
+
+    pool = ScratchPool()
+    shapes = [((1024, 1024), np.float32), ((700, 1001), np.float64), ((3, 5), np.int16)]
+    first = [pool.take(s, d) for s, d in shapes]
+    for a, (s, d) in zip(first, shapes, strict=True):
+        assert a.shape == s and a.dtype == np.dtype(d) and a.flags.c_contiguous
+        if a.nbytes >= ALIGN_MIN_BYTES:
+            assert a.ctypes.data % PAGE_BYTES == 0
+    # within a round: no two arrays share a byte
+    spans = sorted((a.ctypes.data, a.ctypes.data + a.nbytes) for a in first)
+    assert all(hi <= lo2 for (_, hi), (lo2, _) in itertools.pairwise(spans))
+    for n, a in enumerate(first):
+        a[...] = n + 1
+    for n, a in enumerate(first):
+        assert (a == n + 1).all()
+    held = pool.nbytes
+    assert held >= first[0].nbytes + first[1].nbytes
+    pool.reset()
+    second = [pool.take(s, d) for s, d in shapes[:2]]
+    # the same memory again, and no new block
+    assert [a.ctypes.data for a in second] == [a.ctypes.data for a in first[:2]]
+    assert pool.nbytes == held
+    # a larger request than any free block gets a new block; the others stay usable
+    big = pool.take((3 << 20,), np.uint8)
+    assert pool.nbytes == held + big.nbytes and big.ctypes.data % PAGE_BYTES == 0

@@ -29,13 +29,20 @@ from .. import _dist, _faults
 from .._dist import Deadline
 from ..errors import CheckpointError, CorruptCheckpointError
 from ..topology import NodeMap, node_map
-from ..variable import aligned_empty
 from .checksum import checksum_function
 from .index import CheckpointIndex
 from .local_scan import LocalCandidate, scan_local
 from .mpiio import Piece, posix_io
 from .options import IOOptions
-from .read import ReadRequest, agree_requests, exchange_parts, read_rounds, rel_slices
+from .read import (
+    ReadRequest,
+    agree_requests,
+    exchange_parts,
+    read_rounds,
+    rel_slices,
+    release_scratch,
+)
+from .scratch import ScratchPool
 from .slicing import Box, TargetGrid, TargetList, Targets, box_intersection, volume
 from .verify import SliceCheck
 
@@ -196,8 +203,12 @@ class LocalTierStorage:
             exc = e
         _dist.agree(comm, what, exc, deadline)
         fn = checksum_function(self.candidate.index.index.checksum)
+        scratch = ScratchPool()  # one round's scratch, reused by the next
         for n, group in enumerate(read_rounds(requests)):
-            self._round(comm, requests, arrays, plans, group, fn, options, deadline, what, n, bad)
+            scratch.reset()
+            self._round(
+                comm, requests, arrays, plans, group, fn, options, deadline, what, n, bad, scratch
+            )
         return arrays
 
     def _plan(
@@ -264,6 +275,7 @@ class LocalTierStorage:
         what: str,
         number: int,
         bad: set[tuple[int, str]],
+        scratch: ScratchPool,
     ) -> None:
         exc: BaseException | None = None
         owned = [o for k in group for o in plans[k].owned]
@@ -277,7 +289,7 @@ class LocalTierStorage:
                 if o.box == o.local_part and view.flags.c_contiguous:
                     o.buffer, o.in_place = view, True  # straight into the variable
                 else:
-                    o.buffer = aligned_empty(o.box[1], req.entry.dtype)
+                    o.buffer = scratch.take(o.box[1], req.entry.dtype)
                 check = (
                     SliceCheck(req.entry, o.i, o.buffer, fn) if options.verify_checksums else None
                 )
@@ -315,6 +327,7 @@ class LocalTierStorage:
                 else:
                     arrays[o.t][...] = o.buffer
         exchange_parts(comm, requests, arrays, plans, owned, group, deadline, what, number, _TAG)
+        release_scratch(owned)
 
 
 def open_local(

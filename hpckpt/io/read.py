@@ -46,6 +46,7 @@ from .load import read_index_bytes
 from .mpiio import Piece
 from .options import IOOptions
 from .paths import data_file_path, index_path
+from .scratch import ScratchPool
 from .slicing import (
     Box,
     DerivedSlicing,
@@ -69,11 +70,12 @@ __all__ = [
     "read_rounds",
     "read_tensors",
     "rel_slices",
+    "release_scratch",
     "request_structure_hash",
 ]
 
 VALIDATORS = 8  # ranks that share the structural check of a data file
-ROUND_BYTES = 1 << 30  # tensors per exchange round, by global bytes (bounds scratch memory)
+ROUND_BYTES = 256 << 20  # tensors per exchange round, by global bytes (bounds scratch memory)
 _TAG = 0x2000
 
 
@@ -338,9 +340,23 @@ def read_tensors(
     path = data_file_path(prefix, index.data_file)
     fn = checksum_function(index.checksum)
     counter = ProgressCounter(options, _owned_bytes(requests, plans))
+    scratch = ScratchPool()  # one round's scratch, reused by the next
     for n, group in enumerate(read_rounds(requests)):
+        scratch.reset()
         _read_round(
-            comm, path, requests, arrays, plans, group, fn, options, deadline, what, n, counter
+            comm,
+            path,
+            requests,
+            arrays,
+            plans,
+            group,
+            fn,
+            options,
+            deadline,
+            what,
+            n,
+            counter,
+            scratch,
         )
     return arrays
 
@@ -403,6 +419,7 @@ def _read_round(
     what: str,
     number: int,
     counter: ProgressCounter,
+    scratch: ScratchPool,
 ) -> None:
     exc: BaseException | None = None
     checks: dict[int, SliceCheck] = {}
@@ -421,7 +438,7 @@ def _read_round(
             if o.box == o.local_part:
                 o.buffer, o.in_place = view, True  # straight into the variable (any strides)
             else:
-                o.buffer = aligned_empty(o.box[1], req.entry.dtype)
+                o.buffer = scratch.take(o.box[1], req.entry.dtype)
             e = req.entry
             if (e.offset is not None or e.filters is not None) and o.buffer.size:
                 if options.verify_checksums:
@@ -489,6 +506,14 @@ def _read_round(
             else:
                 dest[...] = o.buffer
     exchange_parts(comm, requests, arrays, plans, owned, group, deadline, what, number)
+    release_scratch(owned)
+
+
+def release_scratch(owned: Sequence[Any]) -> None:
+    """Forget the scratch views of a finished round (the next round reuses the memory)."""
+    for o in owned:
+        if not o.in_place:
+            o.buffer = None
 
 
 def exchange_parts(
