@@ -47,7 +47,10 @@ def assign(vs, k):
 
 
 def say(*args):
-    print(*args, flush=True)
+    # one write per line: with unbuffered output print() writes the text and the newline
+    # separately, and mpirun may then put another rank's line between them
+    sys.stdout.write(" ".join(str(a) for a in args) + "\n")
+    sys.stdout.flush()
 
 
 def big_values(k):
