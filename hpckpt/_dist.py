@@ -507,10 +507,12 @@ def agree(
         any_failed = np.zeros(1, dtype=np.int32)
         (deadline or Deadline(None)).wait(comm.Iallreduce(flag, any_failed, op=MPI.MAX), comm)
         if not any_failed[0]:
+            _interrupts.agreed()
             return
         records = allgather_json(comm, rec, deadline)
     else:
         records = _p2p_agree(comm, rec, deadline)
+    _interrupts.agreed()
     if authority is not None and records[authority] is not None:
         records = [r if i == authority else None for i, r in enumerate(records)]
     raise_failures(comm, what, records, exc)

@@ -14,13 +14,15 @@ original exception and the others a ``CheckpointError`` naming it. Signals still
 pending when the operation ends are delivered then (the operation has completed on
 every rank).
 
-Two ways out when the agreement does not come (the other ranks were stopped outside
-the operation and never arrive): a second arrival of the same signal runs its handler
-at once, and a signal left pending for :func:`grace` seconds while this rank waits for
+Ways out when the agreement does not come (the other ranks were stopped outside the
+operation and never arrive): a second arrival of the same signal runs its handler at
+once, and a signal left pending for :func:`grace` seconds while this rank waits for
 others runs its handler there (:func:`escape_if_due`). If the handler then raises,
 this rank cannot leave the operation without leaving the others waiting for it, and
 cannot finish it either: the job is aborted (``MPI_Abort``, through the function
-given to :func:`set_abort`), with the exit status the handler asked for.
+given to :func:`set_abort`), with the exit status the handler asked for. The same
+holds for a handler that ran at an agreement and raised, when the other ranks do not
+come to that agreement within :func:`grace` seconds (they may have exited already).
 
 Only the main thread receives signals; everywhere else this module does nothing.
 """
@@ -43,6 +45,7 @@ __all__ = [
     "SIGNALS",
     "set_abort",
     "active",
+    "agreed",
     "broken",
     "deferred",
     "deferring",
@@ -71,6 +74,9 @@ class _State:
         self.depth = 0
         self.saved: dict[int, Any] = {}
         self.pending: list[tuple[int, FrameType | None, float]] = []
+        # a handler that raised at an agreement whose other ranks have not arrived yet:
+        # (signal, what it raised, when the signal came)
+        self.unagreed: tuple[int, BaseException, float] | None = None
         self.broken = False
 
 
@@ -184,6 +190,7 @@ def deferred() -> Iterator[None]:
                     signal.signal(s, h)
         pending, _st.pending = _st.pending, []
         _st.saved = {}
+        _st.unagreed = None
         for s, f, _ in pending:
             _run(s, f, saved.get(s))
 
@@ -197,12 +204,18 @@ def deliver() -> BaseException | None:
     if not _st.pending or not active():
         return None
     while _st.pending:
-        s, f, _ = _st.pending.pop(0)
+        s, f, since = _st.pending.pop(0)
         try:
             _run(s, f, _st.saved.get(s))
         except BaseException as e:
+            _st.unagreed = (s, e, since)  # until the agreement completes (:func:`agreed`)
             return e
     return None
+
+
+def agreed() -> None:
+    """The agreement that carried a delivered handler's exception has completed."""
+    _st.unagreed = None
 
 
 def escape_if_due(waiting_since: float) -> None:
@@ -210,10 +223,26 @@ def escape_if_due(waiting_since: float) -> None:
 
     The handler's exception leaves the operation in the middle (see :func:`broken`).
     """
-    if not _st.pending or not active():
+    if not active() or not (_st.pending or _st.unagreed):
         return
     now = time.monotonic()
     limit = grace()
+    if _st.unagreed is not None:
+        # the handler ran at an agreement and raised: this rank wants to leave, and the
+        # others have not come to agree on it (stopped outside the operation, perhaps
+        # already exited); after the grace it cannot wait longer, nor finish the operation
+        s, e, since = _st.unagreed
+        if now - max(since, waiting_since) < limit:
+            return
+        _st.unagreed = None
+        _st.broken = True
+        _st.abort(
+            _status(e),
+            f"signal {signal.Signals(s).name} arrived during a checkpoint operation, its "
+            f"handler raised {type(e).__name__}({e}), and the other ranks did not come to "
+            f"agree on it within {limit} s: ending the job",
+        )
+        raise e
     s, f, since = _st.pending[0]
     if now - max(since, waiting_since) < limit:
         return

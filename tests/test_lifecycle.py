@@ -105,6 +105,26 @@ def test_sigterm_handler_exiting_on_one_rank_is_agreed(tmp_path, op, phase, rank
     assert_holds(os.path.join(d, "ckpt-1"), 1)
 
 
+def test_a_signal_whose_agreement_never_comes_ends_the_job(tmp_path):
+    """A SIGTERM during a save whose handler raises at the save's agreement, while the
+    other ranks have left (they exited outside any operation): the rank does not wait for
+    them forever. After the grace it ends the job with the handler's status, naming the
+    signal. (It hung before: the handler had run, so no signal was pending any more, and
+    only pending signals had a way out. The random-moment test below hit it about once in
+    fifty runs.)"""
+    started = time.monotonic()
+    r = run_mpi(
+        3, PROGRAM, "signal-alone", str(tmp_path), timeout=90, env={"HPCKPT_SIGNAL_GRACE": "2"}
+    )
+    out = r.stdout + r.stderr
+    assert time.monotonic() - started < 90
+    assert "RETURNED" not in r.stdout, out  # rank 0's save cannot have completed
+    assert "signal SIGTERM arrived during a checkpoint operation" in out, out
+    assert "did not come to agree on it within 2.0 s" in out, out
+    assert "EXITING rank=1" in r.stdout and "EXITING rank=2" in r.stdout, out
+    assert not os.path.exists(os.path.join(str(tmp_path), "p.index.json"))
+
+
 @pytest.mark.parametrize("seed", [3, 4])
 def test_sigterm_to_every_rank_at_a_random_moment(tmp_path, seed):
     """Like Slurm ending a job: every rank's SIGTERM handler calls sys.exit(0), at a random

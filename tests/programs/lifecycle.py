@@ -9,6 +9,7 @@ usage:
                                        sys.exit(0) on RANK, the signal sent at PHASE
   lifecycle.py sigterm-loop DIR        save in a loop (sync and async alternately) until SIGTERM;
                                        every rank's handler calls sys.exit(0)
+  lifecycle.py signal-alone DIR        rank 0 saves and gets SIGTERM; the others exit at once
   lifecycle.py hold DIR FLAG           take DIR's lease (one save), print HOLDING, wait for FLAG
   lifecycle.py contend DIR             try to save into DIR; print the outcome on every rank
   lifecycle.py overwrite DIR N         write(DIR/p) N times over, values of step 1..N
@@ -130,6 +131,18 @@ def main():
                     say(f"ACK {path} {k}")
         except hpckpt.CheckpointError as e:
             say(f"AGREED rank={comm.rank} {e}")
+    elif mode == "signal-alone":
+        # rank 0 saves with a SIGTERM arriving during the save; the other ranks exit at
+        # once, outside any operation: the agreement that would carry rank 0's
+        # SystemExit never comes
+        signal.signal(signal.SIGTERM, exit_on_sigterm)
+        if comm.rank == 0:
+            _faults.inject("plan", 0, "signal", "SIGTERM")
+            ckpt.write(os.path.join(d, "p"))
+            say("RETURNED")
+        else:
+            say(f"EXITING rank={comm.rank}")
+            sys.exit(0)
     elif mode == "hold":
         flag = sys.argv[3]
         mgr = hpckpt.CheckpointManager(ckpt, d, max_to_keep=None)
