@@ -37,7 +37,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from types import FrameType
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -127,19 +127,25 @@ def _status(e: BaseException) -> int:
     return 1
 
 
+def _end_job(e: BaseException, message: str) -> NoReturn:
+    """A handler raised ``e`` where this rank can neither leave the operation nor finish
+    it: end the whole job with the status the handler asked for, and raise ``e``."""
+    _st.broken = True
+    _st.abort(_status(e), message)
+    raise e
+
+
 def _run_now(signum: int, frame: FrameType | None) -> None:
     """Run a deferred handler outside an agreement; if it raises, end the job."""
     try:
         _run(signum, frame, _st.saved.get(signum))
     except BaseException as e:
-        _st.broken = True
-        name = signal.Signals(signum).name
-        _st.abort(
-            _status(e),
-            f"signal {name} arrived during a checkpoint operation that the other ranks do "
-            f"not complete, and its handler raised {type(e).__name__}({e}): ending the job",
+        _end_job(
+            e,
+            f"signal {signal.Signals(signum).name} arrived during a checkpoint operation that "
+            f"the other ranks do not complete, and its handler raised {type(e).__name__}({e}): "
+            f"ending the job",
         )
-        raise
 
 
 def _record(signum: int, frame: FrameType | None) -> None:
@@ -235,14 +241,12 @@ def escape_if_due(waiting_since: float) -> None:
         if now - max(since, waiting_since) < limit:
             return
         _st.unagreed = None
-        _st.broken = True
-        _st.abort(
-            _status(e),
+        _end_job(
+            e,
             f"signal {signal.Signals(s).name} arrived during a checkpoint operation, its "
             f"handler raised {type(e).__name__}({e}), and the other ranks did not come to "
             f"agree on it within {limit} s: ending the job",
         )
-        raise e
     s, f, since = _st.pending[0]
     if now - max(since, waiting_since) < limit:
         return

@@ -29,7 +29,7 @@ from mpi4py import MPI
 from .. import _dist
 from .._dist import Deadline
 from ..layout import LayoutSpec
-from .slicing import Box, DerivedSlicing, TargetGrid, box_intersection, mesh_coords, volume
+from .slicing import Box, DerivedSlicing, box_intersection, mesh_coords, target_grid, volume
 from .strided import strided_type
 
 __all__ = ["CHUNK_BYTES", "BandTask", "write_bands"]
@@ -105,8 +105,8 @@ def _steps(task: BandTask, rank: int, position: int) -> list[_Step]:
     """
     sl = task.slicing
     shape = sl.shape
-    where = TargetGrid(shape, task.layout)  # the shards as they are now
-    bands = TargetGrid(shape, sl.spec)  # the cells of the row bands (groups)
+    where = target_grid(shape, task.layout)  # the shards as they are now
+    bands = target_grid(shape, sl.spec)  # the cells of the row bands (groups)
     cell = sl.grid.cell_of(mesh_coords(rank, sl.spec.mesh_shape))
     members = bands.ranks_of(cell)
     base = sl.grid.linear(cell) * sl.sub

@@ -38,12 +38,11 @@ from .read import (
     ReadRequest,
     agree_requests,
     exchange_parts,
-    read_rounds,
     rel_slices,
-    release_scratch,
+    rounds_with_scratch,
 )
 from .scratch import ScratchPool
-from .slicing import Box, TargetGrid, TargetList, Targets, box_intersection, volume
+from .slicing import Box, TargetList, Targets, box_intersection, target_grid, volume
 from .verify import SliceCheck
 
 __all__ = ["LocalTierStorage", "open_local"]
@@ -203,9 +202,7 @@ class LocalTierStorage:
             exc = e
         _dist.agree(comm, what, exc, deadline)
         fn = checksum_function(self.candidate.index.index.checksum)
-        scratch = ScratchPool()  # one round's scratch, reused by the next
-        for n, group in enumerate(read_rounds(requests)):
-            scratch.reset()
+        for n, group, scratch in rounds_with_scratch(requests):
             self._round(
                 comm, requests, arrays, plans, group, fn, options, deadline, what, n, bad, scratch
             )
@@ -231,7 +228,7 @@ class LocalTierStorage:
             mine: Box = (tuple(req.start), tuple(req.shape))
             empty = bool(req.shape) and not volume(req.shape)
             targets: Targets = (
-                TargetGrid(e.shape, req.layout)
+                target_grid(e.shape, req.layout)
                 if use_grid and req.layout is not None
                 else TargetList(e.shape, boxes[k])
             )
@@ -327,7 +324,6 @@ class LocalTierStorage:
                 else:
                     arrays[o.t][...] = o.buffer
         exchange_parts(comm, requests, arrays, plans, owned, group, deadline, what, number, _TAG)
-        release_scratch(owned)
 
 
 def open_local(

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,7 +70,7 @@ __all__ = [
     "read_rounds",
     "read_tensors",
     "rel_slices",
-    "release_scratch",
+    "rounds_with_scratch",
     "request_structure_hash",
 ]
 
@@ -249,6 +249,18 @@ def _own_shard(req: ReadRequest, slicing: DerivedSlicing, rank: int) -> int | No
     return i if box == (tuple(req.start), tuple(req.shape)) else None
 
 
+def rounds_with_scratch(
+    requests: Sequence[ReadRequest],
+) -> Iterator[tuple[int, list[int], ScratchPool]]:
+    """``(number, request numbers, scratch)`` of each round of a restore: the rounds run
+    one after the other, so each gets the memory of the previous one's scratch (its
+    exchange is complete when the next round starts)."""
+    scratch = ScratchPool()
+    for n, group in enumerate(read_rounds(requests)):
+        scratch.reset()
+        yield n, group, scratch
+
+
 def read_rounds(requests: Sequence[ReadRequest]) -> list[list[int]]:
     """Request numbers grouped in rounds of at most ``ROUND_BYTES`` (global sizes)."""
     rounds: list[list[int]] = []
@@ -340,9 +352,7 @@ def read_tensors(
     path = data_file_path(prefix, index.data_file)
     fn = checksum_function(index.checksum)
     counter = ProgressCounter(options, _owned_bytes(requests, plans))
-    scratch = ScratchPool()  # one round's scratch, reused by the next
-    for n, group in enumerate(read_rounds(requests)):
-        scratch.reset()
+    for n, group, scratch in rounds_with_scratch(requests):
         _read_round(
             comm,
             path,
@@ -506,14 +516,6 @@ def _read_round(
             else:
                 dest[...] = o.buffer
     exchange_parts(comm, requests, arrays, plans, owned, group, deadline, what, number)
-    release_scratch(owned)
-
-
-def release_scratch(owned: Sequence[Any]) -> None:
-    """Forget the scratch views of a finished round (the next round reuses the memory)."""
-    for o in owned:
-        if not o.in_place:
-            o.buffer = None
 
 
 def exchange_parts(
