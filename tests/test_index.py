@@ -306,6 +306,14 @@ HOSTILE = {
         lambda d: d["tensors"]["s"].update(slices=[[0, 3], [2, 3]], checksums=_crcs(2)),
         "do not cover it exactly once",
     ),
+    "structure checksum not an int": (
+        _set(["data_file", "structure_checksum"], "1"),
+        "bad data file structure checksum",
+    ),
+    "structure checksum of 33 bits": (
+        _set(["data_file", "structure_checksum"], 1 << 32),
+        "bad data file structure checksum",
+    ),
     "graph not an object": (_set(["graph"], [1, 2]), "graph is not an object"),
     "bad library": (_set(["library"], {"a": 1}), "bad library"),
     "duplicate dataset": (

@@ -571,3 +571,56 @@ def test_restores_in_several_rounds_reuse_their_scratch(shared_dir, monkeypatch)
         assert all_ranks(held <= taken[0])
         reused = comm.allreduce(int(held < taken[0]), op=MPI.SUM)
         assert reused > 0, (held, taken[0])
+
+
+def test_the_structure_checksum_stands_for_the_per_dataset_checks_on_every_rank(
+    shared_dir, monkeypatch
+):
+    """A restore that reads raw bytes opens no dataset with HDF5 while the data file's
+    structure is as saved (rank 0 compares the index's structure checksum and every rank
+    learns the outcome); after a change of a non-raw byte, the validator ranks check the
+    datasets one by one, and the restore stays bit-identical."""
+    from hpckpt.io import hdf5
+
+    comm = MPI.COMM_WORLD
+    calls = []
+    real = hdf5.validate_data_file
+    monkeypatch.setattr(
+        hdf5, "validate_data_file", lambda *a, **k: (calls.append(1), real(*a, **k))[1]
+    )
+    mesh = hpckpt.create_mesh([("x", comm.size)])
+    big = np.arange(comm.size * 64 * 16.0).reshape(comm.size * 64, 16)
+
+    def model(fill=None):
+        vs = {"big": big, "v": np.arange(7, dtype=np.int32)}
+        if fill is not None:
+            vs = {k: np.full_like(v, fill) for k, v in vs.items()}
+        return {
+            "big": hpckpt.Variable(vs["big"], Layout(["x", UNSHARDED], mesh)),
+            "v": hpckpt.Variable(vs["v"]),
+        }
+
+    opts = hpckpt.CheckpointOptions(alignment=4096, alignment_threshold=1024)
+    p = hpckpt.Checkpoint(**model()).write(os.path.join(shared_dir, "c"), options=opts)
+
+    def restored():
+        target = model(fill=-1)
+        hpckpt.Checkpoint(**target).read(p).assert_consumed()
+        return all(np.array_equal(target[k].numpy(), model()[k].numpy()) for k in target)
+
+    ok = restored()
+    untouched = len(calls)
+    if comm.rank == 0:  # the zero byte of alignment padding just before the aligned tensor
+        with open(p + ".index.json", "rb") as f:
+            doc = json.load(f)
+        start = next(t["offset"] for k, t in doc["tensors"].items() if k.startswith("big/"))
+        with open(os.path.join(shared_dir, doc["data_file"]["name"]), "r+b") as f:
+            f.seek(start - 1)
+            assert f.read(1) == b"\0"
+            f.seek(start - 1)
+            f.write(b"\x5a")
+    comm.Barrier()
+    ok_after = restored()
+    checked = comm.allgather(len(calls) - untouched)
+    assert all_ranks(ok and ok_after and untouched == 0)
+    assert checked[0] == 1 and sum(checked) == min(comm.size, 8), checked

@@ -295,21 +295,22 @@ class Checkpoint(Module):
         storage: Storage | None = None,
     ) -> CheckpointLoadStatus:
         deadline = Deadline(options.timeout, f"restore of {prefix!r}")
+        hdf5 = options.io == "hdf5"  # datasets are read through HDF5: check them in full
         core = self._hpckpt_core
         comm = core.comm
         if storage is None:
             storage = core.storage
             try:
-                index = storage.read_index(comm, prefix, deadline)
+                index = storage.read_index(comm, prefix, deadline, through_hdf5=hdf5)
             except NotFoundError:
                 # not in the standard format: a local-tier checkpoint (multi-level)?
                 local = open_local(comm, prefix, deadline)
                 if local is None:
                     raise
                 storage = local
-                index = storage.read_index(comm, prefix, deadline)
+                index = storage.read_index(comm, prefix, deadline, through_hdf5=hdf5)
         else:
-            index = storage.read_index(comm, prefix, deadline)
+            index = storage.read_index(comm, prefix, deadline, through_hdf5=hdf5)
 
         def check_graph() -> SavedGraph:
             if index.graph is None:

@@ -173,8 +173,11 @@ class Storage(Protocol):
         """
         ...
 
-    def read_index(self, comm: MPI.Comm, prefix: str, deadline: Deadline) -> CheckpointIndex:
-        """Read and validate the index of ``prefix`` on every rank.
+    def read_index(
+        self, comm: MPI.Comm, prefix: str, deadline: Deadline, *, through_hdf5: bool = False
+    ) -> CheckpointIndex:
+        """Read and validate the index of ``prefix`` on every rank (``through_hdf5``: the
+        restore will read datasets through HDF5, whose structure is then checked in full).
 
         Collective: call on all ranks.
         """
@@ -218,12 +221,14 @@ class SharedFileStorage:
             comm, prefix, tensors, graph=graph, options=options, deadline=deadline
         )
 
-    def read_index(self, comm: MPI.Comm, prefix: str, deadline: Deadline) -> CheckpointIndex:
+    def read_index(
+        self, comm: MPI.Comm, prefix: str, deadline: Deadline, *, through_hdf5: bool = False
+    ) -> CheckpointIndex:
         """See :meth:`Storage.read_index`.
 
         Collective: call on all ranks.
         """
-        return read_index(comm, prefix, deadline)
+        return read_index(comm, prefix, deadline, through_hdf5=through_hdf5)
 
     def read(
         self,

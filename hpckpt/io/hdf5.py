@@ -17,8 +17,10 @@ import h5py
 import numpy as np
 
 from ..errors import CorruptCheckpointError, NotFoundError
+from .checksum import checksum_function
 from .filters import Compression
 from .index import TensorEntry
+from .template import structure_checksum
 
 __all__ = [
     "DatasetSpec",
@@ -26,8 +28,12 @@ __all__ = [
     "h5type",
     "open_h5",
     "read_dataset",
+    "structure_unchanged",
     "validate_data_file",
 ]
+
+STRUCTURE_READ_LIMIT = 64 << 20
+"""A data file whose non-raw bytes exceed this is checked dataset by dataset."""
 
 FORMAT_ATTR = "hpckpt_format_version"
 DTYPE_ATTR = "hpckpt_dtype"
@@ -154,14 +160,7 @@ def validate_data_file(
         st = os.stat(path)
     except FileNotFoundError:
         raise NotFoundError(f"data file {path!r} is missing") from None
-    if not stat.S_ISREG(st.st_mode):  # a FIFO would block HDF5's open; a device has no end
-        raise CorruptCheckpointError(f"data file {path!r} is not a regular file")
-    size = st.st_size
-    if size != expected_size:
-        raise CorruptCheckpointError(
-            f"data file {path!r} has {size} bytes, the index says {expected_size} "
-            f"({'truncated' if size < expected_size else 'grown'})"
-        )
+    _check_stat(path, st, expected_size)
     try:
         f = open_h5(path, "r")
     except OSError as e:
@@ -210,6 +209,57 @@ def validate_data_file(
                 _check_dataset(dsid, t, where, types)
             finally:
                 dsid.close()
+
+
+def _check_stat(path: str, st: os.stat_result, expected_size: int) -> None:
+    if not stat.S_ISREG(st.st_mode):  # a FIFO would block HDF5's open; a device has no end
+        raise CorruptCheckpointError(f"data file {path!r} is not a regular file")
+    size = st.st_size
+    if size != expected_size:
+        raise CorruptCheckpointError(
+            f"data file {path!r} has {size} bytes, the index says {expected_size} "
+            f"({'truncated' if size < expected_size else 'grown'})"
+        )
+
+
+def structure_unchanged(
+    path: str,
+    expected_size: int,
+    tensors: Sequence[TensorEntry],
+    expected: int,
+    algorithm: str,
+) -> bool:
+    """Whether the bytes of ``path`` outside the tensors' raw data are the ones the save
+    wrote: their checksum is the index's structure checksum ``expected``.
+
+    The file is checked first as :func:`validate_data_file` checks it (present, a
+    regular file, of the indexed size). ``False`` (a mismatch, a file with compressed
+    tensors or more than ``STRUCTURE_READ_LIMIT`` non-raw bytes, a read error): the
+    caller checks the file dataset by dataset with :func:`validate_data_file`.
+
+    Raises:
+        NotFoundError: The data file is missing.
+        CorruptCheckpointError: It is not a regular file or has another size.
+    """
+    try:  # O_NONBLOCK: opening a FIFO does not wait for a writer
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise NotFoundError(f"data file {path!r} is missing") from None
+    except OSError:
+        return False
+    try:
+        _check_stat(path, os.fstat(fd), expected_size)
+        if any(t.filters is not None for t in tensors):
+            return False
+        raw = [(t.offset, t.nbytes) for t in tensors if t.offset is not None]
+        got = structure_checksum(
+            fd, raw, expected_size, checksum_function(algorithm), STRUCTURE_READ_LIMIT
+        )
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return got is not None and got == expected
 
 
 def _check_dataset(

@@ -286,6 +286,7 @@ class CheckpointIndex:
     checksum: str = CHECKSUM_ALGORITHM
     version: int = FORMAT_VERSION
     replica_split_bytes: int = REPLICA_SPLIT_BYTES
+    structure_checksum: int | None = None  # of the data file's non-raw bytes (io/template)
 
     def to_json(self) -> str:
         """The index file's text (always the current format version)."""
@@ -301,12 +302,18 @@ class CheckpointIndex:
             "library": self.library,
             "checksum": self.checksum,
             "replica_split_bytes": self.replica_split_bytes,
-            "data_file": {"name": self.data_file, "size": self.data_size},
+            "data_file": self._data_file_json(),
             "layouts": [_layout_json(s) for s in layouts],
             "tensors": {k: t.to_json(layouts) for k, t in self.tensors.items()},
             "graph": self.graph,
         }
         return json.dumps(doc, separators=(",", ":"))
+
+    def _data_file_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"name": self.data_file, "size": self.data_size}
+        if self.structure_checksum is not None:
+            d["structure_checksum"] = self.structure_checksum
+        return d
 
 
 def slice_byte_range(

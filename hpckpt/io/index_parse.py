@@ -117,6 +117,13 @@ class _Parser:
         if v and size < 0:
             raise self.fail(f"bad data file size {size!r}")
         self.data_size = size
+        structure = df.get("structure_checksum")
+        if (
+            v
+            and structure is not None
+            and (type(structure) is not int or not 0 <= structure < 1 << 32)
+        ):
+            raise self.fail(f"bad data file structure checksum {structure!r:.40}")
         nprocs = self.req(doc, "nprocs", int, "index")
         created = self.req(doc, "created", (int, float), "index")
         library = doc.get("library", {})
@@ -160,6 +167,7 @@ class _Parser:
             checksum=checksum,
             version=version,
             replica_split_bytes=self.split_bytes,
+            structure_checksum=structure,
         )
 
     def dtype(self, s: Any, key: str) -> np.dtype:

@@ -97,7 +97,9 @@ class LocalTierStorage:
             "with a local tier"
         )
 
-    def read_index(self, comm: MPI.Comm, prefix: str, deadline: Deadline) -> CheckpointIndex:
+    def read_index(
+        self, comm: MPI.Comm, prefix: str, deadline: Deadline, *, through_hdf5: bool = False
+    ) -> CheckpointIndex:
         """The checkpoint's index (read and validated when the tier was listed).
 
         Collective: call on all ranks (it warns, on rank 0, of nodes read from their

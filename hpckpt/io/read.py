@@ -4,9 +4,11 @@ Call order (both functions are collective):
 
 * :func:`read_index`: every rank names the same path (one reduction); rank 0 reads
   the index file (bounded, regular files only) and
-  parses and validates it; the outcome is agreed; the validated bytes are broadcast
-  and the other ranks parse them on trust; up to ``VALIDATORS`` ranks check a share
-  each of the data file's HDF5 structure; agreed.
+  parses and validates it, and compares the data file's structure checksum (when the
+  index has one and the restore reads raw bytes); the outcome is agreed; the validated
+  bytes are broadcast and the other ranks parse them on trust; unless the structure
+  was found unchanged, up to ``VALIDATORS`` ranks check a share each of the data
+  file's HDF5 structure; agreed.
 * :func:`read_tensors`: every rank plans (agreed: all ranks restore the same tensors
   with the same layouts); then, round by round (groups of tensors of at most
   ``ROUND_BYTES``): every saved slice that some rank needs is read whole by exactly
@@ -116,8 +118,15 @@ class ReadRequest:
         return aligned_empty(self.shape, self.entry.dtype)
 
 
-def read_index(comm: MPI.Comm, prefix: str, deadline: Deadline) -> CheckpointIndex:
+def read_index(
+    comm: MPI.Comm, prefix: str, deadline: Deadline, *, through_hdf5: bool = False
+) -> CheckpointIndex:
     """Read, validate and broadcast the index of ``prefix`` (with its data file's structure).
+
+    The data file's HDF5 structure is checked dataset by dataset, shared among up to
+    ``VALIDATORS`` ranks, unless the restore reads raw bytes at the index's offsets
+    (not ``through_hdf5``) and rank 0 finds the file's non-raw bytes unchanged since the
+    save (the index's structure checksum, :func:`.hdf5.structure_unchanged`).
 
     Raises:
         NotFoundError: No committed checkpoint at ``prefix``, or its data file is gone.
@@ -129,15 +138,28 @@ def read_index(comm: MPI.Comm, prefix: str, deadline: Deadline) -> CheckpointInd
     _dist.agree_same_path(comm, prefix, deadline)  # before any rank opens a file
     rank, size = comm.Get_rank(), comm.Get_size()
 
-    def load() -> tuple[bytes, CheckpointIndex] | None:
+    def load() -> tuple[bytes, CheckpointIndex, bool] | None:
         _faults.point("read_index", rank)
         if rank != 0:
             return None
         text = read_index_bytes(prefix)
-        return text, parse_index(text, source=index_path(prefix))
+        index = parse_index(text, source=index_path(prefix))
+        unchanged = (
+            not through_hdf5
+            and index.structure_checksum is not None
+            and hdf5.structure_unchanged(
+                data_file_path(prefix, index.data_file),
+                index.data_size,
+                list(index.tensors.values()),
+                index.structure_checksum,
+                index.checksum,
+            )
+        )
+        return text, index, unchanged
 
     loaded = _dist.run_agreed(comm, what, load, deadline)  # validated on rank 0 first
     text = _dist.bcast_bytes(comm, loaded[0] if loaded is not None else None, 0, deadline)
+    unchanged = _dist.bcast_json(comm, loaded[2] if loaded is not None else None, 0, deadline)
     index: CheckpointIndex | None = None
     exc: BaseException | None = None
     try:
@@ -146,6 +168,8 @@ def read_index(comm: MPI.Comm, prefix: str, deadline: Deadline) -> CheckpointInd
         exc = e
     _dist.agree(comm, what, exc, deadline)
     assert index is not None
+    if unchanged:
+        return index
     validators = min(size, VALIDATORS)
 
     def validate() -> None:

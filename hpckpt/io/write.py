@@ -221,7 +221,7 @@ def _write_and_commit(
         hit = _PLANS.get(h) if cached else None
         if hit is not None and hit.template is not None:
             create_from(path, hit.template)  # the same structure as last time
-            return {"token": token}
+            return {"token": token, "structure": hit.template.checksum}
         specs = [
             hdf5.DatasetSpec(n, t.dtype, t.shape, t.logical_dtype)
             for n, t in zip(names, tensors, strict=True)
@@ -230,15 +230,16 @@ def _write_and_commit(
             path, specs, alignment=alignment, threshold=options.alignment_threshold
         )
         raw = [(o, t.nbytes) for o, t in zip(offsets, tensors, strict=True) if o is not None]
-        tpl = capture(path, raw, size)
+        tpl = capture(path, raw, size, checksum_function(DEFAULT_ALGORITHM))
         _remember(h, _CachedPlan(offsets, size, tpl))
-        return {"token": token, "offsets": offsets, "size": size}
+        return {"token": token, "offsets": offsets, "size": size, "structure": tpl.checksum}
 
     plan = _dist.run_agreed(comm, what, create, deadline)
     if cached:  # every rank knows the offsets: only the token travels
+        structure = plan.get("structure") if plan is not None else None  # rank 0's
         token = _dist.bcast_json(comm, plan["token"] if plan is not None else None, 0, deadline)
         hit = _PLANS[h]
-        plan = {"token": token, "offsets": hit.offsets, "size": hit.size}
+        plan = {"token": token, "offsets": hit.offsets, "size": hit.size, "structure": structure}
     else:
         plan = _dist.bcast_json(comm, plan, 0, deadline)
         if rank != 0 and not parallel:
@@ -412,6 +413,7 @@ def _commit(
     index = CheckpointIndex(
         data_file=data_name,
         data_size=int(plan["size"]),
+        structure_checksum=plan.get("structure"),
         tensors=entries,
         nprocs=comm.Get_size(),
         created=time.time(),
