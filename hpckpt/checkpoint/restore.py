@@ -395,8 +395,8 @@ class RestoreContext:
                 f"shape mismatch for {key!r}: the checkpoint has {e.shape}, the "
                 f"variable {v.name!r} has {v.shape}"
             )
-        saved = e.logical_dtype or e.dtype.name
         if e.dtype != storage_dtype(v.dtype) or e.logical_dtype != logical_name(v.dtype):
+            saved = e.logical_dtype or e.dtype.name
             raise CheckpointValueError(
                 f"dtype mismatch for {key!r}: the checkpoint has {saved}, the "
                 f"variable {v.name!r} has {v.dtype}"
