@@ -201,13 +201,21 @@ def test_manager_refuses_a_directory_locked_by_another_job(shared_dir):
 
 
 def test_hdf5_file_locking_can_be_turned_off(shared_dir, monkeypatch):
-    """HDF5_USE_FILE_LOCKING=FALSE is honoured: a data file that someone else holds an
-    exclusive lock on (as on a parallel file system whose locks misbehave) still restores;
-    with locking on, the same restore fails cleanly on every rank."""
+    """HDF5_USE_FILE_LOCKING=FALSE is honoured wherever HDF5 opens a data file. With an
+    exclusive lock held on it by someone else (as on a parallel file system whose locks
+    misbehave), a restore that reads through HDF5 (``io="hdf5"``: every dataset is
+    checked with HDF5 first) fails cleanly on every rank with locking on and restores
+    with it off; a restore that reads raw bytes from a file whose structure checksum
+    matches never opens it with HDF5, and restores either way."""
     comm = MPI.COMM_WORLD
     vs = model(8)
     p = hpckpt.Checkpoint(**vs).write(os.path.join(shared_dir, "l"))
     data = [n for n in os.listdir(shared_dir) if n.startswith("l.data-")]
+    via_hdf5 = hpckpt.CheckpointOptions(io="hdf5")
+    # HDF5 reads HDF5_USE_FILE_LOCKING once, at a process's first file open, and then
+    # it overrides the per-open setting that hpckpt passes: open the file with HDF5 on
+    # every rank before the variable changes (a job sets it before it starts).
+    hpckpt.Checkpoint(**model(1)).read(p, options=via_hdf5).assert_consumed()
     fd = os.open(os.path.join(shared_dir, data[0]), os.O_RDONLY)
     try:
         if comm.rank == 0:
@@ -215,11 +223,16 @@ def test_hdf5_file_locking_can_be_turned_off(shared_dir, monkeypatch):
         comm.Barrier()
         monkeypatch.setenv("HDF5_USE_FILE_LOCKING", "TRUE")
         with pytest.raises(hpckpt.CheckpointError, match=r"HDF5|lock"):
-            hpckpt.Checkpoint(**model(0)).read(p)
+            hpckpt.Checkpoint(**model(0)).read(p, options=via_hdf5)
+        raw = model(7)
+        hpckpt.Checkpoint(**raw).read(p).assert_consumed()
         monkeypatch.setenv("HDF5_USE_FILE_LOCKING", "FALSE")
         fresh = model(9)
-        hpckpt.Checkpoint(**fresh).read(p).assert_consumed()
-        assert all_ranks(np.array_equal(fresh["w"].numpy(), vs["w"].numpy()))
+        hpckpt.Checkpoint(**fresh).read(p, options=via_hdf5).assert_consumed()
+        assert all_ranks(
+            np.array_equal(fresh["w"].numpy(), vs["w"].numpy())
+            and np.array_equal(raw["w"].numpy(), vs["w"].numpy())
+        )
     finally:
         comm.Barrier()
         os.close(fd)

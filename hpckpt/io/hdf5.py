@@ -60,9 +60,10 @@ class DatasetSpec:
 def file_locking() -> bool | str | None:
     """HDF5 file locking as ``HDF5_USE_FILE_LOCKING`` asks, read at each open.
 
-    HDF5 reads the variable once, when the library starts; a job that sets it later
-    (or a test) is honoured here by passing h5py's ``locking=`` explicitly.
-    ``None``: not set (HDF5's default).
+    HDF5 reads the variable once per process (seen here: at its first file open) and,
+    if it was set then, lets it override the per-open setting; if it was not, the
+    ``locking=`` passed here governs, so a job that sets it later (or a test) is
+    honoured. ``None``: not set (HDF5's default).
     """
     v = os.environ.get("HDF5_USE_FILE_LOCKING", "").strip().upper()
     if v in ("FALSE", "0"):
