@@ -8,7 +8,8 @@ same rows (a *group*: the cell of the first dimension's sharding) each take a ba
 those rows (:func:`~.slicing.rows_spec`), receive the parts of it the others hold,
 point to point, and write it with large contiguous ``pwrite`` calls, computing its
 checksum as they go. Memory is bounded: the band moves in chunks of at most
-``CHUNK_BYTES``.
+``CHUNK_BYTES``. The disk starts writing each chunk as soon as it is written
+(:class:`.writeback.Writeback`), while the next chunks are exchanged.
 
 Call order of :func:`write_bands` (collective): every rank walks the same tensors in
 the same order and the same number of chunk steps per tensor; at each step it sends
@@ -31,6 +32,7 @@ from .._dist import Deadline
 from ..layout import LayoutSpec
 from .slicing import Box, DerivedSlicing, box_intersection, mesh_coords, target_grid, volume
 from .strided import strided_type
+from .writeback import Writeback
 
 __all__ = ["CHUNK_BYTES", "BandTask", "write_bands"]
 
@@ -178,6 +180,7 @@ def write_bands(
     size = max((_nbytes(s) for s in steps), default=0)
     bufs = [np.empty(size, np.uint8) for _ in range(2 if len(steps) > 1 else len(steps))]
     crc = 0
+    writeback = Writeback(path) if fd >= 0 else None
     pending = _post(comm, steps, 0, bufs)
     try:
         for j, step in enumerate(steps):
@@ -196,6 +199,8 @@ def write_bands(
                     assert chunk is not None
                     data = chunk.reshape(-1).view(np.uint8)
                     _pwrite_all(fd, data, step.at)
+                    if writeback is not None:
+                        writeback.written(step.at, data.size)
                     crc = checksum(data, crc)
                 except BaseException as e:
                     error = error or e
@@ -205,6 +210,8 @@ def write_bands(
                 crc = 0
     finally:
         _free(pending[1])
+        if writeback is not None:
+            writeback.close()
         if fd >= 0:
             os.close(fd)
     return out, error

@@ -27,6 +27,7 @@ from mpi4py import MPI
 
 from .._dist import Deadline, allreduce_int
 from .strided import MIN_VIEW_BYTES, memory_split, run_bytes, strided_type
+from .writeback import Writeback
 
 __all__ = [
     "Piece",
@@ -45,6 +46,7 @@ SIEVE_MAX_SPAN = 2  # sieved reads read at most this many times a piece's bytes
 SIEVE_CALL_BYTES = 64 << 20  # file bytes per sieved preadv
 IOV_MAX = 1024  # iovecs per preadv (Linux's limit)
 PROGRESS_STEP = 64 << 20  # direct transfers report progress at least this often
+WRITEBACK_STEP = 32 << 20  # direct writes: the disk is asked to start after each such piece
 
 
 @dataclass(frozen=True)
@@ -330,14 +332,17 @@ def posix_io(
 
     Not collective: each rank moves its own bytes (the file already exists).
     Writes are fsynced before returning (unless ``fsync`` is False: the caller
-    syncs). Reads of a piece that is one contiguous run of the file go in chunks
-    of ``chunk_bytes`` (default ``READ_CHUNK_BYTES``), reads of a sievable strided
-    piece in spans (``_sieved_read``); after each, ``on_chunk(piece, lo, hi)`` is
-    told that bytes ``[lo, hi)`` of ``piece.array`` have arrived (so that they can
-    be checksummed while the next ones are read). ``on_moved(n)`` is told of every
+    syncs); the writeback of each contiguous write of at most ``WRITEBACK_STEP`` bytes
+    starts as soon as it is written (:class:`.writeback.Writeback`). Reads of a piece
+    that is one contiguous run of the file go in chunks of ``chunk_bytes`` (default
+    ``READ_CHUNK_BYTES``), reads of a sievable strided piece in spans
+    (``_sieved_read``); after each, ``on_chunk(piece, lo, hi)`` is told that bytes
+    ``[lo, hi)`` of ``piece.array`` have arrived (so that they can be checksummed
+    while the next ones are read). ``on_moved(n)`` is told of every
     ``n`` bytes moved (progress).
     """
     fd = os.open(path, os.O_WRONLY if write else os.O_RDONLY)
+    writeback = Writeback(path) if write else None
     try:
         for p in pieces:
             if not p.nbytes:
@@ -359,18 +364,26 @@ def posix_io(
                 step = chunk_bytes or READ_CHUNK_BYTES
             else:  # in pieces of PROGRESS_STEP when someone follows the progress
                 step = PROGRESS_STEP if on_moved is not None else 1 << 62
+            if writeback is not None and writeback.active:  # the disk starts on each piece
+                step = min(step, WRITEBACK_STEP)
             for off, mem in runs:
                 view = mem.data.cast("B")
                 for lo in range(0, len(view), step):
                     hi = min(lo + step, len(view))
                     _transfer(fd, view[lo:hi], off + lo, write)
+                    if writeback is not None:
+                        writeback.written(off + lo, hi - lo)
                     if streamed:
                         on_chunk(p, lo, hi)  # type: ignore[misc]
                     if on_moved is not None:
                         on_moved(hi - lo)
+        if writeback is not None:
+            writeback.close()
         if write and fsync:
             os.fsync(fd)
     finally:
+        if writeback is not None:
+            writeback.close()
         os.close(fd)
 
 
