@@ -127,3 +127,19 @@ def test_a_writeback_of_a_missing_file_does_nothing(tmp_path) -> None:
     wb.written(0, 4096)
     wb.close()
     wb.close()  # closing twice is harmless
+
+
+def test_ranges_below_the_minimum_are_left_to_the_fsync(disk_dir) -> None:
+    """Many small writes (a save of small tensors) cost no call each: they stay dirty
+    until the final fsync."""
+    from hpckpt.io.writeback import MIN_BYTES
+
+    data = np.random.default_rng(1).integers(0, 255, 16 * (MIN_BYTES // 4), dtype=np.uint8)
+    path = os.path.join(disk_dir, "small")
+    create(path)
+    wb = Writeback(path)
+    write(path, data, wb, pieces=16)  # 16 ranges of MIN_BYTES / 4
+    wb.close()
+    time.sleep(1)
+    assert dirty_pages(path) == data.size // 4096
+    os.remove(path)

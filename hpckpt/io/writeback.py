@@ -30,6 +30,8 @@ from types import TracebackType
 __all__ = ["Writeback"]
 
 _SYNC_FILE_RANGE_WRITE = 2
+MIN_BYTES = 1 << 20
+"""Smaller ranges are left to the final ``fsync`` (a call each would cost more than it saves)."""
 
 
 def _load() -> Callable[[int, int, int, int], int] | None:
@@ -56,25 +58,28 @@ class Writeback:
     def __init__(self, path: str) -> None:
         self._queue: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
         self._fd = -1
-        self._thread: threading.Thread | None = None
+        self._thread: threading.Thread | None = None  # started by the first large range
         if _sync_file_range is None:
             return
         try:
             self._fd = os.open(path, os.O_WRONLY)
         except OSError:
             return
-        self._thread = threading.Thread(target=self._run, name="hpckpt-writeback", daemon=True)
-        self._thread.start()
 
     @property
     def active(self) -> bool:
         """Whether ranges are handed to the kernel (``False``: nothing is done)."""
-        return self._thread is not None
+        return self._fd >= 0
 
     def written(self, offset: int, nbytes: int) -> None:
-        """Bytes ``[offset, offset + nbytes)`` of the file were written: start writing them out."""
-        if self._thread is not None and nbytes > 0:
-            self._queue.put((offset, nbytes))
+        """Bytes ``[offset, offset + nbytes)`` of the file were written: start writing them
+        out (ranges below ``MIN_BYTES`` are left to the final ``fsync``)."""
+        if self._fd < 0 or nbytes < MIN_BYTES:
+            return
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="hpckpt-writeback", daemon=True)
+            self._thread.start()
+        self._queue.put((offset, nbytes))
 
     def close(self) -> None:
         """Wait until every range is handed to the kernel (not for the disk), then release."""
