@@ -105,7 +105,7 @@ def test_written_ranges_reach_the_disk_without_an_fsync(disk_dir) -> None:
     create(control)
     write(control, data, None)
     create(started)
-    wb = Writeback(started)
+    wb = Writeback(started, data.size)
     assert wb.active
     write(started, data, wb)
     wb.close()
@@ -122,7 +122,7 @@ def test_written_ranges_reach_the_disk_without_an_fsync(disk_dir) -> None:
 
 
 def test_a_writeback_of_a_missing_file_does_nothing(tmp_path) -> None:
-    wb = Writeback(str(tmp_path / "absent"))
+    wb = Writeback(str(tmp_path / "absent"), 1 << 30)
     assert not wb.active
     wb.written(0, 4096)
     wb.close()
@@ -137,8 +137,25 @@ def test_ranges_below_the_minimum_are_left_to_the_fsync(disk_dir) -> None:
     data = np.random.default_rng(1).integers(0, 255, 16 * (MIN_BYTES // 4), dtype=np.uint8)
     path = os.path.join(disk_dir, "small")
     create(path)
-    wb = Writeback(path)
+    wb = Writeback(path, 1 << 30)
     write(path, data, wb, pieces=16)  # 16 ranges of MIN_BYTES / 4
+    wb.close()
+    time.sleep(1)
+    assert dirty_pages(path) == data.size // 4096
+    os.remove(path)
+
+
+def test_a_rank_that_writes_little_in_all_is_left_to_the_fsync(disk_dir) -> None:
+    """Below MIN_TOTAL_BYTES in all, even large ranges are not handed to the kernel."""
+    from hpckpt.io.writeback import MIN_BYTES, MIN_TOTAL_BYTES
+
+    data = np.random.default_rng(2).integers(0, 255, 4 * MIN_BYTES, dtype=np.uint8)
+    assert data.size < MIN_TOTAL_BYTES
+    path = os.path.join(disk_dir, "little")
+    create(path)
+    wb = Writeback(path, data.size)
+    assert not wb.active
+    write(path, data, wb, pieces=4)  # ranges of MIN_BYTES
     wb.close()
     time.sleep(1)
     assert dirty_pages(path) == data.size // 4096

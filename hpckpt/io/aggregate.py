@@ -180,7 +180,7 @@ def write_bands(
     size = max((_nbytes(s) for s in steps), default=0)
     bufs = [np.empty(size, np.uint8) for _ in range(2 if len(steps) > 1 else len(steps))]
     crc = 0
-    writeback = Writeback(path) if fd >= 0 else None
+    writeback = Writeback(path, sum(_nbytes(s) for s in steps)) if fd >= 0 else None
     pending = _post(comm, steps, 0, bufs)
     try:
         for j, step in enumerate(steps):

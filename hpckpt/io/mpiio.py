@@ -342,7 +342,7 @@ def posix_io(
     ``n`` bytes moved (progress).
     """
     fd = os.open(path, os.O_WRONLY if write else os.O_RDONLY)
-    writeback = Writeback(path) if write else None
+    writeback = Writeback(path, sum(p.nbytes for p in pieces)) if write else None
     try:
         for p in pieces:
             if not p.nbytes:
