@@ -180,7 +180,7 @@ def write_bands(
     size = max((_nbytes(s) for s in steps), default=0)
     bufs = [np.empty(size, np.uint8) for _ in range(2 if len(steps) > 1 else len(steps))]
     crc = 0
-    writeback = Writeback(path, sum(_nbytes(s) for s in steps)) if fd >= 0 else None
+    writeback = Writeback(path, sum(_nbytes(s) for s in steps))
     pending = _post(comm, steps, 0, bufs)
     try:
         for j, step in enumerate(steps):
@@ -199,8 +199,7 @@ def write_bands(
                     assert chunk is not None
                     data = chunk.reshape(-1).view(np.uint8)
                     _pwrite_all(fd, data, step.at)
-                    if writeback is not None:
-                        writeback.written(step.at, data.size)
+                    writeback.written(step.at, data.size)
                     crc = checksum(data, crc)
                 except BaseException as e:
                     error = error or e
@@ -210,8 +209,7 @@ def write_bands(
                 crc = 0
     finally:
         _free(pending[1])
-        if writeback is not None:
-            writeback.close()
+        writeback.close()
         if fd >= 0:
             os.close(fd)
     return out, error

@@ -342,48 +342,43 @@ def posix_io(
     ``n`` bytes moved (progress).
     """
     fd = os.open(path, os.O_WRONLY if write else os.O_RDONLY)
-    writeback = Writeback(path, sum(p.nbytes for p in pieces)) if write else None
     try:
-        for p in pieces:
-            if not p.nbytes:
-                continue
-            runs = _runs(p)
-            if not write and len(runs) > 1 and _sievable(p):
-                _sieved_read(fd, runs, None if on_chunk is None else partial(on_chunk, p))
-                if on_moved is not None:
-                    on_moved(p.nbytes)
-                continue
-            if write and len(runs) > 1:
-                for group in _groups(runs):
-                    _write_group(fd, group)
+        with Writeback(path, sum(p.nbytes for p in pieces) if write else 0) as writeback:
+            for p in pieces:
+                if not p.nbytes:
+                    continue
+                runs = _runs(p)
+                if not write and len(runs) > 1 and _sievable(p):
+                    _sieved_read(fd, runs, None if on_chunk is None else partial(on_chunk, p))
                     if on_moved is not None:
-                        on_moved(sum(m.nbytes for _, m in group))
-                continue
-            streamed = on_chunk is not None and not write and len(runs) == 1
-            if streamed:
-                step = chunk_bytes or READ_CHUNK_BYTES
-            else:  # in pieces of PROGRESS_STEP when someone follows the progress
-                step = PROGRESS_STEP if on_moved is not None else 1 << 62
-            if writeback is not None and writeback.active:  # the disk starts on each piece
-                step = min(step, WRITEBACK_STEP)
-            for off, mem in runs:
-                view = mem.data.cast("B")
-                for lo in range(0, len(view), step):
-                    hi = min(lo + step, len(view))
-                    _transfer(fd, view[lo:hi], off + lo, write)
-                    if writeback is not None:
+                        on_moved(p.nbytes)
+                    continue
+                if write and len(runs) > 1:
+                    for group in _groups(runs):
+                        _write_group(fd, group)
+                        if on_moved is not None:
+                            on_moved(sum(m.nbytes for _, m in group))
+                    continue
+                streamed = on_chunk is not None and not write and len(runs) == 1
+                if streamed:
+                    step = chunk_bytes or READ_CHUNK_BYTES
+                else:  # in pieces of PROGRESS_STEP when someone follows the progress
+                    step = PROGRESS_STEP if on_moved is not None else 1 << 62
+                if writeback.active:  # the disk starts on each piece
+                    step = min(step, WRITEBACK_STEP)
+                for off, mem in runs:
+                    view = mem.data.cast("B")
+                    for lo in range(0, len(view), step):
+                        hi = min(lo + step, len(view))
+                        _transfer(fd, view[lo:hi], off + lo, write)
                         writeback.written(off + lo, hi - lo)
-                    if streamed:
-                        on_chunk(p, lo, hi)  # type: ignore[misc]
-                    if on_moved is not None:
-                        on_moved(hi - lo)
-        if writeback is not None:
-            writeback.close()
+                        if streamed:
+                            on_chunk(p, lo, hi)  # type: ignore[misc]
+                        if on_moved is not None:
+                            on_moved(hi - lo)
         if write and fsync:
             os.fsync(fd)
     finally:
-        if writeback is not None:
-            writeback.close()
         os.close(fd)
 
 

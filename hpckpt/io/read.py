@@ -158,8 +158,10 @@ def read_index(
         return text, index, unchanged
 
     loaded = _dist.run_agreed(comm, what, load, deadline)  # validated on rank 0 first
-    text = _dist.bcast_bytes(comm, loaded[0] if loaded is not None else None, 0, deadline)
-    unchanged = _dist.bcast_json(comm, loaded[2] if loaded is not None else None, 0, deadline)
+    # one broadcast: the validated bytes, then one byte for rank 0's structure outcome
+    sent = loaded[0] + (b"\1" if loaded[2] else b"\0") if loaded is not None else None
+    got = _dist.bcast_bytes(comm, sent, 0, deadline)
+    text, unchanged = got[:-1], got[-1:] == b"\1"
     index: CheckpointIndex | None = None
     exc: BaseException | None = None
     try:

@@ -59,8 +59,8 @@ class Writeback:
 
     Args:
         path: The file being written (opened again here, write-only).
-        total: The bytes this rank is about to write; below ``MIN_TOTAL_BYTES``
-            nothing is done.
+        total: The bytes this rank is about to write; below ``MIN_TOTAL_BYTES`` (a
+            read: 0) nothing is done.
     """
 
     def __init__(self, path: str, total: int) -> None:
