@@ -262,3 +262,40 @@ def test_progress_reports_on_rank_zero(shared_dir):
         else:
             assert not saved and not seen
     assert all_ranks(True)
+
+
+def test_restores_into_the_callers_numpy_arrays_make_no_slow_kernel_copy(
+    shared_dir, monkeypatch
+):
+    """numpy's large arrays start 16 bytes past a page: reads go through io/bounce.py."""
+    from hpckpt.io import bounce
+
+    rank, size = world()
+    mesh = hpckpt.create_mesh([("x", size)])
+    lay = Layout(["x", UNSHARDED], mesh)
+    shape = (512 * size, 1024)  # 2 MiB of float32 per rank, read directly
+    full = np.random.default_rng(11).random(shape, dtype=np.float32)
+    mine = np.empty(lay.local_shape(shape), np.float32)  # the caller's memory
+    mine[...] = full[lay.local_slices(shape)]
+    v = hpckpt.Variable.from_local(mine, lay, shape, copy=False)
+    ck = hpckpt.Checkpoint(u=v)
+    path = ck.write(os.path.join(shared_dir, "aligned"))
+    seen: list[tuple[int, int, int]] = []
+    real = os.preadv
+
+    def spy(fd, buffers, offset, *a):
+        at = offset
+        for b in buffers:
+            arr = np.frombuffer(b, dtype=np.uint8)
+            seen.append((arr.ctypes.data, at, arr.size))
+            at += arr.size
+        return real(fd, buffers, offset, *a)
+
+    monkeypatch.setattr(bounce.os, "preadv", spy)
+    mine[...] = 0
+    ck.read(path).assert_consumed()
+    big = [(a, o) for a, o, n in seen if n >= bounce.MIN_BOUNCE_READ]
+    with Agreed():
+        assert v.local is mine and np.array_equal(mine, full[lay.local_slices(shape)])
+        assert big, "the shard was read directly"
+        assert not [c for c in big if bounce.slow_distance(*c)]

@@ -7,7 +7,6 @@ regular files only, never blocks).
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 
 import numpy as np
@@ -15,6 +14,7 @@ import numpy as np
 from ..dtypes import from_logical
 from ..errors import CorruptCheckpointError
 from . import hdf5
+from .bounce import read_into
 from .fsutil import read_required
 from .index import MAX_INDEX_BYTES, CheckpointIndex, TensorEntry
 from .index_parse import parse_index
@@ -180,14 +180,19 @@ def read_tensor_serial(
 def _pread_full(
     fd: int, buf: np.ndarray, offset: int, on_bytes: Callable[[int], None] | None = None
 ) -> int:
-    """``preadv`` in chunks of ``READ_CHUNK_BYTES`` until ``buf`` is full or the file ends."""
-    view = buf.data
+    """Read in chunks of ``READ_CHUNK_BYTES`` until ``buf`` is full or the file ends.
+
+    Each chunk goes through :func:`.bounce.read_into` (numpy's own arrays are at a
+    page offset that the kernel's copy handles slowly).
+    """
+    view = buf.data.cast("B")
     n = 0
     while n < buf.size:
-        k = os.preadv(fd, [view[n : min(n + READ_CHUNK_BYTES, buf.size)]], offset + n)
-        if k <= 0:
-            break
+        want = min(READ_CHUNK_BYTES, buf.size - n)
+        k = read_into(fd, view[n : n + want], offset + n)
         n += k
-        if on_bytes is not None:
+        if on_bytes is not None and k:
             on_bytes(k)
+        if k < want:
+            break
     return n

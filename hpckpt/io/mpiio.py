@@ -26,6 +26,7 @@ import numpy as np
 from mpi4py import MPI
 
 from .._dist import Deadline, allreduce_int
+from .bounce import read_into
 from .strided import MIN_VIEW_BYTES, memory_split, run_bytes, strided_type
 from .writeback import Writeback
 
@@ -419,17 +420,16 @@ def _sieved_read(
 
 
 def _transfer(fd: int, view: memoryview, offset: int, write: bool) -> None:
+    if not write:  # through a bounce buffer when the kernel's copy would be slow
+        got = read_into(fd, view, offset)
+        if got < len(view):
+            raise OSError(f"short read at offset {offset + got} (file truncated?)")
+        return
     done = 0
     while done < len(view):
-        if write:
-            n = os.pwrite(fd, view[done:], offset + done)
-        else:
-            n = os.preadv(fd, [view[done:]], offset + done)
+        n = os.pwrite(fd, view[done:], offset + done)
         if n <= 0:
-            raise OSError(
-                f"short {'write' if write else 'read'} at offset {offset + done} "
-                f"({'no space?' if write else 'file truncated?'})"
-            )
+            raise OSError(f"short write at offset {offset + done} (no space?)")
         done += n
 
 
