@@ -68,10 +68,12 @@ def main(argv: list[str] | None = None) -> int:
             os.close(fd)
 
     opts = hpckpt.CheckpointOptions(io=args.io)
+    unverified = hpckpt.CheckpointOptions(io=args.io, verify_checksums=False)
     ways = {
         "raw preadv (aligned)": raw_read,
         "restore, hpckpt's array": lambda: ck_ours.read(prefix, options=opts),
         "restore, caller's array": lambda: ck_user.read(prefix, options=opts),
+        "restore, hpckpt's, unverified": lambda: ck_ours.read(prefix, options=unverified),
     }
     times: dict[str, list[float]] = {k: [] for k in ways}
     for _ in range(args.reps):

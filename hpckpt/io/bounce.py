@@ -31,7 +31,7 @@ PAGE = 4096
 BOUNCE_BYTES = 2 << 20
 """Size of the bounce buffer (one per thread): a few of the L2/L3 cache's worth."""
 
-MIN_BOUNCE_READ = 256 << 10
+MIN_BOUNCE_READ = 64 << 10
 """Shorter reads go directly whatever their alignment (the slowdown is microseconds)."""
 
 _local = threading.local()
