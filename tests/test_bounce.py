@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from hpckpt.io import bounce
-from hpckpt.io.load import read_tensor_serial, read_index_file
+from hpckpt.io.load import read_index_file, read_tensor_serial
 
 PAGE = bounce.PAGE
 

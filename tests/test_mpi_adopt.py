@@ -264,13 +264,11 @@ def test_progress_reports_on_rank_zero(shared_dir):
     assert all_ranks(True)
 
 
-def test_restores_into_the_callers_numpy_arrays_make_no_slow_kernel_copy(
-    shared_dir, monkeypatch
-):
+def test_restores_into_the_callers_numpy_arrays_make_no_slow_kernel_copy(shared_dir, monkeypatch):
     """numpy's large arrays start 16 bytes past a page: reads go through io/bounce.py."""
     from hpckpt.io import bounce
 
-    rank, size = world()
+    _rank, size = world()
     mesh = hpckpt.create_mesh([("x", size)])
     lay = Layout(["x", UNSHARDED], mesh)
     shape = (512 * size, 1024)  # 2 MiB of float32 per rank, read directly
