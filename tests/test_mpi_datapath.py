@@ -573,6 +573,37 @@ def test_restores_in_several_rounds_reuse_their_scratch(shared_dir, monkeypatch)
         assert reused > 0, (held, taken[0])
 
 
+def test_a_restart_on_the_saved_layout_is_one_round(shared_dir, monkeypatch):
+    """Tensors restored on the layout they were saved with are read in place on every
+    rank (no scratch, no exchange), so they weigh nothing in ``read.ROUND_BYTES``: one
+    round however large they are. Restored on another layout, the same tensors take a
+    round each (rounds bound scratch). Both restores are bit-identical."""
+    from hpckpt.io import read
+
+    rounds = []
+    real = read._read_round
+    monkeypatch.setattr(
+        read, "_read_round", lambda *a, **k: (rounds.append(a[5]), real(*a, **k))[1]
+    )
+    monkeypatch.setattr(read, "ROUND_BYTES", 1 << 20)
+    comm = MPI.COMM_WORLD
+    mesh = hpckpt.create_mesh([("r", comm.size)])
+    rng = np.random.default_rng(9)
+    want = {k: rng.standard_normal((256 * comm.size, 300)) for k in "abc"}  # 0.6 MiB/rank
+    saved = {k: hpckpt.Variable(v, Layout(["r", UNSHARDED], mesh)) for k, v in want.items()}
+    p = hpckpt.Checkpoint(**saved).write(os.path.join(shared_dir, "inplace"))
+    for layout, count in [
+        (Layout(["r", UNSHARDED], mesh), 1),
+        (Layout([UNSHARDED, "r"], mesh), 3),
+    ]:
+        rounds.clear()
+        got = {k: hpckpt.Variable(np.zeros_like(v), layout) for k, v in want.items()}
+        hpckpt.Checkpoint(**got).read(p).assert_consumed()
+        with Agreed():
+            assert all(np.array_equal(got[k].numpy(), want[k]) for k in want)
+            assert len(rounds) == count, (layout, rounds)
+
+
 def test_the_structure_checksum_stands_for_the_per_dataset_checks_on_every_rank(
     shared_dir, monkeypatch
 ):

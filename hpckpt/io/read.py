@@ -11,12 +11,13 @@ Call order (both functions are collective):
   file's HDF5 structure; agreed.
 * :func:`read_tensors`: every rank plans (agreed: all ranks restore the same tensors
   with the same layouts); then, round by round (groups of tensors of at most
-  ``ROUND_BYTES``): every saved slice that some rank needs is read whole by exactly
-  one *owner* rank, straight into its own variable when it lies inside it, else into
-  a scratch buffer; its checksum is computed while it arrives (fused, in cache-sized
-  chunks); the outcome is agreed, so no unverified byte leaves its reader; then the
-  owners send the parts other ranks need, point to point, from buffer to buffer
-  (MPI datatypes, no packing); agreed.
+  ``ROUND_BYTES`` that may need scratch; tensors restored on the layout they were
+  saved with need none, so such a restart is one round): every saved slice that
+  some rank needs is read whole by exactly one *owner* rank, straight into its own
+  variable when it lies inside it, else into a scratch buffer; its checksum is
+  computed while it arrives (fused, in cache-sized chunks); the outcome is agreed, so
+  no unverified byte leaves its reader; then the owners send the parts other ranks
+  need, point to point, from buffer to buffer (MPI datatypes, no packing); agreed.
 
 So every byte a restore hands over was checked against the checksum computed when it
 was saved, whatever the change of layout, mesh or rank count, and no byte of the
@@ -77,7 +78,7 @@ __all__ = [
 ]
 
 VALIDATORS = 8  # ranks that share the structural check of a data file
-ROUND_BYTES = 256 << 20  # tensors per exchange round, by global bytes (bounds scratch memory)
+ROUND_BYTES = 256 << 20  # tensors per exchange round, by global bytes that may need scratch
 _TAG = 0x2000
 
 
@@ -233,8 +234,9 @@ def _plan(
         if req.shape and not volume(req.shape):
             continue
         slicing = req.entry.slicing
-        if use_grid and isinstance(slicing, DerivedSlicing) and _same_shards(req, slicing):
+        if in_place(req, use_grid):
             # the common restart: the layout it was saved with, one rank per shard
+            assert isinstance(slicing, DerivedSlicing)
             i = _own_shard(req, slicing, rank)
             if i is not None:
                 plan.owned.append(_Owned(k, i, mine, local_part=mine))
@@ -276,24 +278,36 @@ def _own_shard(req: ReadRequest, slicing: DerivedSlicing, rank: int) -> int | No
 
 
 def rounds_with_scratch(
-    requests: Sequence[ReadRequest],
+    requests: Sequence[ReadRequest], use_grid: bool = False
 ) -> Iterator[tuple[int, list[int], ScratchPool]]:
     """``(number, request numbers, scratch)`` of each round of a restore: the rounds run
     one after the other, so each gets the memory of the previous one's scratch (its
     exchange is complete when the next round starts)."""
     scratch = ScratchPool()
-    for n, group in enumerate(read_rounds(requests)):
+    for n, group in enumerate(read_rounds(requests, use_grid)):
         scratch.reset()
         yield n, group, scratch
 
 
-def read_rounds(requests: Sequence[ReadRequest]) -> list[list[int]]:
-    """Request numbers grouped in rounds of at most ``ROUND_BYTES`` (global sizes)."""
+def in_place(req: ReadRequest, use_grid: bool) -> bool:
+    """Whether every rank reads its slice of ``req`` straight into its variable: the
+    layout it was saved with, one rank per shard (no scratch, no exchange).
+
+    The same on every rank (it depends on agreed data only).
+    """
+    slicing = req.entry.slicing
+    return use_grid and isinstance(slicing, DerivedSlicing) and _same_shards(req, slicing)
+
+
+def read_rounds(requests: Sequence[ReadRequest], use_grid: bool = False) -> list[list[int]]:
+    """Request numbers grouped in rounds of at most ``ROUND_BYTES`` that may need
+    scratch (global sizes). Requests read in place (:func:`in_place`) need none and
+    weigh nothing: a restart on the saved layout is one round, one agreement."""
     rounds: list[list[int]] = []
     cur: list[int] = []
     size = 0
     for k, r in enumerate(requests):
-        n = r.entry.nbytes
+        n = 0 if in_place(r, use_grid) else r.entry.nbytes
         if cur and size + n > ROUND_BYTES:
             rounds.append(cur)
             cur, size = [], 0
@@ -378,7 +392,7 @@ def read_tensors(
     path = data_file_path(prefix, index.data_file)
     fn = checksum_function(index.checksum)
     counter = ProgressCounter(options, _owned_bytes(requests, plans))
-    for n, group, scratch in rounds_with_scratch(requests):
+    for n, group, scratch in rounds_with_scratch(requests, use_grid):
         _read_round(
             comm,
             path,
