@@ -2,7 +2,8 @@
 
 A restore reads every saved slice that its reader does not hold whole (a band of a
 2-D mesh, a slice shared with other ranks) into scratch, checks it, keeps its part and
-sends the others'. Rounds of tensors (``read.ROUND_BYTES``) run one after the other,
+sends the others'. Rounds of tensors (``read.ROUND_BYTES`` of tensors that may need
+scratch; those restored on their saved layout need none) run one after the other,
 so the scratch of a round is free once the round's exchange is complete. A
 :class:`ScratchPool` hands the next round the same memory instead of new arrays:
 fresh memory is not free (the kernel zeroes every new page on its first touch, and on
