@@ -58,3 +58,23 @@ class Agreed:
         if msgs:
             raise AssertionError("; ".join(msgs)) from exc
         return False
+
+
+def record_preadv(monkeypatch, module) -> list[tuple[int, int, int]]:
+    """Record ``(destination address, file offset, bytes)`` of every buffer of every
+    ``os.preadv`` that ``module`` makes (the real call still runs)."""
+    import numpy as np
+
+    seen: list[tuple[int, int, int]] = []
+    real = os.preadv
+
+    def spy(fd, buffers, offset, *a):
+        at = offset
+        for b in buffers:
+            arr = np.frombuffer(b, dtype=np.uint8)
+            seen.append((arr.ctypes.data, at, arr.size))
+            at += arr.size
+        return real(fd, buffers, offset, *a)
+
+    monkeypatch.setattr(module.os, "preadv", spy)
+    return seen

@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 import pytest
+from conftest import record_preadv
 
 from hpckpt.io import bounce
 from hpckpt.io.load import read_index_file, read_tensor_serial
@@ -47,19 +48,7 @@ def data(tmp_path):
 @pytest.fixture
 def copies(monkeypatch):
     """The destination address and file offset of every preadv the code makes."""
-    seen: list[tuple[int, int, int]] = []
-    real = os.preadv
-
-    def spy(fd, buffers, offset, *a):
-        at = offset
-        for b in buffers:
-            arr = np.frombuffer(b, dtype=np.uint8)
-            seen.append((arr.ctypes.data, at, arr.size))
-            at += arr.size
-        return real(fd, buffers, offset, *a)
-
-    monkeypatch.setattr(bounce.os, "preadv", spy)
-    return seen
+    return record_preadv(monkeypatch, bounce)
 
 
 @pytest.mark.parametrize("page_offset", [0, 16, 63, 64, 200, 4080])

@@ -11,7 +11,7 @@ import os
 import ml_dtypes
 import numpy as np
 import pytest
-from conftest import Agreed, all_ranks
+from conftest import Agreed, all_ranks, record_preadv
 from mpi4py import MPI
 
 import hpckpt
@@ -278,18 +278,7 @@ def test_restores_into_the_callers_numpy_arrays_make_no_slow_kernel_copy(shared_
     v = hpckpt.Variable.from_local(mine, lay, shape, copy=False)
     ck = hpckpt.Checkpoint(u=v)
     path = ck.write(os.path.join(shared_dir, "aligned"))
-    seen: list[tuple[int, int, int]] = []
-    real = os.preadv
-
-    def spy(fd, buffers, offset, *a):
-        at = offset
-        for b in buffers:
-            arr = np.frombuffer(b, dtype=np.uint8)
-            seen.append((arr.ctypes.data, at, arr.size))
-            at += arr.size
-        return real(fd, buffers, offset, *a)
-
-    monkeypatch.setattr(bounce.os, "preadv", spy)
+    seen = record_preadv(monkeypatch, bounce)
     mine[...] = 0
     ck.read(path).assert_consumed()
     big = [(a, o) for a, o, n in seen if n >= bounce.MIN_BOUNCE_READ]
