@@ -107,3 +107,51 @@ def test_every_element_comes_from_exactly_one_verified_slice(data: st.DataObject
         outside = received[r].copy()
         outside[tuple(slice(a, a + n) for a, n in zip(start, sh, strict=True))] = 0
         assert not outside.any()
+
+
+def test_replicated_whole_tensors_take_the_owner_that_owner_of_gives() -> None:
+    """The planner's shortcut for a replicated tensor saved whole (``_replicated_whole``)
+    chooses the reader that the general path (target grid query + ``owner_of``) chooses,
+    for every request number; a replicated tensor saved in several slices, or a sharded
+    restore, takes the general path."""
+    from hpckpt.io.read import _replicated_whole
+    from hpckpt.io.slicing import owner_of, target_grid
+
+    for names, mshape in [
+        (("x",), (1,)),
+        (("x",), (3,)),
+        (("x", "y"), (2, 2)),
+        (("x", "y"), (3, 2)),
+    ]:
+        n = math.prod(mshape)
+        shape = (5, 3)
+        spec = LayoutSpec(("unsharded", "unsharded"), names, mshape, ())
+        slicing = DerivedSlicing(shape, spec, 8, REPLICA_SPLIT_BYTES, False)
+        assert len(slicing) == 1
+        entry = TensorEntry(
+            "t", "t", np.dtype("<f8"), shape, 0, spec, slicing, np.zeros(1, np.uint32)
+        )
+        whole = ((0, 0), shape)
+        for rank in range(n):
+            req = ReadRequest(entry, (0, 0), shape, layout=spec, mesh_rank=rank)
+            everyone = _replicated_whole(req, whole, True)
+            assert everyone == list(range(n))
+            assert _replicated_whole(req, whole, False) is None
+            cells = target_grid(shape, spec).query(slicing.box(0))
+            for k in range(2 * n + 1):
+                assert everyone[k % n] == owner_of(slicing.box(0), cells, 0 + k)
+        # saved in row pieces among the replicas: the general path
+        split = DerivedSlicing(shape, spec, 8, 1, False)
+        if len(split) > 1:
+            e2 = TensorEntry(
+                "t", "t", np.dtype("<f8"), shape, 0, spec, split, np.zeros(len(split), np.uint32)
+            )
+            assert (
+                _replicated_whole(
+                    ReadRequest(e2, (0, 0), shape, layout=spec, mesh_rank=0), whole, True
+                )
+                is None
+            )
+        sharded = LayoutSpec(("x", "unsharded"), names, mshape, ())
+        req = ReadRequest(entry, (0, 0), shape, layout=sharded, mesh_rank=0)
+        assert _replicated_whole(req, whole, True) is None

@@ -34,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--dir", default=None)
     ap.add_argument("--io", default="auto", help="CheckpointOptions(io=...) of the restores")
+    ap.add_argument(
+        "--reshard", action="store_true", help="restore by columns (saved by rows): MPI exchange"
+    )
     args = ap.parse_args(argv)
     comm = MPI.COMM_WORLD
     p, r = comm.size, comm.rank
@@ -43,13 +46,17 @@ def main(argv: list[str] | None = None) -> int:
     mesh = hpckpt.create_mesh([("x", p)], comm=comm)
     layout = hpckpt.Layout(["x", hpckpt.UNSHARDED], mesh)
     local_rows = rows // p
-    mine = np.empty((local_rows, cols), np.float32)  # the caller's memory
-    mine[...] = np.random.default_rng(r).random(mine.shape, dtype=np.float32)
+    saved = np.empty((local_rows, cols), np.float32)
+    saved[...] = np.random.default_rng(r).random(saved.shape, dtype=np.float32)
+    prefix = os.path.join(ctx.directory, "ck")
+    hpckpt.Checkpoint(v=hpckpt.Variable.from_local(saved, layout, (rows, cols))).write(prefix)
+    if args.reshard:
+        layout = hpckpt.Layout([hpckpt.UNSHARDED, "x"], mesh)
+    mine = np.empty(layout.local_shape((rows, cols)), np.float32)  # the caller's memory
+    mine[...] = 0
     user = hpckpt.Variable.from_local(mine, layout, (rows, cols), copy=False)
     ours = hpckpt.Variable.from_local(mine, layout, (rows, cols))  # copied: page-aligned
     ck_user, ck_ours = hpckpt.Checkpoint(v=user), hpckpt.Checkpoint(v=ours)
-    prefix = os.path.join(ctx.directory, "ck")
-    ck_ours.write(prefix)
     ck_user.read(prefix)
     entries = {e.key: e for e in hdf5_entries(prefix)}
     path = ctx.directory
