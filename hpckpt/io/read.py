@@ -225,8 +225,14 @@ def _plan(
     boxes: dict[int, list[Box]],
     use_grid: bool,
     rank: int,
+    inplace: Sequence[bool] | None = None,
 ) -> list[_Plan]:
-    """Per request: the slices this rank owns (reads) and the parts it receives."""
+    """Per request: the slices this rank owns (reads) and the parts it receives.
+
+    ``inplace``: :func:`in_place` of each request, when the caller has it already.
+    """
+    if inplace is None:
+        inplace = [in_place(r, use_grid) for r in requests]
     plans = []
     for k, req in enumerate(requests):
         plan = _Plan()
@@ -235,7 +241,7 @@ def _plan(
         if req.shape and not volume(req.shape):
             continue
         slicing = req.entry.slicing
-        if in_place(req, use_grid):
+        if inplace[k]:
             # the common restart: the layout it was saved with, one rank per shard
             assert isinstance(slicing, DerivedSlicing)
             i = _own_shard(req, slicing, rank)
@@ -308,13 +314,13 @@ def _own_shard(req: ReadRequest, slicing: DerivedSlicing, rank: int) -> int | No
 
 
 def rounds_with_scratch(
-    requests: Sequence[ReadRequest], use_grid: bool = False
+    requests: Sequence[ReadRequest], inplace: Sequence[bool] | None = None
 ) -> Iterator[tuple[int, list[int], ScratchPool]]:
     """``(number, request numbers, scratch)`` of each round of a restore: the rounds run
     one after the other, so each gets the memory of the previous one's scratch (its
     exchange is complete when the next round starts)."""
     scratch = ScratchPool()
-    for n, group in enumerate(read_rounds(requests, use_grid)):
+    for n, group in enumerate(read_rounds(requests, inplace)):
         scratch.reset()
         yield n, group, scratch
 
@@ -329,15 +335,18 @@ def in_place(req: ReadRequest, use_grid: bool) -> bool:
     return use_grid and isinstance(slicing, DerivedSlicing) and _same_shards(req, slicing)
 
 
-def read_rounds(requests: Sequence[ReadRequest], use_grid: bool = False) -> list[list[int]]:
+def read_rounds(
+    requests: Sequence[ReadRequest], inplace: Sequence[bool] | None = None
+) -> list[list[int]]:
     """Request numbers grouped in rounds of at most ``ROUND_BYTES`` that may need
-    scratch (global sizes). Requests read in place (:func:`in_place`) need none and
-    weigh nothing: a restart on the saved layout is one round, one agreement."""
+    scratch (global sizes). Requests read in place (``inplace[k]``, from
+    :func:`in_place`; none when not given) need none and weigh nothing: a restart on
+    the saved layout is one round, one agreement."""
     rounds: list[list[int]] = []
     cur: list[int] = []
     size = 0
     for k, r in enumerate(requests):
-        n = 0 if in_place(r, use_grid) else r.entry.nbytes
+        n = 0 if inplace is not None and inplace[k] else r.entry.nbytes
         if cur and size + n > ROUND_BYTES:
             rounds.append(cur)
             cur, size = [], 0
@@ -410,10 +419,12 @@ def read_tensors(
     #    others' slices from the layouts; per-rank boxes are gathered.
     use_grid, boxes = agree_requests(comm, requests, deadline, what)
     plans: list[_Plan] = []
+    inplace: list[bool] = []
     try:
         _faults.point("read_data", rank)
         arrays = [r.destination() for r in requests]
-        plans = _plan(requests, boxes, use_grid, rank)
+        inplace = [in_place(r, use_grid) for r in requests]
+        plans = _plan(requests, boxes, use_grid, rank, inplace)
     except BaseException as e:
         exc = e
     # Agree before any byte lands in a variable: a failure found so far (planning,
@@ -422,7 +433,7 @@ def read_tensors(
     path = data_file_path(prefix, index.data_file)
     fn = checksum_function(index.checksum)
     counter = ProgressCounter(options, _owned_bytes(requests, plans))
-    for n, group, scratch in rounds_with_scratch(requests, use_grid):
+    for n, group, scratch in rounds_with_scratch(requests, inplace):
         _read_round(
             comm,
             path,
