@@ -13,6 +13,7 @@ collective call for many datasets. All ranks make the same number of calls
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import os
@@ -59,9 +60,16 @@ class Piece:
     start: tuple[int, ...]
     array: np.ndarray
 
-    @property
+    @functools.cached_property
     def nbytes(self) -> int:
         return int(self.array.nbytes)
+
+    @functools.cached_property
+    def file_run(self) -> int | None:
+        """The first byte of the piece in the file if its hyperslab is one contiguous
+        run of the file, else ``None`` (remembered: planning asks several times)."""
+        linear = contiguous_offset(self.global_shape, self.start, self.array.shape)
+        return None if linear is None else self.offset + linear * self.array.dtype.itemsize
 
 
 def split_piece(piece: Piece, max_bytes: int = MAX_PIECE_BYTES) -> list[Piece]:
@@ -159,8 +167,7 @@ def contiguous_offset(
 
 def _file_run(p: Piece) -> int | None:
     """The first byte of ``p`` in the file if its hyperslab is one contiguous run."""
-    linear = contiguous_offset(p.global_shape, p.start, p.array.shape)
-    return None if linear is None else p.offset + linear * p.array.dtype.itemsize
+    return p.file_run
 
 
 def split_direct(
