@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -248,18 +247,6 @@ def _plan(
             if i is not None:
                 plan.owned.append(_Owned(k, i, mine, local_part=mine))
                 continue
-        everyone = _replicated_whole(req, mine, use_grid)
-        if everyone:
-            # a replicated tensor saved whole, restored replicated: what owner_of
-            # decides for one cell held by every rank, without the queries
-            owner = everyone[k % len(everyone)]
-            if owner != rank:
-                plan.recvs.append((k, owner, mine))
-                continue
-            o = _Owned(k, 0, mine, local_part=mine)
-            o.sends.extend((r, mine) for r in everyone if r != rank)
-            plan.owned.append(o)
-            continue
         targets = _targets(req, None if (use_grid and req.layout is not None) else boxes[k])
         for i in slicing.query(mine):
             sbox = slicing.box(i)
@@ -278,23 +265,6 @@ def _plan(
                 o.sends.extend((r, cpart) for r in ranks if r != rank)
             plan.owned.append(o)
     return plans
-
-
-def _replicated_whole(req: ReadRequest, mine: Box, use_grid: bool) -> list[int] | None:
-    """Every rank (ascending) when ``req`` restores a tensor replicated on every rank of
-    its mesh that was saved as one slice (the whole tensor); else ``None``.
-
-    Then the saved slice is slice 0, ``mine`` is the whole tensor on every rank, and
-    the target grid has one cell held by every rank: :func:`owner_of` picks
-    ``everyone[k % len(everyone)]`` for request ``k``, as the caller does directly.
-    """
-    layout = req.layout
-    if not use_grid or layout is None or any(s != "unsharded" for s in layout.specs):
-        return None
-    slicing = req.entry.slicing
-    if len(slicing) != 1 or slicing.box(0) != mine:
-        return None
-    return list(range(math.prod(layout.mesh_shape)))
 
 
 def _same_shards(req: ReadRequest, slicing: Slicing) -> bool:

@@ -578,20 +578,13 @@ class TargetGrid:
     def __init__(self, shape: tuple[int, ...], spec: LayoutSpec) -> None:
         self.shape = shape
         self.spec = spec
-        self.grid = _Grid(shape, spec)
-        self._unused = [
-            (i, k)
-            for i, (n, k) in enumerate(zip(spec.dim_names, spec.mesh_shape, strict=True))
-            if n not in spec.specs
-        ]
-        strides = [1] * len(spec.mesh_shape)
-        for i in range(len(strides) - 2, -1, -1):
-            strides[i] = strides[i + 1] * spec.mesh_shape[i + 1]
-        self._strides = strides
-        offs = [0]
-        for i, k in self._unused:
-            offs = [o + c * strides[i] for o in offs for c in range(k)]
-        self._replica_offsets = sorted(offs)
+        self._strides, self._replica_offsets = _rank_map(spec)
+
+    @functools.cached_property
+    def grid(self) -> _Grid:
+        """The layout's block grid over the shape (built when first needed: a replicated
+        layout's queries do not need it)."""
+        return _Grid(self.shape, self.spec)
 
     def ranks_of(self, cell: Sequence[int]) -> list[int]:
         """The ranks holding ``cell`` (its replicas), in ascending order."""
@@ -648,6 +641,22 @@ class TargetList:
 
 
 Targets = TargetGrid | TargetList
+
+
+@functools.lru_cache(maxsize=1 << 10)
+def _rank_map(spec: LayoutSpec) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``(strides, replica offsets)`` of a layout's mesh: the rank of mesh coordinates is
+    their dot product with the strides (row-major); the ranks holding one cell are its
+    base rank plus each replica offset (ascending). Depends on the layout only, so the
+    tensors of every shape share it."""
+    strides = [1] * len(spec.mesh_shape)
+    for i in range(len(strides) - 2, -1, -1):
+        strides[i] = strides[i + 1] * spec.mesh_shape[i + 1]
+    offs = [0]
+    for i, (n, k) in enumerate(zip(spec.dim_names, spec.mesh_shape, strict=True)):
+        if n not in spec.specs:
+            offs = [o + c * strides[i] for o in offs for c in range(k)]
+    return tuple(strides), tuple(sorted(offs))
 
 
 @functools.lru_cache(maxsize=1 << 12)
