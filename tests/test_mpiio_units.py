@@ -6,7 +6,7 @@ import itertools
 
 import numpy as np
 
-from hpckpt.io.mpiio import Piece, _file_run, split_piece
+from hpckpt.io.mpiio import Piece, split_piece
 
 
 def brute_run(gshape, start, shape, itemsize, offset):
@@ -25,7 +25,7 @@ def test_file_run_matches_brute_force():
             if any(a + n > m for a, n, m in zip(start, shape, g, strict=False)):
                 continue
             p = Piece(1000, g, start, np.zeros(shape, np.float32))
-            assert _file_run(p) == brute_run(g, start, shape, 4, 1000), (start, shape)
+            assert p.file_run == brute_run(g, start, shape, 4, 1000), (start, shape)
 
 
 def test_split_piece_rows_cover_the_piece():

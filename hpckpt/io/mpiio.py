@@ -88,7 +88,7 @@ def split_piece(piece: Piece, max_bytes: int = MAX_PIECE_BYTES) -> list[Piece]:
 
 def _file_span(p: Piece) -> tuple[int, int]:
     """The first file byte of a piece and the byte after its last."""
-    first = _file_run(p)
+    first = p.file_run
     if first is not None:
         return first, first + p.nbytes
     isz = p.array.dtype.itemsize
@@ -165,11 +165,6 @@ def contiguous_offset(
     return linear
 
 
-def _file_run(p: Piece) -> int | None:
-    """The first byte of ``p`` in the file if its hyperslab is one contiguous run."""
-    return p.file_run
-
-
 def split_direct(
     pieces: Sequence[Piece], threshold: int | None, *, write: bool = True
 ) -> tuple[list[Piece], list[Piece]]:
@@ -185,7 +180,7 @@ def split_direct(
     for p in pieces:
         if (
             p.nbytes >= threshold
-            and (_file_run(p) is not None or (not write and _sievable(p)))
+            and (p.file_run is not None or (not write and _sievable(p)))
             and (p.array.flags.c_contiguous or run_bytes(p.array) >= MIN_VIEW_BYTES)
         ):
             direct.append(p)
@@ -225,7 +220,7 @@ def _round_types(pieces: list[Piece], cache: _TypeCache) -> tuple[MPI.Datatype, 
     """
     flens, fdisps, ftypes = [], [], []
     for p in pieces:
-        run = _file_run(p)
+        run = p.file_run
         if run is not None:
             flens.append(p.nbytes)
             fdisps.append(run)
@@ -266,7 +261,7 @@ def _runs(p: Piece) -> list[tuple[int, np.ndarray]]:
     offsets are computed with numpy, so that a strided piece of many thousand rows
     costs milliseconds, not a Python loop per element.
     """
-    first = _file_run(p)
+    first = p.file_run
     a = p.array
     if first is not None and a.flags.c_contiguous:
         return [(first, a.reshape(-1))]
