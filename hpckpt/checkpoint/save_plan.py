@@ -15,6 +15,7 @@ the caller's strided array): nothing is copied here.
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -139,6 +140,64 @@ def parse_rank_state_header(raw: np.ndarray, total: int, key: str) -> np.ndarray
     return offsets
 
 
+# A Variable's last planned share: saves of an unchanged structure reuse it (see
+# _layout_tensor). Weak keys: a Variable that is gone takes its entry with it.
+_MEMO: weakref.WeakKeyDictionary[Variable, tuple] = weakref.WeakKeyDictionary()
+
+
+def _layout_tensor(key: str, v: Variable, ordinal: int) -> SaveTensor:
+    """The :class:`SaveTensor` of a layout-based Variable: its pieces (``write_pieces``)
+    and how it is saved.
+
+    The result depends only on the Variable's layout, its shard array (the object, its
+    dtype, shape and strides) and ``ordinal``; it is remembered per Variable and reused
+    while all of these are the same (the remembered pieces are views of that very array,
+    so they see its current values). A fresh ``SaveTensor`` is returned every time
+    (callers may replace its pieces).
+    """
+    local = v.local
+    layout = v.layout
+    assert layout is not None
+    memo = _MEMO.get(v)
+    if (
+        memo is None
+        or memo[0] is not layout
+        or memo[1] is not local
+        or memo[2] != ordinal
+        or memo[3] != local.shape
+        or memo[4] != local.strides
+        or memo[5] != local.dtype
+    ):
+        spec = layout.spec()
+        st = storage_dtype(v.dtype)
+        pieces, ids = write_pieces(v, ordinal)
+        made = (
+            st,
+            v.shape,
+            spec,
+            pieces,
+            ids,
+            logical_name(v.dtype),
+            layout.mesh.rank,
+            use_rows(v.shape, spec, st),
+        )
+        memo = (layout, local, ordinal, local.shape, local.strides, local.dtype, made)
+        _MEMO[v] = memo
+    st, shape, spec, pieces, ids, logical, mesh_rank, rows = memo[6]
+    return SaveTensor(
+        key,
+        st,
+        shape,
+        spec,
+        list(pieces),
+        list(ids),
+        logical,
+        mesh_rank=mesh_rank,
+        ordinal=ordinal,
+        rows=rows,
+    )
+
+
 @dataclass
 class SavePlan:
     """What one save writes.
@@ -188,24 +247,10 @@ def plan_save(root: Any, comm: MPI.Comm, deadline: Deadline, what: str) -> SaveP
                     f"variable {key!r} lives on {v.comm.Get_size()} ranks but the "
                     f"checkpoint's communicator has {comm.Get_size()}"
                 )
-            st, logical = storage_dtype(v.dtype), logical_name(v.dtype)
             if v.layout is not None:
-                pieces, ids = write_pieces(v, n)
-                tensors.append(
-                    SaveTensor(
-                        key,
-                        st,
-                        v.shape,
-                        v.layout.spec(),
-                        pieces,
-                        ids,
-                        logical,
-                        mesh_rank=v.layout.mesh.rank,
-                        ordinal=n,
-                        rows=use_rows(v.shape, v.layout.spec(), st),
-                    )
-                )
+                tensors.append(_layout_tensor(key, v, n))
             else:
+                st, logical = storage_dtype(v.dtype), logical_name(v.dtype)
                 boxed.append((len(tensors), v, n))
                 tensors.append(SaveTensor(key, st, v.shape, None, [], [], logical))
         states = [encode(k, s) for k, s in g.python_states]

@@ -17,6 +17,7 @@ import base64
 import binascii
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -290,10 +291,22 @@ class CheckpointIndex:
 
     def to_json(self) -> str:
         """The index file's text (always the current format version)."""
+        layouts = self.layout_table(self.tensors.values())
+        tensors = {k: t.to_json(layouts) for k, t in self.tensors.items()}
+        return self.assemble(layouts, json.dumps(tensors, separators=(",", ":")))
+
+    @staticmethod
+    def layout_table(entries: Iterable[TensorEntry]) -> dict[LayoutSpec, int]:
+        """The index's shared layout table: each distinct layout, numbered in order of use."""
         layouts: dict[LayoutSpec, int] = {}
-        for t in self.tensors.values():
+        for t in entries:
             if t.layout is not None and t.layout not in layouts:
                 layouts[t.layout] = len(layouts)
+        return layouts
+
+    def assemble(self, layouts: dict[LayoutSpec, int], tensors: str) -> str:
+        """The index file's text from its layout table and its ``"tensors"`` JSON text
+        (the other fields are this index's; its own ``tensors`` are not read)."""
         doc = {
             "format": FORMAT_NAME,
             "version": FORMAT_VERSION,
@@ -304,10 +317,10 @@ class CheckpointIndex:
             "replica_split_bytes": self.replica_split_bytes,
             "data_file": self._data_file_json(),
             "layouts": [_layout_json(s) for s in layouts],
-            "tensors": {k: t.to_json(layouts) for k, t in self.tensors.items()},
-            "graph": self.graph,
         }
-        return json.dumps(doc, separators=(",", ":"))
+        head = json.dumps(doc, separators=(",", ":"))
+        graph = json.dumps(self.graph, separators=(",", ":"))
+        return f'{head[:-1]},"tensors":{tensors},"graph":{graph}}}'
 
     def _data_file_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {"name": self.data_file, "size": self.data_size}

@@ -134,10 +134,13 @@ def index_entries(
     listed: np.ndarray,
     what: str,
     specs: Sequence[hdf5.DatasetSpec] | None = None,
+    *,
+    listed_only: bool = False,
 ) -> dict[str, TensorEntry]:
     """Rank 0: build every tensor's index entry; check that every slice was written once.
 
     ``specs`` (parallel HDF5 saves) give the chunk shape and filters of compressed tensors.
+    With ``listed_only``, only the listed tensors' entries (per-rank boxes) are built.
 
     ``derived`` rows are ``[tensor, slice, crc, rank, ...]``, ``listed`` rows
     ``[tensor, crc, rank, *start, *shape, ...]`` (padded to the largest rank of a
@@ -158,6 +161,8 @@ def index_entries(
     entries: dict[str, TensorEntry] = {}
     for i, t in enumerate(tensors):
         nd = len(t.shape)
+        if t.layout is not None and listed_only:
+            continue
         if t.layout is not None:
             slicing = derived_slicing(t.shape, t.layout, t.dtype, t.rows)
             n = len(slicing)

@@ -39,7 +39,8 @@ from .aggregate import BandTask, write_bands
 from .checksum import DEFAULT_ALGORITHM, checksum, checksum_function
 from .cleanup import remove_stale_files
 from .fsutil import atomic_write, fsync_path, remove_quietly
-from .index import CheckpointIndex, TensorEntry, dataset_name_for_key
+from .index import CheckpointIndex, dataset_name_for_key
+from .index_template import IndexTemplate
 from .mpiio import Piece
 from .options import IOOptions
 from .paths import data_file_name, data_file_path, index_path, new_token
@@ -129,11 +130,13 @@ def write_checkpoint(
 
 @dataclass
 class _CachedPlan:
-    """What a save with the same structure can reuse (every rank: offsets; rank 0: template)."""
+    """What a save with the same structure can reuse (every rank: offsets; rank 0: the
+    data file's and the index's templates)."""
 
     offsets: list[int | None]
     size: int
     template: FileTemplate | None = None
+    index: IndexTemplate | None = None  # rank 0, from the second save of the structure
 
 
 # the plan of the last save of each structure (a few: a job saves one or two structures)
@@ -310,12 +313,23 @@ def _write_and_commit(
             try:
                 _faults.point("before_commit", rank)
                 _dist.raise_interrupt()  # a signal on rank 0: no commit
-                if got_crcs is not None:
-                    got_derived = rows_from_layouts(tensors, got_crcs, what)
-                entries = index_entries(
-                    tensors, names, offsets, got_derived, got_listed, what, specs
+                text = _index_text(
+                    comm,
+                    h,
+                    cached,
+                    tensors,
+                    names,
+                    offsets,
+                    data_name,
+                    plan,
+                    graph,
+                    specs,
+                    got_crcs,
+                    got_derived,
+                    got_listed,
+                    what,
                 )
-                _commit(prefix, data_path, data_name, plan, entries, graph, comm)
+                _commit(prefix, data_path, data_name, plan["token"], text)
             except BaseException as e:
                 exc = e
                 records[0] = _dist.failure_record(e)
@@ -401,26 +415,54 @@ def _remember(h: int, plan: _CachedPlan) -> None:
     _PLANS[h] = plan
 
 
-def _commit(
-    prefix: str,
-    data_path: str,
+def _index_text(
+    comm: MPI.Comm,
+    h: int,
+    cached: bool,
+    tensors: Sequence[SaveTensor],
+    names: list[str],
+    offsets: list[int | None],
     data_name: str,
     plan: dict,
-    entries: dict[str, TensorEntry],
     graph: dict | None,
-    comm: MPI.Comm,
-) -> None:
+    specs: Sequence[hdf5.DatasetSpec] | None,
+    got_crcs: list[np.ndarray] | None,
+    got_derived: np.ndarray,
+    got_listed: np.ndarray,
+    what: str,
+) -> str:
+    """Rank 0: the index text of a save, checking that every slice was written once.
+
+    A save of a structure committed before, with packed checksums, fills in the
+    structure's :class:`.index_template.IndexTemplate` (made at the first such save,
+    from entries checked by ``index_entries``); others build every entry.
+    """
     index = CheckpointIndex(
         data_file=data_name,
         data_size=int(plan["size"]),
         structure_checksum=plan.get("structure"),
-        tensors=entries,
+        tensors={},
         nprocs=comm.Get_size(),
         created=time.time(),
         graph=graph,
         library=library_versions(),
         checksum=DEFAULT_ALGORITHM,
     )
+    hit = _PLANS.get(h) if cached and got_crcs is not None and specs is None else None
+    if hit is not None and hit.index is not None and got_crcs is not None:
+        listed = index_entries(
+            tensors, names, offsets, got_derived[:0], got_listed, what, listed_only=True
+        )
+        return hit.index.render(index, got_crcs, listed, [t.key for t in tensors], what)
+    if got_crcs is not None:
+        got_derived = rows_from_layouts(tensors, got_crcs, what)
+    index.tensors = index_entries(tensors, names, offsets, got_derived, got_listed, what, specs)
+    if hit is not None:  # the second save of this structure: keep its template
+        hit.index = IndexTemplate.build(tensors, index.tensors, comm.Get_size())
+    return index.to_json()
+
+
+def _commit(prefix: str, data_path: str, data_name: str, token: str, text: str) -> None:
     fsync_path(data_path)
-    atomic_write(index_path(prefix), index.to_json().encode(), plan["token"])
+    atomic_write(index_path(prefix), text.encode(), token)
     remove_stale_files(prefix, keep=data_name)

@@ -1,0 +1,143 @@
+"""Rank 0's index for a save whose structure it has committed before.
+
+A save of the same tensors (keys, dtypes, shapes, layouts, options: the structure
+hash every rank agrees on) writes an index that differs from the last one only in
+the checksums of the layout-based tensors, in the per-rank-box (listed) tensors and
+in a few per-save fields (time, data file, graph). :class:`IndexTemplate` keeps the
+rest as text, split around each checksum field, and where each rank's packed
+checksums go; rendering scatters the checksums with numpy and joins strings, instead
+of rebuilding every rank's slice records and every tensor's entry.
+
+The check that every slice is written exactly once depends on the layouts only: it
+ran (``records.rows_from_layouts``, ``records.index_entries``) when the template was
+made, from the same writer assignment the template records. Each save still checks
+that every rank sent exactly as many checksums as its layouts say. The rendered text
+equals what :meth:`.index.CheckpointIndex.to_json` makes of the same entries.
+Pure logic: no MPI, no HDF5.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import CheckpointError
+from .index import CheckpointIndex, TensorEntry
+from .save_tensor import SaveTensor, derived_slicing
+
+__all__ = ["IndexTemplate"]
+
+_SEP = (",", ":")
+_FIELD = '"checksums":""'
+
+
+@dataclass
+class _Fixed:
+    """A layout-based tensor's entry: text before and after its checksums, and their
+    positions ``[lo, hi)`` in the flat checksum array."""
+
+    before: str
+    lo: int
+    hi: int
+    after: str
+
+
+@dataclass
+class IndexTemplate:
+    """The index text of a structure, less the per-save parts.
+
+    Attributes:
+        counts: Checksums each rank sends (its layout slices, in tensor order).
+        dest: Per rank, where its checksums go in the flat array of all layout slices.
+        total: Slices of all layout-based tensors.
+        parts: Per tensor in index order: its fixed text, or ``None`` for a listed
+            tensor (its entry is made at each save).
+        layouts: The index's layout table.
+    """
+
+    counts: list[int]
+    dest: list[np.ndarray]
+    total: int
+    parts: list[_Fixed | None]
+    layouts: dict
+
+    @classmethod
+    def build(
+        cls, tensors: Sequence[SaveTensor], entries: dict[str, TensorEntry], nranks: int
+    ) -> IndexTemplate:
+        """The template of a committed save: ``entries`` are its index entries (checked
+        exactly-once), ``tensors`` its tensors in index order."""
+        layouts = CheckpointIndex.layout_table(entries.values())
+        total = 0
+        bounds: dict[int, int] = {}
+        parts: list[_Fixed | None] = []
+        for i, t in enumerate(tensors):
+            e = entries[t.key]
+            if t.layout is None:
+                parts.append(None)
+                continue
+            n = len(e.slicing)
+            bounds[i] = total
+            d = e.to_json(layouts)
+            d["checksums"] = ""
+            text = f"{json.dumps(t.key)}:{json.dumps(d, separators=_SEP)}"
+            # the one unescaped '"checksums":""' of the text is the field's (a quote
+            # inside a JSON string is escaped, and no nested object has that key)
+            cut = text.index(_FIELD) + len(_FIELD) - 1
+            before, after = text[:cut], text[cut:]
+            parts.append(_Fixed(before, total, total + n, after))
+            total += n
+        # where each rank's checksums go: the writer assignment rows_from_layouts reads
+        where: list[list[int]] = [[] for _ in range(nranks)]
+        for i, t in enumerate(tensors):
+            if t.layout is None:
+                continue
+            w = derived_slicing(t.shape, t.layout, t.dtype, t.rows).writers(t.ordinal).tolist()
+            for r, k in enumerate(w):
+                if k >= 0:
+                    where[r].append(bounds[i] + k)
+        dest = [np.asarray(x, dtype=np.int64) for x in where]
+        return cls([len(x) for x in where], dest, total, parts, layouts)
+
+    def render(
+        self,
+        index: CheckpointIndex,
+        crcs: Sequence[np.ndarray],
+        listed: dict[str, TensorEntry],
+        keys: Sequence[str],
+        what: str,
+    ) -> str:
+        """The index text: ``index``'s per-save fields (its ``tensors`` are ignored),
+        each rank's packed checksums ``crcs`` and the ``listed`` tensors' entries;
+        ``keys`` are the tensors in index order.
+
+        Raises:
+            CheckpointError: A rank sent another number of checksums than its layouts say.
+        """
+        if len(crcs) != len(self.counts):
+            raise CheckpointError(
+                f"{what}: checksums from {len(crcs)} ranks, not {len(self.counts)}"
+            )
+        flat = np.zeros(self.total, dtype="<u4")
+        for r, (c, n) in enumerate(zip(crcs, self.counts, strict=True)):
+            if len(c) != n:
+                raise CheckpointError(
+                    f"{what}: rank {r} sent {len(c)} checksums where its layouts say {n}"
+                )
+            flat[self.dest[r]] = c
+        raw = flat.tobytes()
+        out = []
+        for key, p in zip(keys, self.parts, strict=True):
+            if p is None:
+                e = listed[key]
+                out.append(
+                    f"{json.dumps(key)}:{json.dumps(e.to_json(self.layouts), separators=_SEP)}"
+                )
+            else:
+                b64 = base64.b64encode(raw[4 * p.lo : 4 * p.hi]).decode("ascii")
+                out.append(f"{p.before}{b64}{p.after}")
+        return index.assemble(self.layouts, "{" + ",".join(out) + "}")
