@@ -171,7 +171,7 @@ def _layout_tensor(key: str, v: Variable, ordinal: int) -> SaveTensor:
         spec = layout.spec()
         st = storage_dtype(v.dtype)
         pieces, ids = write_pieces(v, ordinal)
-        made = (
+        made: tuple = (
             st,
             v.shape,
             spec,
@@ -180,10 +180,11 @@ def _layout_tensor(key: str, v: Variable, ordinal: int) -> SaveTensor:
             logical_name(v.dtype),
             layout.mesh.rank,
             use_rows(v.shape, spec, st),
+            {},
         )
         memo = (layout, local, ordinal, local.shape, local.strides, local.dtype, made)
         _MEMO[v] = memo
-    st, shape, spec, pieces, ids, logical, mesh_rank, rows = memo[6]
+    st, shape, spec, pieces, ids, logical, mesh_rank, rows, io_memo = memo[6]
     return SaveTensor(
         key,
         st,
@@ -195,6 +196,7 @@ def _layout_tensor(key: str, v: Variable, ordinal: int) -> SaveTensor:
         mesh_rank=mesh_rank,
         ordinal=ordinal,
         rows=rows,
+        memo=io_memo,
     )
 
 

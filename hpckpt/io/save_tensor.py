@@ -54,6 +54,9 @@ class SaveTensor:
             of saved data (a flush of the local tier to the parallel file system):
             the bytes written must match them, so that the index records checksums
             computed when the state was saved, not when it was copied.
+        memo: A dict in which the io layer may keep what it derives from the pieces
+            (their file runs) for the next save of the same tensor; its owner (the
+            planner's per-Variable memo) keeps it as long as the pieces stay the same.
     """
 
     key: str
@@ -67,6 +70,7 @@ class SaveTensor:
     ordinal: int = 0
     rows: bool = False
     checksums: list[int] | None = None
+    memo: dict | None = None
 
     @property
     def nbytes(self) -> int:
@@ -101,18 +105,26 @@ def _use_rows(shape: tuple[int, ...], layout: LayoutSpec, dtype: np.dtype) -> bo
 
 
 def structure_hash(tensors: Sequence[SaveTensor]) -> int:
-    """A 63-bit hash of what every rank must agree on: keys, dtypes, shapes, layouts."""
-    h = hashlib.blake2b(digest_size=8)
+    """A 63-bit hash of what every rank must agree on: keys, dtypes, shapes, layouts.
+
+    The same on every rank for the same structure (no salted ``hash()``).
+    """
+    lays: dict[int, str] = {}  # each layout object's text, made once
+    parts = []
     for t in tensors:
-        h.update(b"r" if t.rows else b"-")
-        lay = (
-            repr((t.layout.specs, t.layout.dim_names, t.layout.mesh_shape, t.layout.splits))
-            if t.layout
-            else "boxes"
+        lay = t.layout
+        if lay is None:
+            text = "boxes"
+        else:
+            got = lays.get(id(lay))
+            if got is None:
+                got = lays[id(lay)] = repr((lay.specs, lay.dim_names, lay.mesh_shape, lay.splits))
+            text = got
+        parts.append(
+            f"{'r' if t.rows else '-'}{t.key!r}|{t.dtype.str}|{t.shape}|{text}|{t.logical_dtype}\0"
         )
-        h.update(repr((t.key, t.dtype.str, t.shape, lay, t.logical_dtype)).encode())
-        h.update(b"\x00")
-    return int.from_bytes(h.digest(), "little") & ((1 << 63) - 1)
+    digest = hashlib.blake2b("".join(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
 def without_rows(t: SaveTensor) -> SaveTensor:

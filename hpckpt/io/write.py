@@ -278,7 +278,16 @@ def _write_and_commit(
             exc = exc or e
     else:
         offsets, exc, bands = _write_data(
-            comm, data_path, tensors, own, pool, crcs, plan, options, deadline, what
+            comm,
+            data_path,
+            tensors,
+            own,
+            pool,
+            crcs,
+            plan,
+            options,
+            deadline,
+            what,
         )
     packed = _dist.all_true(
         comm, all(t.mesh_rank == rank for t in tensors if t.layout is not None), deadline
@@ -365,11 +374,7 @@ def _write_data(
     pieces: list[Piece] = []
     try:
         _faults.point("before_data", rank)
-        for i, j, a in own:
-            off = offsets[i]
-            if off is None:
-                raise CheckpointError(f"{what}: tensor {tensors[i].key!r} has no storage")
-            pieces.append(Piece(off, tensors[i].shape, tuple(tensors[i].pieces[j][0]), a))
+        pieces = _pieces(tensors, own, offsets, what)
     except BaseException as e:
         exc, pieces = e, []
     bands: list[tuple[int, int, int]] = []
@@ -406,6 +411,37 @@ def _write_data(
     except BaseException as e:
         exc = exc or e
     return offsets, exc, bands
+
+
+def _pieces(
+    tensors: Sequence[SaveTensor],
+    own: list[tuple[int, int, np.ndarray]],
+    offsets: list[int | None],
+    what: str,
+) -> list[Piece]:
+    """This rank's pieces at their file offsets. A tensor with a ``memo`` keeps its
+    :class:`.mpiio.Piece` objects (which remember their file runs) for the next save
+    of the same array at the same place."""
+    pieces = []
+    for i, j, a in own:
+        t = tensors[i]
+        off = offsets[i]
+        if off is None:
+            raise CheckpointError(f"{what}: tensor {t.key!r} has no storage")
+        start = t.pieces[j][0]
+        p = t.memo.get(j) if t.memo is not None else None
+        if (
+            p is None
+            or p.array is not a
+            or p.offset != off
+            or p.start != start
+            or p.global_shape != t.shape
+        ):
+            p = Piece(off, t.shape, tuple(start), a)
+            if t.memo is not None:
+                t.memo[j] = p
+        pieces.append(p)
+    return pieces
 
 
 def _remember(h: int, plan: _CachedPlan) -> None:
