@@ -45,3 +45,30 @@ def test_checksums_land_on_the_slices_their_rank_wrote(data: st.DataObject) -> N
     for ti, k, crc, r in rows.tolist():
         assert crc == hash((tensors[ti].key, k, r)) & 0xFFFFFFFF
     assert len(rows) == sum(len(x) for x in sent)
+
+
+def test_the_structure_hash_kept_in_a_tensors_memo_follows_its_key_and_rows() -> None:
+    """A tensor's text in the structure hash is kept in its memo for the next save, and
+    made again when its key or its ``rows`` differ: the hash is the memo-less one."""
+    import dataclasses
+
+    from hpckpt.io.save_tensor import structure_hash
+
+    spec = LayoutSpec(("x", "unsharded"), ("x",), (2,))
+
+    def tensors(memos, key="a", rows=False):
+        return [
+            SaveTensor(key, np.dtype("<f4"), (8, 4), spec, [], ordinal=0, rows=rows, memo=memos[0]),
+            SaveTensor("b", np.dtype("<f8"), (3,), None, [], memo=memos[1]),
+        ]
+
+    memos = [{}, {}]
+    plain = structure_hash(tensors([None, None]))
+    assert structure_hash(tensors(memos)) == plain  # fills the memos
+    assert all("structure" in m for m in memos)
+    assert structure_hash(tensors(memos)) == plain  # from the memos
+    for kw in ({"key": "renamed"}, {"rows": True}):
+        assert structure_hash(tensors(memos, **kw)) == structure_hash(tensors([None, None], **kw))
+        assert structure_hash(tensors(memos, **kw)) != plain
+    t = tensors(memos)
+    assert structure_hash([dataclasses.replace(t[0], rows=True), t[1]]) != plain

@@ -54,9 +54,11 @@ class SaveTensor:
             of saved data (a flush of the local tier to the parallel file system):
             the bytes written must match them, so that the index records checksums
             computed when the state was saved, not when it was copied.
-        memo: A dict in which the io layer may keep what it derives from the pieces
-            (their file runs) for the next save of the same tensor; its owner (the
-            planner's per-Variable memo) keeps it as long as the pieces stay the same.
+        memo: A dict in which the io layer may keep what it derives from the tensor
+            (its pieces' file runs, its text in the structure hash) for the next save
+            of the same tensor. Its owner (the planner's per-Variable memo) gives it
+            only to tensors of the same dtype, shape, layout and pieces; the key and
+            ``rows`` may differ (``dataclasses.replace``).
     """
 
     key: str
@@ -112,6 +114,12 @@ def structure_hash(tensors: Sequence[SaveTensor]) -> int:
     lays: dict[int, str] = {}  # each layout object's text, made once
     parts = []
     for t in tensors:
+        memo = t.memo  # a tensor's text, kept for the next save (its fields but the key
+        if memo is not None:  # and ``rows`` are fixed for the memo's life)
+            got = memo.get("structure")
+            if got is not None and got[0] == t.key and got[1] == t.rows:
+                parts.append(got[2])
+                continue
         lay = t.layout
         if lay is None:
             text = "boxes"
@@ -120,9 +128,12 @@ def structure_hash(tensors: Sequence[SaveTensor]) -> int:
             if got is None:
                 got = lays[id(lay)] = repr((lay.specs, lay.dim_names, lay.mesh_shape, lay.splits))
             text = got
-        parts.append(
+        part = (
             f"{'r' if t.rows else '-'}{t.key!r}|{t.dtype.str}|{t.shape}|{text}|{t.logical_dtype}\0"
         )
+        if memo is not None:
+            memo["structure"] = (t.key, t.rows, part)
+        parts.append(part)
     digest = hashlib.blake2b("".join(parts).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
