@@ -26,7 +26,6 @@ file is read twice (replicas and resharded restores read once and share over MPI
 
 from __future__ import annotations
 
-import functools
 import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -328,27 +327,25 @@ def read_rounds(
 
 
 def request_structure_hash(requests: Sequence[ReadRequest]) -> int:
-    """A 63-bit hash of what every rank must agree on before a collective read."""
-    h = hashlib.blake2b(digest_size=8)
-    text = "\n".join(
-        repr(
-            (
-                r.entry.key,
-                r.entry.shape,
-                r.entry.dtype.str,
-                _layout_text(r.layout) if r.layout is not None else "boxes",
-            )
-        )
-        for r in requests
-    )
-    h.update(text.encode())
-    return int.from_bytes(h.digest(), "little") & ((1 << 63) - 1)
+    """A 63-bit hash of what every rank must agree on before a collective read.
 
-
-@functools.lru_cache(maxsize=1024)
-def _layout_text(layout: LayoutSpec) -> str:
-    """A layout's text in the structure hash (remembered: tensors share layouts)."""
-    return repr(layout)
+    The same on every rank for the same requests (no salted ``hash()``).
+    """
+    lays: dict[int, str] = {}  # each layout object's text, made once
+    parts = []
+    for r in requests:
+        lay = r.layout
+        if lay is None:
+            text = "boxes"
+        else:
+            got = lays.get(id(lay))
+            if got is None:
+                got = lays[id(lay)] = repr(lay)
+            text = got
+        e = r.entry
+        parts.append(f"{e.key!r}|{e.shape}|{e.dtype.str}|{text}\n")
+    digest = hashlib.blake2b("".join(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
 # --- execution ---------------------------------------------------------------------------
