@@ -64,6 +64,20 @@ class Piece:
     def nbytes(self) -> int:
         return int(self.array.nbytes)
 
+    @classmethod
+    def with_run(
+        cls,
+        offset: int,
+        global_shape: tuple[int, ...],
+        start: tuple[int, ...],
+        array: np.ndarray,
+        run: int | None,
+    ) -> Piece:
+        """A piece whose :attr:`file_run` is already known (``run``, from an equal piece)."""
+        p = cls(offset, global_shape, start, array)
+        p.__dict__["file_run"] = run  # what the cached property would compute
+        return p
+
     @functools.cached_property
     def file_run(self) -> int | None:
         """The first byte of the piece in the file if its hyperslab is one contiguous

@@ -55,10 +55,11 @@ class SaveTensor:
             the bytes written must match them, so that the index records checksums
             computed when the state was saved, not when it was copied.
         memo: A dict in which the io layer may keep what it derives from the tensor
-            (its pieces' file runs, its text in the structure hash) for the next save
-            of the same tensor. Its owner (the planner's per-Variable memo) gives it
-            only to tensors of the same dtype, shape, layout and pieces; the key and
-            ``rows`` may differ (``dataclasses.replace``).
+            (its pieces' file runs, its text in the structure hash; numbers and text,
+            never arrays) for the next save of the same tensor. Its owner (the
+            planner's per-Variable memo) gives it only to tensors of the same dtype,
+            shape and layout; the key, ``rows`` and the pieces may differ
+            (``dataclasses.replace``).
     """
 
     key: str

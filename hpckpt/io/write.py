@@ -278,16 +278,7 @@ def _write_and_commit(
             exc = exc or e
     else:
         offsets, exc, bands = _write_data(
-            comm,
-            data_path,
-            tensors,
-            own,
-            pool,
-            crcs,
-            plan,
-            options,
-            deadline,
-            what,
+            comm, data_path, tensors, own, pool, crcs, plan, options, deadline, what
         )
     packed = _dist.all_true(
         comm, all(t.mesh_rank == rank for t in tensors if t.layout is not None), deadline
@@ -419,28 +410,28 @@ def _pieces(
     offsets: list[int | None],
     what: str,
 ) -> list[Piece]:
-    """This rank's pieces at their file offsets. A tensor with a ``memo`` keeps its
-    :class:`.mpiio.Piece` objects (which remember their file runs) for the next save
-    of the same array at the same place."""
+    """This rank's pieces at their file offsets. A tensor with a ``memo`` keeps each
+    piece's file run there for the next save of a piece at the same place (only
+    numbers: the memo holds no array)."""
     pieces = []
     for i, j, a in own:
         t = tensors[i]
         off = offsets[i]
         if off is None:
             raise CheckpointError(f"{what}: tensor {t.key!r} has no storage")
-        start = t.pieces[j][0]
-        p = t.memo.get(j) if t.memo is not None else None
-        if (
-            p is None
-            or p.array is not a
-            or p.offset != off
-            or p.start != start
-            or p.global_shape != t.shape
-        ):
-            p = Piece(off, t.shape, tuple(start), a)
-            if t.memo is not None:
-                t.memo[j] = p
-        pieces.append(p)
+        start = tuple(t.pieces[j][0])
+        memo = t.memo
+        if memo is None:
+            pieces.append(Piece(off, t.shape, start, a))
+            continue
+        where = (off, t.shape, start, a.shape, a.dtype.itemsize)
+        got = memo.get(j)
+        if got is not None and got[0] == where:
+            pieces.append(Piece.with_run(off, t.shape, start, a, got[1]))
+        else:
+            p = Piece(off, t.shape, start, a)
+            memo[j] = (where, p.file_run)
+            pieces.append(p)
     return pieces
 
 
