@@ -93,21 +93,24 @@ def test_the_rendered_index_is_the_index_built_entry_by_entry(data: st.DataObjec
         tensors, names, offsets, _sent(tensors, nranks, 1), _listed(tensors, 1), meta
     )
     template = IndexTemplate.build(tensors, entries, nranks)
-    # a later save: other checksums, other per-save fields
-    sent = _sent(tensors, nranks, 2)
-    listed = _listed(tensors, 2)
-    meta2 = dict(meta, data_file="ck.data-2.h5", created=2.25, graph={"nodes": []})
-    want, _ = _slow(tensors, names, offsets, sent, listed, meta2)
-    only = index_entries(
-        tensors, names, offsets, np.zeros((0, 4), np.int64), listed, "t", listed_only=True
-    )
-    got = template.render(
-        CheckpointIndex(tensors={}, **meta2), sent, only, [t.key for t in tensors], "test"
-    )
-    assert got == want
-    assert json.loads(got)["data_file"]["name"] == "ck.data-2.h5"
-    if any(len(s) for s in sent):
-        assert got != first
+    # later saves: other checksums, other per-save fields, the same or another graph
+    graphs = [{"nodes": []}, {"nodes": []}, meta["graph"], None, None]
+    for n, graph in enumerate(graphs):
+        sent = _sent(tensors, nranks, 2 + n)
+        listed = _listed(tensors, 2 + n)
+        meta2 = dict(meta, data_file=f"ck.data-{n}.h5", created=2.25 + n, graph=graph)
+        want, _ = _slow(tensors, names, offsets, sent, listed, meta2)
+        only = index_entries(
+            tensors, names, offsets, np.zeros((0, 4), np.int64), listed, "t", listed_only=True
+        )
+        got = template.render(
+            CheckpointIndex(tensors={}, **meta2), sent, only, [t.key for t in tensors], "test"
+        )
+        assert got == want, n
+        assert json.loads(got)["data_file"]["name"] == f"ck.data-{n}.h5"
+        assert json.loads(got)["graph"] == graph
+        if any(len(s) for s in sent):
+            assert got != first
 
 
 def test_the_index_text_is_one_json_document_in_the_format_order() -> None:

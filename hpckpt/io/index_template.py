@@ -22,6 +22,7 @@ import base64
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -57,6 +58,7 @@ class IndexTemplate:
         parts: Per tensor in index order: its fixed text, or ``None`` for a listed
             tensor (its entry is made at each save).
         layouts: The index's layout table.
+        graph: The object graph of the last rendered index and its JSON text.
     """
 
     counts: list[int]
@@ -64,6 +66,7 @@ class IndexTemplate:
     total: int
     parts: list[_Fixed | None]
     layouts: dict
+    graph: tuple[Any, str] | None = None  # the last graph rendered, and its JSON text
 
     @classmethod
     def build(
@@ -140,4 +143,8 @@ class IndexTemplate:
             else:
                 b64 = base64.b64encode(raw[4 * p.lo : 4 * p.hi]).decode("ascii")
                 out.append(f"{p.before}{b64}{p.after}")
-        return index.assemble(self.layouts, "{" + ",".join(out) + "}")
+        # the object graph rarely changes between saves: comparing is ~10x cheaper
+        # than encoding it
+        if self.graph is None or self.graph[0] != index.graph:
+            self.graph = (index.graph, json.dumps(index.graph, separators=_SEP))
+        return index.assemble(self.layouts, "{" + ",".join(out) + "}", self.graph[1])
