@@ -100,9 +100,12 @@ def slice_records(
     own: list[tuple[int, int, np.ndarray]],
     rank: int,
     values: list[int] | None = None,
+    *,
+    derived_rows: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """This rank's slice records: ``[tensor, slice, crc, rank]`` for layout-based tensors,
-    ``[tensor, crc, rank, *start, *shape]`` (padded) for listed ones."""
+    """This rank's slice records: ``[tensor, slice, crc, rank]`` for layout-based tensors
+    (none without ``derived_rows``), ``[tensor, crc, rank, *start, *shape]`` (padded) for
+    listed ones."""
     width = _width(tensors)
     derived = np.zeros((0, 4), dtype=np.int64)
     listed = np.zeros((0, 3 + 2 * width), dtype=np.int64)
@@ -112,7 +115,8 @@ def slice_records(
     for (i, j, a), crc in zip(own, values, strict=True):
         t = tensors[i]
         if t.layout is not None:
-            d_rows.append([i, t.slice_ids[j], crc, rank])
+            if derived_rows:
+                d_rows.append([i, t.slice_ids[j], crc, rank])
         else:
             start = list(t.pieces[j][0])
             row = [i, crc, rank] + [0] * (2 * width)

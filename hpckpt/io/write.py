@@ -289,12 +289,23 @@ def _write_and_commit(
         if exc is None:
             values = crcs[0].result() if crcs else _checksums(own)
             check_known(tensors, own, values, what)
-            derived, listed = slice_records(tensors, own, rank, values)
+            if packed and not bands:  # the layouts say who wrote what: checksums only
+                crc_array = np.asarray(  # in tensor order, as the derived rows would be
+                    [
+                        c
+                        for (i, _, _), c in zip(own, values, strict=True)
+                        if tensors[i].layout is not None
+                    ],
+                    dtype=np.uint32,
+                )
+                _, listed = slice_records(tensors, own, rank, values, derived_rows=False)
+            else:
+                derived, listed = slice_records(tensors, own, rank, values)
             if bands:  # in tensor order with the others
                 extra = np.asarray([[i, k, c, rank] for i, k, c in bands], dtype=np.int64)
                 derived = np.concatenate([derived, extra])
                 derived = derived[np.argsort(derived[:, 0], kind="stable")]
-            if packed:  # the layouts say who wrote what: checksums only, in tensor order
+            if packed and bands:  # checksums only, in tensor order
                 crc_array = derived[:, 2].astype(np.uint32)
                 derived = derived[:0]
     except BaseException as e:
