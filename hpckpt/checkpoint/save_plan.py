@@ -206,11 +206,12 @@ class SavePlan:
 
     Attributes:
         tensors: Every tensor, sorted by key, with this rank's pieces.
-        graph: The object graph as stored in the index.
+        graph: The object graph as stored in the index, on rank 0 (``None`` on the
+            other ranks: only rank 0 writes an index).
     """
 
     tensors: list[SaveTensor]
-    graph: dict[str, Any]
+    graph: dict[str, Any] | None
 
     @property
     def nbytes(self) -> int:
@@ -318,4 +319,4 @@ def plan_save(root: Any, comm: MPI.Comm, deadline: Deadline, what: str) -> SaveP
             pieces.append(((int(offsets[rank]),), np.frombuffer(ranked[j][0], dtype=np.uint8)))
         tensors.append(SaveTensor(key, np.dtype(np.uint8), (int(offsets[-1]),), None, pieces))
     tensors.sort(key=lambda t: t.key)
-    return SavePlan(tensors, g.to_json())
+    return SavePlan(tensors, g.to_json() if is_root else None)
