@@ -15,7 +15,6 @@ the caller's strided array): nothing is copied here.
 from __future__ import annotations
 
 import math
-import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -140,63 +139,62 @@ def parse_rank_state_header(raw: np.ndarray, total: int, key: str) -> np.ndarray
     return offsets
 
 
-# A Variable's last planned share: saves of an unchanged structure reuse it (see
-# _layout_tensor). Weak keys: a Variable that is gone takes its entry with it.
-_MEMO: weakref.WeakKeyDictionary[Variable, tuple] = weakref.WeakKeyDictionary()
-
-
 def _layout_tensor(key: str, v: Variable, ordinal: int) -> SaveTensor:
     """The :class:`SaveTensor` of a layout-based Variable: its pieces (``write_pieces``)
     and how it is saved.
 
     The result depends only on the Variable's layout, its shard array (the object, its
-    dtype, shape and strides) and ``ordinal``; it is remembered per Variable and reused
-    while all of these are the same (the remembered pieces are views of that very array,
-    so they see its current values). A fresh ``SaveTensor`` is returned every time
-    (callers may replace its pieces).
+    dtype, shape and strides) and ``ordinal``; it is remembered in the Variable
+    (``Variable._save_memo``, one flat tuple: few objects for Python's garbage
+    collector to walk) and reused while all of these are the same (the remembered
+    pieces are views of that very array, so they see its current values). A fresh
+    ``SaveTensor`` is returned every time (callers may replace its pieces).
     """
     local = v.local
     layout = v.layout
     assert layout is not None
-    memo = _MEMO.get(v)
+    m = v._save_memo
     if (
-        memo is None
-        or memo[0] is not layout
-        or memo[1] is not local
-        or memo[2] != ordinal
-        or memo[3] != local.shape
-        or memo[4] != local.strides
-        or memo[5] != local.dtype
+        m is None
+        or m[0] is not layout
+        or m[1] is not local
+        or m[2] != ordinal
+        or m[3] != local.shape
+        or m[4] != local.strides
+        or m[5] != local.dtype
     ):
         spec = layout.spec()
         st = storage_dtype(v.dtype)
         pieces, ids = write_pieces(v, ordinal)
-        made: tuple = (
+        m = v._save_memo = (
+            layout,
+            local,
+            ordinal,
+            local.shape,
+            local.strides,
+            local.dtype,
             st,
             v.shape,
             spec,
-            pieces,
-            ids,
+            tuple(pieces),
+            tuple(ids),
             logical_name(v.dtype),
             layout.mesh.rank,
             use_rows(v.shape, spec, st),
             {},
         )
-        memo = (layout, local, ordinal, local.shape, local.strides, local.dtype, made)
-        _MEMO[v] = memo
-    st, shape, spec, pieces, ids, logical, mesh_rank, rows, io_memo = memo[6]
     return SaveTensor(
         key,
-        st,
-        shape,
-        spec,
-        list(pieces),
-        list(ids),
-        logical,
-        mesh_rank=mesh_rank,
+        m[6],
+        m[7],
+        m[8],
+        list(m[9]),
+        list(m[10]),
+        m[11],
+        mesh_rank=m[12],
         ordinal=ordinal,
-        rows=rows,
-        memo=io_memo,
+        rows=m[13],
+        memo=m[14],
     )
 
 

@@ -304,12 +304,9 @@ class CheckpointIndex:
                 layouts[t.layout] = len(layouts)
         return layouts
 
-    def assemble(
-        self, layouts: dict[LayoutSpec, int], tensors: str, graph: str | None = None
-    ) -> str:
+    def assemble(self, layouts: dict[LayoutSpec, int], tensors: str) -> str:
         """The index file's text from its layout table and its ``"tensors"`` JSON text
-        (the other fields are this index's; its own ``tensors`` are not read). ``graph``:
-        the JSON text of this index's graph, when the caller has it already."""
+        (the other fields are this index's; its own ``tensors`` are not read)."""
         doc = {
             "format": FORMAT_NAME,
             "version": FORMAT_VERSION,
@@ -322,8 +319,7 @@ class CheckpointIndex:
             "layouts": [_layout_json(s) for s in layouts],
         }
         head = json.dumps(doc, separators=(",", ":"))
-        if graph is None:
-            graph = json.dumps(self.graph, separators=(",", ":"))
+        graph = json.dumps(self.graph, separators=(",", ":"))
         return f'{head[:-1]},"tensors":{tensors},"graph":{graph}}}'
 
     def _data_file_json(self) -> dict[str, Any]:

@@ -22,7 +22,6 @@ import base64
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -36,15 +35,10 @@ _SEP = (",", ":")
 _FIELD = '"checksums":""'
 
 
-@dataclass
-class _Fixed:
-    """A layout-based tensor's entry: text before and after its checksums, and their
-    positions ``[lo, hi)`` in the flat checksum array."""
-
-    before: str
-    lo: int
-    hi: int
-    after: str
+# A layout-based tensor's entry: ``(text before its checksums, their first and last
+# positions in the flat checksum array, text after)``. A plain tuple of strings and
+# ints: Python's garbage collector stops tracking it, however many tensors there are.
+_Fixed = tuple[str, int, int, str]
 
 
 @dataclass
@@ -58,7 +52,6 @@ class IndexTemplate:
         parts: Per tensor in index order: its fixed text, or ``None`` for a listed
             tensor (its entry is made at each save).
         layouts: The index's layout table.
-        graph: The object graph of the last rendered index and its JSON text.
     """
 
     counts: list[int]
@@ -66,7 +59,6 @@ class IndexTemplate:
     total: int
     parts: list[_Fixed | None]
     layouts: dict
-    graph: tuple[Any, str] | None = None  # the last graph rendered, and its JSON text
 
     @classmethod
     def build(
@@ -92,7 +84,7 @@ class IndexTemplate:
             # inside a JSON string is escaped, and no nested object has that key)
             cut = text.index(_FIELD) + len(_FIELD) - 1
             before, after = text[:cut], text[cut:]
-            parts.append(_Fixed(before, total, total + n, after))
+            parts.append((before, total, total + n, after))
             total += n
         # where each rank's checksums go: the writer assignment rows_from_layouts reads
         where: list[list[int]] = [[] for _ in range(nranks)]
@@ -141,10 +133,7 @@ class IndexTemplate:
                     f"{json.dumps(key)}:{json.dumps(e.to_json(self.layouts), separators=_SEP)}"
                 )
             else:
-                b64 = base64.b64encode(raw[4 * p.lo : 4 * p.hi]).decode("ascii")
-                out.append(f"{p.before}{b64}{p.after}")
-        # the object graph rarely changes between saves: comparing is ~10x cheaper
-        # than encoding it
-        if self.graph is None or self.graph[0] != index.graph:
-            self.graph = (index.graph, json.dumps(index.graph, separators=_SEP))
-        return index.assemble(self.layouts, "{" + ",".join(out) + "}", self.graph[1])
+                before, lo, hi, after = p
+                b64 = base64.b64encode(raw[4 * lo : 4 * hi]).decode("ascii")
+                out.append(f"{before}{b64}{after}")
+        return index.assemble(self.layouts, "{" + ",".join(out) + "}")

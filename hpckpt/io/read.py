@@ -48,6 +48,7 @@ from .load import read_index_bytes
 from .mpiio import Piece
 from .options import IOOptions
 from .paths import data_file_path, index_path
+from .save_tensor import layout_text
 from .scratch import ScratchPool
 from .slicing import (
     Box,
@@ -331,17 +332,10 @@ def request_structure_hash(requests: Sequence[ReadRequest]) -> int:
 
     The same on every rank for the same requests (no salted ``hash()``).
     """
-    lays: dict[int, str] = {}  # each layout object's text, made once
     parts = []
     for r in requests:
         lay = r.layout
-        if lay is None:
-            text = "boxes"
-        else:
-            got = lays.get(id(lay))
-            if got is None:
-                got = lays[id(lay)] = repr(lay)
-            text = got
+        text = "boxes" if lay is None else layout_text(lay)
         e = r.entry
         parts.append(f"{e.key!r}|{e.shape}|{e.dtype.str}|{text}\n")
     digest = hashlib.blake2b("".join(parts).encode(), digest_size=8).digest()

@@ -20,6 +20,7 @@ __all__ = [
     "ROWS_MIN_BYTES",
     "SaveTensor",
     "derived_slicing",
+    "layout_text",
     "structure_hash",
     "use_rows",
     "without_rows",
@@ -107,12 +108,18 @@ def _use_rows(shape: tuple[int, ...], layout: LayoutSpec, dtype: np.dtype) -> bo
     return largest * dtype.itemsize >= ROWS_MIN_BYTES
 
 
+@functools.lru_cache(maxsize=4096)
+def layout_text(layout: LayoutSpec) -> str:
+    """A layout's text in the structure hashes of saves and restores (remembered: many
+    tensors share a layout, often through equal but distinct objects)."""
+    return repr((layout.specs, layout.dim_names, layout.mesh_shape, layout.splits))
+
+
 def structure_hash(tensors: Sequence[SaveTensor]) -> int:
     """A 63-bit hash of what every rank must agree on: keys, dtypes, shapes, layouts.
 
     The same on every rank for the same structure (no salted ``hash()``).
     """
-    lays: dict[int, str] = {}  # each layout object's text, made once
     parts = []
     for t in tensors:
         memo = t.memo  # a tensor's text, kept for the next save (its fields but the key
@@ -122,13 +129,7 @@ def structure_hash(tensors: Sequence[SaveTensor]) -> int:
                 parts.append(got[2])
                 continue
         lay = t.layout
-        if lay is None:
-            text = "boxes"
-        else:
-            got = lays.get(id(lay))
-            if got is None:
-                got = lays[id(lay)] = repr((lay.specs, lay.dim_names, lay.mesh_shape, lay.splits))
-            text = got
+        text = "boxes" if lay is None else layout_text(lay)
         part = (
             f"{'r' if t.rows else '-'}{t.key!r}|{t.dtype.str}|{t.shape}|{text}|{t.logical_dtype}\0"
         )
