@@ -735,3 +735,55 @@ def test_repeated_saves_of_one_structure_save_the_current_values(shared_dir, mon
                 f.write(bytes([b[0] ^ 0x40]))
     with pytest.raises(hpckpt.CorruptCheckpointError):
         hpckpt.Checkpoint(**vs).read(prefix)
+
+
+def test_saves_of_the_same_tensors_in_another_graph_order_restore(shared_dir):
+    """Small replicated tensors are written by the replica their place in the graph
+    picks (round-robin): the same keys reached in another order are written by other
+    ranks, and rank 0's index template of the earlier order must not be used."""
+    comm = MPI.COMM_WORLD
+    mesh = hpckpt.create_mesh([("x", comm.size)])
+    vs = {
+        f"s{i}": hpckpt.Variable(np.full(3, float(i)), Layout.replicated(mesh, 1)) for i in range(6)
+    }
+    prefix = os.path.join(shared_dir, "order")
+    for step, order in enumerate([sorted(vs), sorted(vs), sorted(vs, reverse=True)] * 2):
+        for k, v in vs.items():
+            v.local[...] = float(step * 10 + int(k[1:]))
+        hpckpt.Checkpoint(**{k: vs[k] for k in order}).write(prefix)
+        fresh = {k: hpckpt.Variable(np.zeros(3), v.layout) for k, v in vs.items()}
+        hpckpt.Checkpoint(**fresh).read(prefix).assert_consumed()
+        with Agreed():
+            for k, v in vs.items():
+                assert np.array_equal(fresh[k].numpy(), v.numpy()), (step, k)
+
+
+def test_repeat_saves_that_stop_using_row_bands_restore(shared_dir):
+    """The same tensor saved in row bands (a contiguous shard), then, under the same key,
+    from a caller's strided array (no bands: other slices, other writers): rank 0's index
+    template of the banded saves must not describe the later save."""
+    mesh = hpckpt.create_mesh([("r", MPI.COMM_WORLD.size)])
+    n = 1400  # column shards (strided in the file) of at least 1 MiB
+    lay = Layout([UNSHARDED, "r"], mesh)
+    shape = lay.local_shape((n, n))
+    start = tuple(s.start for s in lay.local_slices((n, n)))
+    ii, jj = np.meshgrid(
+        np.arange(shape[0]) + start[0], np.arange(shape[1]) + start[1], indexing="ij"
+    )
+    prefix = os.path.join(shared_dir, "bands")
+    field = np.full((shape[0] + 2, shape[1] + 2), -1.0)
+    for step in range(5):
+        value = (ii * n + jj + step).astype(np.float64)
+        if step < 3:  # contiguous: row bands
+            v = hpckpt.Variable.from_local(value, lay, (n, n))
+        else:  # a view of a field with ghost cells
+            field[1:-1, 1:-1] = value
+            v = hpckpt.Variable.from_local(field[1:-1, 1:-1], lay, (n, n), copy=False)
+        hpckpt.Checkpoint(v=v).write(prefix)
+        with Agreed():
+            doc = json.load(open(prefix + ".index.json"))
+            assert ("rows" in doc["tensors"]["v/.ATTRIBUTES/VARIABLE_VALUE"]) == (step < 3)
+        whole = hpckpt.Variable(np.zeros((n, n)), Layout.replicated(mesh, 2))
+        hpckpt.Checkpoint(v=whole).read(prefix).assert_consumed()
+        want = np.arange(n * n, dtype=np.float64).reshape(n, n) + step
+        assert all_ranks(np.array_equal(whole.numpy(), want)), step

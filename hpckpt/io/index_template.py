@@ -52,6 +52,7 @@ class IndexTemplate:
         parts: Per tensor in index order: its fixed text, or ``None`` for a listed
             tensor (its entry is made at each save).
         layouts: The index's layout table.
+        bands: Per tensor, whether it was saved in row bands.
     """
 
     counts: list[int]
@@ -59,6 +60,7 @@ class IndexTemplate:
     total: int
     parts: list[_Fixed | None]
     layouts: dict
+    bands: list[bool]
 
     @classmethod
     def build(
@@ -96,7 +98,15 @@ class IndexTemplate:
                 if k >= 0:
                     where[r].append(bounds[i] + k)
         dest = [np.asarray(x, dtype=np.int64) for x in where]
-        return cls([len(x) for x in where], dest, total, parts, layouts)
+        return cls([len(x) for x in where], dest, total, parts, layouts, [t.rows for t in tensors])
+
+    def fits(self, tensors: Sequence[SaveTensor]) -> bool:
+        """Whether the template describes these tensors of its structure: the same ones
+        are saved in row bands (a save with a strided shard that is not a contiguous
+        array saves none in bands: other slices, other writers)."""
+        return len(tensors) == len(self.bands) and all(
+            t.rows == b for t, b in zip(tensors, self.bands, strict=True)
+        )
 
     def render(
         self,

@@ -116,14 +116,16 @@ def layout_text(layout: LayoutSpec) -> str:
 
 
 def structure_hash(tensors: Sequence[SaveTensor]) -> int:
-    """A 63-bit hash of what every rank must agree on: keys, dtypes, shapes, layouts.
+    """A 63-bit hash of what every rank must agree on: keys, dtypes, shapes, layouts,
+    and each tensor's ``ordinal`` (its place in the graph picks the replica that writes
+    a small replicated tensor: which rank writes which slice).
 
     The same on every rank for the same structure (no salted ``hash()``).
     """
     parts = []
     for t in tensors:
         memo = t.memo  # a tensor's text, kept for the next save (its fields but the key
-        if memo is not None:  # and ``rows`` are fixed for the memo's life)
+        if memo is not None:  # and ``rows`` are fixed for the memo's life, ordinal included)
             got = memo.get("structure")
             if got is not None and got[0] == t.key and got[1] == t.rows:
                 parts.append(got[2])
@@ -131,7 +133,8 @@ def structure_hash(tensors: Sequence[SaveTensor]) -> int:
         lay = t.layout
         text = "boxes" if lay is None else layout_text(lay)
         part = (
-            f"{'r' if t.rows else '-'}{t.key!r}|{t.dtype.str}|{t.shape}|{text}|{t.logical_dtype}\0"
+            f"{'r' if t.rows else '-'}{t.key!r}|{t.dtype.str}|{t.shape}|{text}|"
+            f"{t.logical_dtype}|{t.ordinal}\0"
         )
         if memo is not None:
             memo["structure"] = (t.key, t.rows, part)

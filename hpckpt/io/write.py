@@ -487,15 +487,16 @@ def _index_text(
         checksum=DEFAULT_ALGORITHM,
     )
     hit = _PLANS.get(h) if cached and got_crcs is not None and specs is None else None
-    if hit is not None and hit.index is not None and got_crcs is not None:
+    template = hit.index if hit is not None else None
+    if template is not None and got_crcs is not None and template.fits(tensors):
         listed = index_entries(
             tensors, names, offsets, got_derived[:0], got_listed, what, listed_only=True
         )
-        return hit.index.render(index, got_crcs, listed, [t.key for t in tensors], what)
+        return template.render(index, got_crcs, listed, [t.key for t in tensors], what)
     if got_crcs is not None:
         got_derived = rows_from_layouts(tensors, got_crcs, what)
     index.tensors = index_entries(tensors, names, offsets, got_derived, got_listed, what, specs)
-    if hit is not None:  # the second save of this structure: keep its template
+    if hit is not None:  # the second save of this structure (or its bands changed)
         hit.index = IndexTemplate.build(tensors, index.tensors, comm.Get_size())
     return index.to_json()
 
