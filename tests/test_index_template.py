@@ -68,10 +68,10 @@ def _listed(tensors: list[SaveTensor], seed: int) -> np.ndarray:
     return np.asarray(rows, dtype=np.int64).reshape(len(rows), 5)
 
 
-def _slow(tensors, names, offsets, sent, listed, meta) -> tuple[str, dict]:
+def _slow(tensors, names, offsets, sent, listed, meta) -> tuple[str, dict, np.ndarray]:
     derived = rows_from_layouts(tensors, sent, "test")
     entries = index_entries(tensors, names, offsets, derived, listed, "test")
-    return CheckpointIndex(tensors=entries, **meta).to_json(), entries
+    return CheckpointIndex(tensors=entries, **meta).to_json(), entries, derived
 
 
 @settings(max_examples=60, deadline=None)
@@ -89,17 +89,17 @@ def test_the_rendered_index_is_the_index_built_entry_by_entry(data: st.DataObjec
         "library": {"hpckpt": "test"},
         "structure_checksum": 77,
     }
-    first, entries = _slow(
+    first, entries, rows = _slow(
         tensors, names, offsets, _sent(tensors, nranks, 1), _listed(tensors, 1), meta
     )
-    template = IndexTemplate.build(tensors, entries, nranks)
+    template = IndexTemplate.build(tensors, entries, rows, nranks)
     # later saves: other checksums, other per-save fields, the same or another graph
     graphs = [{"nodes": []}, {"nodes": []}, meta["graph"], None, None]
     for n, graph in enumerate(graphs):
         sent = _sent(tensors, nranks, 2 + n)
         listed = _listed(tensors, 2 + n)
         meta2 = dict(meta, data_file=f"ck.data-{n}.h5", created=2.25 + n, graph=graph)
-        want, _ = _slow(tensors, names, offsets, sent, listed, meta2)
+        want, _, _ = _slow(tensors, names, offsets, sent, listed, meta2)
         only = index_entries(
             tensors, names, offsets, np.zeros((0, 4), np.int64), listed, "t", listed_only=True
         )
@@ -147,7 +147,7 @@ def test_a_rank_that_sends_another_number_of_checksums_fails_the_save() -> None:
     spec = LayoutSpec(("x",), ("x",), (2,))
     tensors = [SaveTensor(f"t{i}", np.dtype("<f4"), (8,), spec, [], ordinal=i) for i in range(3)]
     sent = _sent(tensors, 2, 0)
-    _, entries = _slow(
+    _, entries, rows = _slow(
         tensors,
         ["a", "b", "c"],
         [0, 64, 128],
@@ -155,7 +155,7 @@ def test_a_rank_that_sends_another_number_of_checksums_fails_the_save() -> None:
         _listed(tensors, 0),
         {"data_file": "d", "data_size": 1, "nprocs": 2, "created": 0.0},
     )
-    template = IndexTemplate.build(tensors, entries, 2)
+    template = IndexTemplate.build(tensors, entries, rows, 2)
     index = CheckpointIndex(data_file="d", data_size=1, tensors={}, nprocs=2, created=0.0)
     keys = [t.key for t in tensors]
     for bad in ([sent[0], sent[1][:-1]], [sent[0], np.append(sent[1], 5).astype(np.uint32)]):

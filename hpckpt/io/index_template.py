@@ -10,7 +10,7 @@ of rebuilding every rank's slice records and every tensor's entry.
 
 The check that every slice is written exactly once depends on the layouts only: it
 ran (``records.rows_from_layouts``, ``records.index_entries``) when the template was
-made, from the same writer assignment the template records. Each save still checks
+made, and the template records the writer assignment from those very rows. Each save still checks
 that every rank sent exactly as many checksums as its layouts say. The rendered text
 equals what :meth:`.index.CheckpointIndex.to_json` makes of the same entries.
 Pure logic: no MPI, no HDF5.
@@ -27,7 +27,7 @@ import numpy as np
 
 from ..errors import CheckpointError
 from .index import CheckpointIndex, TensorEntry
-from .save_tensor import SaveTensor, derived_slicing
+from .save_tensor import SaveTensor
 
 __all__ = ["IndexTemplate"]
 
@@ -64,13 +64,19 @@ class IndexTemplate:
 
     @classmethod
     def build(
-        cls, tensors: Sequence[SaveTensor], entries: dict[str, TensorEntry], nranks: int
+        cls,
+        tensors: Sequence[SaveTensor],
+        entries: dict[str, TensorEntry],
+        rows: np.ndarray,
+        nranks: int,
     ) -> IndexTemplate:
-        """The template of a committed save: ``entries`` are its index entries (checked
-        exactly-once), ``tensors`` its tensors in index order."""
+        """The template of a committed save: ``tensors`` in index order, their
+        ``entries`` (checked exactly-once) and the ``[tensor, slice, crc, rank]`` rows
+        they were built from (``records.rows_from_layouts``: in tensor order, so each
+        rank's rows are in the order of the checksums it sends)."""
         layouts = CheckpointIndex.layout_table(entries.values())
         total = 0
-        bounds: dict[int, int] = {}
+        first = np.full(len(tensors), -1, dtype=np.int64)  # a tensor's first position
         parts: list[_Fixed | None] = []
         for i, t in enumerate(tensors):
             e = entries[t.key]
@@ -78,35 +84,28 @@ class IndexTemplate:
                 parts.append(None)
                 continue
             n = len(e.slicing)
-            bounds[i] = total
+            first[i] = total
             d = e.to_json(layouts)
             d["checksums"] = ""
             text = f"{json.dumps(t.key)}:{json.dumps(d, separators=_SEP)}"
             # the one unescaped '"checksums":""' of the text is the field's (a quote
             # inside a JSON string is escaped, and no nested object has that key)
             cut = text.index(_FIELD) + len(_FIELD) - 1
-            before, after = text[:cut], text[cut:]
-            parts.append((before, total, total + n, after))
+            parts.append((text[:cut], total, total + n, text[cut:]))
             total += n
-        # where each rank's checksums go: the writer assignment rows_from_layouts reads
-        where: list[list[int]] = [[] for _ in range(nranks)]
-        for i, t in enumerate(tensors):
-            if t.layout is None:
-                continue
-            w = derived_slicing(t.shape, t.layout, t.dtype, t.rows).writers(t.ordinal).tolist()
-            for r, k in enumerate(w):
-                if k >= 0:
-                    where[r].append(bounds[i] + k)
-        dest = [np.asarray(x, dtype=np.int64) for x in where]
-        return cls([len(x) for x in where], dest, total, parts, layouts, [t.rows for t in tensors])
+        # where each rank's checksums go: its rows' positions, in its sending order
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1, 4)
+        counts = np.bincount(rows[:, 3], minlength=nranks)
+        order = np.argsort(rows[:, 3], kind="stable")
+        at = (first[rows[:, 0]] + rows[:, 1])[order]
+        dest = np.split(at, np.cumsum(counts)[:-1])
+        return cls(counts.tolist(), dest, total, parts, layouts, [t.rows for t in tensors])
 
     def fits(self, tensors: Sequence[SaveTensor]) -> bool:
         """Whether the template describes these tensors of its structure: the same ones
         are saved in row bands (a save with a strided shard that is not a contiguous
         array saves none in bands: other slices, other writers)."""
-        return len(tensors) == len(self.bands) and all(
-            t.rows == b for t, b in zip(tensors, self.bands, strict=True)
-        )
+        return [t.rows for t in tensors] == self.bands
 
     def render(
         self,

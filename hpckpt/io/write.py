@@ -301,13 +301,13 @@ def _write_and_commit(
                 _, listed = slice_records(tensors, own, rank, values, derived_rows=False)
             else:
                 derived, listed = slice_records(tensors, own, rank, values)
-            if bands:  # in tensor order with the others
-                extra = np.asarray([[i, k, c, rank] for i, k, c in bands], dtype=np.int64)
-                derived = np.concatenate([derived, extra])
-                derived = derived[np.argsort(derived[:, 0], kind="stable")]
-            if packed and bands:  # checksums only, in tensor order
-                crc_array = derived[:, 2].astype(np.uint32)
-                derived = derived[:0]
+                if bands:  # in tensor order with the others
+                    extra = np.asarray([[i, k, c, rank] for i, k, c in bands], dtype=np.int64)
+                    derived = np.concatenate([derived, extra])
+                    derived = derived[np.argsort(derived[:, 0], kind="stable")]
+                if packed:  # checksums only, in tensor order
+                    crc_array = derived[:, 2].astype(np.uint32)
+                    derived = derived[:0]
     except BaseException as e:
         exc = e
 
@@ -326,8 +326,7 @@ def _write_and_commit(
                 _dist.raise_interrupt()  # a signal on rank 0: no commit
                 text = _index_text(
                     comm,
-                    h,
-                    cached,
+                    _PLANS.get(h) if cached else None,
                     tensors,
                     names,
                     offsets,
@@ -455,8 +454,7 @@ def _remember(h: int, plan: _CachedPlan) -> None:
 
 def _index_text(
     comm: MPI.Comm,
-    h: int,
-    cached: bool,
+    hit: _CachedPlan | None,
     tensors: Sequence[SaveTensor],
     names: list[str],
     offsets: list[int | None],
@@ -471,9 +469,10 @@ def _index_text(
 ) -> str:
     """Rank 0: the index text of a save, checking that every slice was written once.
 
-    A save of a structure committed before, with packed checksums, fills in the
+    ``hit``: the cached plan of this save's structure, when every rank holds one. A
+    save of a structure committed before, with packed checksums, fills in the
     structure's :class:`.index_template.IndexTemplate` (made at the first such save,
-    from entries checked by ``index_entries``); others build every entry.
+    from the rows and entries checked by ``index_entries``); others build every entry.
     """
     index = CheckpointIndex(
         data_file=data_name,
@@ -486,7 +485,8 @@ def _index_text(
         library=library_versions(),
         checksum=DEFAULT_ALGORITHM,
     )
-    hit = _PLANS.get(h) if cached and got_crcs is not None and specs is None else None
+    if got_crcs is None or specs is not None:  # per-slice records, or parallel HDF5
+        hit = None
     template = hit.index if hit is not None else None
     if template is not None and got_crcs is not None and template.fits(tensors):
         listed = index_entries(
@@ -497,7 +497,7 @@ def _index_text(
         got_derived = rows_from_layouts(tensors, got_crcs, what)
     index.tensors = index_entries(tensors, names, offsets, got_derived, got_listed, what, specs)
     if hit is not None:  # the second save of this structure (or its bands changed)
-        hit.index = IndexTemplate.build(tensors, index.tensors, comm.Get_size())
+        hit.index = IndexTemplate.build(tensors, index.tensors, got_derived, comm.Get_size())
     return index.to_json()
 
 
