@@ -68,7 +68,11 @@ $PY -c "import h5py, sys; sys.exit(0 if h5py.get_config().mpi else 1)" \
 #    build of torch==2.13.0 that this machine's pip index serves: the tests of
 #    hpckpt.torch run in `make test`).
 $PY - <<'PY' 2>/dev/null || { say "installing hpckpt (editable) with test extras (ml_dtypes, torch==2.13.0)"; $PIP install --no-build-isolation -e '.[test]'; }
-import importlib.metadata as m, hpckpt, pytest, pytest_mpi, pytest_timeout, hypothesis, importlinter, mypy, ml_dtypes, torch  # noqa: F401
+import importlib.metadata as m, pathlib, platform, hpckpt, pytest, pytest_mpi, pytest_timeout, hypothesis, importlinter, mypy, ml_dtypes, torch  # noqa: F401
 m.version("hpckpt")
+if platform.machine() == "x86_64":  # the C extension (AVX-512 CRC-32C) is built from the current source
+    import hpckpt.io._crc32c as ext
+    src = pathlib.Path(hpckpt.__file__).parent / "io" / "_crc32c.c"
+    assert pathlib.Path(ext.__file__).stat().st_mtime >= src.stat().st_mtime
 PY
-say "ready: $($PY -c 'import h5py, mpi4py, numpy; print(f"h5py {h5py.__version__} (HDF5 {h5py.version.hdf5_version}, mpi={h5py.get_config().mpi}), mpi4py {mpi4py.__version__}, numpy {numpy.__version__}")')"
+say "ready: $($PY -c 'import h5py, mpi4py, numpy; from hpckpt.io.checksum import ACCELERATED; crc = "AVX-512" if ACCELERATED else "the crc32c package"; print(f"h5py {h5py.__version__} (HDF5 {h5py.version.hdf5_version}, mpi={h5py.get_config().mpi}), mpi4py {mpi4py.__version__}, numpy {numpy.__version__}, CRC-32C by {crc}")')"

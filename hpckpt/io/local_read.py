@@ -300,13 +300,14 @@ class LocalTierStorage:
             path, copy = self._file(node)
             checks = {id(p.array): c for p, c in items if c is not None}
 
-            def on_chunk(piece: Piece, lo: int, hi: int, checks: dict = checks) -> None:
+            def listener(
+                piece: Piece, checks: dict = checks
+            ) -> Callable[[int, int], None] | None:
                 c = checks.get(id(piece.array))
-                if c is not None:
-                    c.update(lo, hi)
+                return None if c is None else c.update
 
             try:
-                posix_io(path, [p for p, _ in items], write=False, on_chunk=on_chunk)
+                posix_io(path, [p for p, _ in items], write=False, listener=listener)
                 for c in checks.values():
                     c.finish()
             except CorruptCheckpointError as e:

@@ -20,18 +20,18 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, cast
 
 import numpy as np
 from mpi4py import MPI
 
 from .._dist import Deadline, allreduce_int
-from .bounce import read_into
+from .bounce import MIN_BOUNCE_READ, read_into, slow_distance
 from .strided import MIN_VIEW_BYTES, memory_split, run_bytes, strided_type
 from .writeback import Writeback
 
 __all__ = [
+    "ChunkListener",
     "Piece",
     "collective_io",
     "contiguous_offset",
@@ -40,10 +40,13 @@ __all__ = [
     "split_piece",
 ]
 
+ChunkListener = Callable[["Piece"], Callable[[int, int], None] | None]
+"""Asked once per piece read: the function told ``(lo, hi)`` as its bytes arrive, or None."""
+
 MAX_PIECE_BYTES = 256 << 20
 MAX_ROUND_BYTES = 1 << 30
 MAX_ROUND_PIECES = 4096
-READ_CHUNK_BYTES = 2 << 20  # streamed reads: a chunk is checksummed while it is still in the cache
+READ_CHUNK_BYTES = 256 << 10  # streamed reads: a chunk is checksummed while it is still in L2
 SIEVE_MAX_SPAN = 2  # sieved reads read at most this many times a piece's bytes
 SIEVE_CALL_BYTES = 64 << 20  # file bytes per sieved preadv
 IOV_MAX = 1024  # iovecs per preadv (Linux's limit)
@@ -341,7 +344,7 @@ def posix_io(
     *,
     write: bool,
     chunk_bytes: int | None = None,
-    on_chunk: Callable[[Piece, int, int], None] | None = None,
+    listener: ChunkListener | None = None,
     fsync: bool = True,
     on_moved: Callable[[int], None] | None = None,
 ) -> None:
@@ -353,10 +356,11 @@ def posix_io(
     starts as soon as it is written (:class:`.writeback.Writeback`). Reads of a piece
     that is one contiguous run of the file go in chunks of ``chunk_bytes`` (default
     ``READ_CHUNK_BYTES``), reads of a sievable strided piece in spans
-    (``_sieved_read``); after each, ``on_chunk(piece, lo, hi)`` is told that bytes
-    ``[lo, hi)`` of ``piece.array`` have arrived (so that they can be checksummed
-    while the next ones are read). ``on_moved(n)`` is told of every
-    ``n`` bytes moved (progress).
+    (``_sieved_read``); ``listener(piece)``, asked once per piece, gives the
+    function (or ``None``) that is told ``(lo, hi)`` after each chunk: bytes
+    ``[lo, hi)`` of ``piece.array`` have arrived (so that they are checksummed
+    while still in the cache). ``on_moved(n)`` is told of every ``n`` bytes moved
+    (progress).
     """
     fd = os.open(path, os.O_WRONLY if write else os.O_RDONLY)
     try:
@@ -365,8 +369,9 @@ def posix_io(
                 if not p.nbytes:
                     continue
                 runs = _runs(p)
+                told = None if write or listener is None else listener(p)
                 if not write and len(runs) > 1 and _sievable(p):
-                    _sieved_read(fd, runs, None if on_chunk is None else partial(on_chunk, p))
+                    _sieved_read(fd, runs, told)
                     if on_moved is not None:
                         on_moved(p.nbytes)
                     continue
@@ -376,11 +381,14 @@ def posix_io(
                         if on_moved is not None:
                             on_moved(sum(m.nbytes for _, m in group))
                     continue
-                streamed = on_chunk is not None and not write and len(runs) == 1
-                if streamed:
-                    step = chunk_bytes or READ_CHUNK_BYTES
-                else:  # in pieces of PROGRESS_STEP when someone follows the progress
-                    step = PROGRESS_STEP if on_moved is not None else 1 << 62
+                if told is not None and len(runs) == 1:
+                    off, mem = runs[0]
+                    _streamed_read(fd, mem.data.cast("B"), off, chunk_bytes, told)
+                    if on_moved is not None:
+                        on_moved(p.nbytes)
+                    continue
+                # in pieces of PROGRESS_STEP when someone follows the progress
+                step = PROGRESS_STEP if on_moved is not None else 1 << 62
                 if writeback.active:  # the disk starts on each piece
                     step = min(step, WRITEBACK_STEP)
                 for off, mem in runs:
@@ -389,14 +397,42 @@ def posix_io(
                         hi = min(lo + step, len(view))
                         _transfer(fd, view[lo:hi], off + lo, write)
                         writeback.written(off + lo, hi - lo)
-                        if streamed:
-                            on_chunk(p, lo, hi)  # type: ignore[misc]
                         if on_moved is not None:
                             on_moved(hi - lo)
         if write and fsync:
             os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _streamed_read(
+    fd: int,
+    view: memoryview,
+    offset: int,
+    chunk_bytes: int | None,
+    told: Callable[[int, int], None],
+) -> None:
+    """Read one contiguous run in chunks, telling ``told(lo, hi)`` after each.
+
+    The loop is the restore's hot path for large slices (a chunk is 256 KiB, so a
+    GiB is 4096 turns): whether the kernel's copy into ``view`` is the slow one
+    (:func:`.bounce.slow_distance`) is the same for every chunk, so it is decided
+    once, and fast destinations get ``preadv`` directly.
+    """
+    n = len(view)
+    step = chunk_bytes or READ_CHUNK_BYTES
+    if n >= MIN_BOUNCE_READ and slow_distance(MPI.Get_address(view), offset):
+        for lo in range(0, n, step):
+            hi = min(lo + step, n)
+            _transfer(fd, view[lo:hi], offset + lo, False)
+            told(lo, hi)
+        return
+    preadv = os.preadv
+    for lo in range(0, n, step):
+        chunk = view[lo : lo + step]
+        if preadv(fd, [chunk], offset + lo) != len(chunk):  # short: EOF or a signal
+            _transfer(fd, chunk, offset + lo, False)
+        told(lo, lo + len(chunk))
 
 
 def _sieved_read(

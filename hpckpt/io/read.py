@@ -502,10 +502,9 @@ def _read_round(
     except BaseException as ex:
         exc, pieces, h5 = ex, [], [[] for _ in group]
 
-    def on_chunk(piece: Piece, lo: int, hi: int) -> None:
+    def listener(piece: Piece) -> Callable[[int, int], None] | None:
         c = checks.get(id(piece.array))
-        if c is not None:
-            c.update(lo, hi)
+        return None if c is None else c.update
 
     entries = [requests[k].entry for k in group]
     for step in ("hdf5", "direct/mpiio"):  # both collective: every rank makes both
@@ -529,7 +528,7 @@ def _read_round(
                     options,
                     write=False,
                     deadline=deadline,
-                    on_chunk=on_chunk,
+                    listener=listener,
                     on_moved=counter.hook(),
                 )
         except MPI.Exception as e:

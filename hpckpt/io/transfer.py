@@ -15,7 +15,7 @@ from mpi4py import MPI
 from .. import _faults
 from .._dist import Deadline, any_true
 from .fsutil import fsync_path
-from .mpiio import Piece, collective_io, open_file, posix_io, split_direct
+from .mpiio import ChunkListener, Piece, collective_io, open_file, posix_io, split_direct
 from .options import IOOptions
 
 __all__ = ["ProgressCounter", "move_pieces"]
@@ -47,7 +47,7 @@ def move_pieces(
     *,
     write: bool,
     deadline: Deadline,
-    on_chunk: Callable[[Piece, int, int], None] | None = None,
+    listener: ChunkListener | None = None,
     on_written: Callable[[], None] | None = None,
     on_moved: Callable[[int], None] | None = None,
 ) -> None:
@@ -60,7 +60,7 @@ def move_pieces(
     is not opened with MPI-IO at all. Writes are synced (MPI-IO ``Sync``,
     ``fsync``) before this returns; ``on_written()`` is called between the writes
     and the sync (to checksum the pieces while the disk flushes them). Reads of
-    direct pieces report their chunks to ``on_chunk`` as they arrive. The first
+    direct pieces report their chunks to ``listener`` (:func:`.mpiio.posix_io`) as they arrive. The first
     error is raised after this rank has made every collective call.
 
     Collective: call on all ranks.
@@ -71,7 +71,7 @@ def move_pieces(
         else (pieces, [])
     )
     if not any_true(comm, bool(aggregated), deadline):
-        posix_io(path, direct, write=write, on_chunk=on_chunk, fsync=False, on_moved=on_moved)
+        posix_io(path, direct, write=write, listener=listener, fsync=False, on_moved=on_moved)
         if write:
             _faults.point("mid_data", comm.Get_rank())
             if on_written is not None:
@@ -92,7 +92,7 @@ def move_pieces(
         if exc is None and direct:
             try:
                 posix_io(
-                    path, direct, write=write, on_chunk=on_chunk, fsync=False, on_moved=on_moved
+                    path, direct, write=write, listener=listener, fsync=False, on_moved=on_moved
                 )
             except BaseException as e:
                 exc = e
