@@ -44,7 +44,11 @@ def test_no_private_names_imported_across_modules(file: pathlib.Path) -> None:
             name = alias.name
             if not name.startswith("_") or name.startswith("__"):
                 continue
-            is_module = (target / f"{name}.py").exists() or (target / name).is_dir()
+            is_module = (
+                (target / f"{name}.py").exists()
+                or (target / f"{name}.pyi").exists()  # a C extension, with its stub
+                or (target / name).is_dir()
+            )
             if not is_module:
                 bad.append(
                     f"line {node.lineno}: from {'.' * node.level}{node.module or ''} import {name}"

@@ -155,7 +155,7 @@ def test_sieved_reads_fill_strided_pieces_exactly(tmp_path):
             [p],
             write=False,
             chunk_bytes=512,
-            listener=lambda q, seen=seen: lambda a, b: seen.append((a, b)),
+            listener=lambda q, seen=seen: lambda lo, hi: seen.append((lo, hi)),
         )
         want = data[tuple(slice(a, a + n) for a, n in zip(start, shape, strict=True))]
         assert np.array_equal(out, want), (start, shape, _sievable(p))

@@ -60,8 +60,9 @@ def move_pieces(
     is not opened with MPI-IO at all. Writes are synced (MPI-IO ``Sync``,
     ``fsync``) before this returns; ``on_written()`` is called between the writes
     and the sync (to checksum the pieces while the disk flushes them). Reads of
-    direct pieces report their chunks to ``listener`` (:func:`.mpiio.posix_io`) as they arrive. The first
-    error is raised after this rank has made every collective call.
+    direct pieces report their chunks to ``listener`` (:func:`.mpiio.posix_io`) as
+    they arrive. The first error is raised after this rank has made every collective
+    call.
 
     Collective: call on all ranks.
     """
