@@ -19,7 +19,7 @@ PYTEST_MPI := -m mpi4py -m pytest --with-mpi -q -p no:cacheprovider --timeout=24
 
 .PHONY: setup demo test lint bench clean
 
-$(STAMP): setup.cfg pyproject.toml scripts/setup.sh
+$(STAMP): setup.cfg setup.py pyproject.toml scripts/setup.sh hpckpt/io/_crc32c.c
 	bash scripts/setup.sh
 	touch $(STAMP)
 
