@@ -37,9 +37,7 @@ def test_the_extension_is_used_where_the_cpu_has_vpclmulqdq() -> None:
             fast.crc32c(b"x")
 
 
-needs_vector = pytest.mark.skipif(
-    not fast.vectorized(), reason="the CPU has no AVX-512 VPCLMULQDQ"
-)
+needs_vector = pytest.mark.skipif(not fast.vectorized(), reason="the CPU has no AVX-512 VPCLMULQDQ")
 
 
 @needs_vector

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import os
 
 import numpy as np
+import pytest
 
 from hpckpt.io.mpiio import Piece, split_piece
 
@@ -164,3 +166,48 @@ def test_sieved_reads_fill_strided_pieces_exactly(tmp_path):
             assert all(a[1] == b[0] for a, b in itertools.pairwise(seen))
     assert _sievable(Piece(offset, g, (0, 0, 0), np.zeros((37, 8, 6))))  # half the rows: 2x
     assert not _sievable(Piece(offset, g, (0, 0, 0), np.zeros((37, 4, 6))))  # 4x: per run
+
+
+@pytest.mark.parametrize("skew", [0, 16])  # 16: the kernel's slow copy, through the bounce buffer
+def test_streamed_read_tiles_the_run_reports_progress_and_fills_it(tmp_path, skew) -> None:
+    from hpckpt.io import mpiio
+
+    n = (1 << 20) + 4096 + 123
+    data = np.random.default_rng(3).integers(0, 256, n + 8192, dtype=np.uint8)
+    path = tmp_path / "f.bin"
+    path.write_bytes(data.tobytes())
+    raw = np.zeros(n + 3 * 4096, dtype=np.uint8)
+    first = (-raw.ctypes.data) % 4096 + skew  # page offset of the file offset 8192, + skew
+    dest = raw[first : first + n]
+    told: list[tuple[int, int]] = []
+    moved: list[int] = []
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        mpiio._streamed_read(
+            fd,
+            dest.data.cast("B"),
+            8192,
+            64 << 10,
+            lambda lo, hi: told.append((lo, hi)),
+            moved.append,
+        )
+    finally:
+        os.close(fd)
+    assert np.array_equal(dest, data[8192 : 8192 + n])
+    assert told[0][0] == 0 and told[-1][1] == n
+    assert all(a[1] == b[0] and b[1] - b[0] <= 64 << 10 for a, b in itertools.pairwise(told))
+    assert sum(moved) == n
+
+
+def test_streamed_read_of_a_truncated_file_raises(tmp_path) -> None:
+    from hpckpt.io import mpiio
+
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"x" * 100_000)
+    dest = np.zeros(200_000, dtype=np.uint8)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(OSError, match="short read"):
+            mpiio._streamed_read(fd, dest.data.cast("B"), 0, 64 << 10, lambda lo, hi: None)
+    finally:
+        os.close(fd)

@@ -300,9 +300,7 @@ class LocalTierStorage:
             path, copy = self._file(node)
             checks = {id(p.array): c for p, c in items if c is not None}
 
-            def listener(
-                piece: Piece, checks: dict = checks
-            ) -> Callable[[int, int], None] | None:
+            def listener(piece: Piece, checks: dict = checks) -> Callable[[int, int], None] | None:
                 c = checks.get(id(piece.array))
                 return None if c is None else c.update
 

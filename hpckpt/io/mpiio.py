@@ -383,9 +383,7 @@ def posix_io(
                     continue
                 if told is not None and len(runs) == 1:
                     off, mem = runs[0]
-                    _streamed_read(fd, mem.data.cast("B"), off, chunk_bytes, told)
-                    if on_moved is not None:
-                        on_moved(p.nbytes)
+                    _streamed_read(fd, mem.data.cast("B"), off, chunk_bytes, told, on_moved)
                     continue
                 # in pieces of PROGRESS_STEP when someone follows the progress
                 step = PROGRESS_STEP if on_moved is not None else 1 << 62
@@ -411,28 +409,33 @@ def _streamed_read(
     offset: int,
     chunk_bytes: int | None,
     told: Callable[[int, int], None],
+    on_moved: Callable[[int], None] | None = None,
 ) -> None:
     """Read one contiguous run in chunks, telling ``told(lo, hi)`` after each.
 
     The loop is the restore's hot path for large slices (a chunk is 256 KiB, so a
     GiB is 4096 turns): whether the kernel's copy into ``view`` is the slow one
     (:func:`.bounce.slow_distance`) is the same for every chunk, so it is decided
-    once, and fast destinations get ``preadv`` directly.
+    once, and fast destinations get ``preadv`` directly. ``on_moved`` hears of the
+    bytes read at least every ``PROGRESS_STEP`` bytes and at the end.
     """
     n = len(view)
     step = chunk_bytes or READ_CHUNK_BYTES
-    if n >= MIN_BOUNCE_READ and slow_distance(MPI.Get_address(view), offset):
-        for lo in range(0, n, step):
-            hi = min(lo + step, n)
-            _transfer(fd, view[lo:hi], offset + lo, False)
-            told(lo, hi)
-        return
+    slow = n >= MIN_BOUNCE_READ and slow_distance(MPI.Get_address(view), offset)
     preadv = os.preadv
+    reported = 0
     for lo in range(0, n, step):
         chunk = view[lo : lo + step]
-        if preadv(fd, [chunk], offset + lo) != len(chunk):  # short: EOF or a signal
+        hi = lo + len(chunk)
+        # through the bounce buffer; or directly, run by run again if it came back short
+        if slow or preadv(fd, [chunk], offset + lo) != len(chunk):
             _transfer(fd, chunk, offset + lo, False)
-        told(lo, lo + len(chunk))
+        told(lo, hi)
+        if on_moved is not None and hi - reported >= PROGRESS_STEP:
+            on_moved(hi - reported)
+            reported = hi
+    if on_moved is not None and n > reported:
+        on_moved(n - reported)
 
 
 def _sieved_read(
