@@ -89,7 +89,33 @@ def _abort(status: int, message: str) -> None:
 _interrupts.set_abort(_abort)
 
 _POLL_SECONDS = 5e-5  # first sleep between polls of a pending request
-_POLL_MAX = 2e-3  # longest sleep between polls
+_LOCAL_SIZE_VARIABLES = ("OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "PMI_LOCAL_SIZE")
+
+
+def poll_max(environ: dict[str, str] | None = None, cores: int | None = None) -> float:
+    """The longest sleep between polls of a pending collective, in seconds.
+
+    A waiting rank sleeps (leaving its core to the ranks still working) and wakes
+    up to this late when the last rank arrives: idle time for every rank. Where the
+    launcher says this node runs at most two ranks per core (Open MPI's
+    ``OMPI_COMM_WORLD_LOCAL_SIZE``, MPICH's ``MPI_LOCALNRANKS``, PMI's
+    ``PMI_LOCAL_SIZE``), 0.5 ms: a 1 GiB restore on 4 ranks sharing 2 cores took
+    3% less than with 2 ms. More ranks per core (64 on 2 cores in the scale suite),
+    or no launcher information: 2 ms, so that the many waiting ranks' wake-ups do
+    not take the cores from the working ones. Pure: reads the given environment.
+    """
+    env = os.environ if environ is None else environ
+    cores = cores or os.cpu_count() or 1
+    for name in _LOCAL_SIZE_VARIABLES:
+        try:
+            local = int(env.get(name, ""))
+        except ValueError:
+            continue
+        return 5e-4 if 0 < local <= 2 * cores else 2e-3
+    return 2e-3
+
+
+_POLL_MAX = poll_max()  # longest sleep between polls
 _SPIN_SECONDS = 2e-4  # poll without sleeping this long first
 _P2P_POLL_SECONDS = 2e-4  # polls of the point-to-point agreement (with a timeout)
 
