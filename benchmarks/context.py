@@ -80,8 +80,9 @@ class RunContext:
         Called after a competitor's ``prepare_save`` removed its previous files and
         before its timed save, for every competitor: on a file system mounted with
         ``discard`` (this machine's ext4), a removed 1 GiB file is trimmed at the next
-        journal commit, which otherwise lands in whichever save fsyncs first and made
-        saves bimodal (0.45 s or 0.9-1.0 s for the same 1 GiB here).
+        journal commit, which would otherwise land in whichever save fsyncs first. (It
+        did not remove the spread of saves here: 0.45 s or 0.8-1.0 s for the same
+        1 GiB, with it too.)
 
         Collective: call on all ranks.
         """

@@ -208,8 +208,8 @@ class Variable:
         self._name = name if name is not None else "Variable"
         self._start: tuple[int, ...] | None = offset  # the box's start (layouts: on first use)
         self._comm = comm if layout is None else None
-        # the save planner's memo of this Variable's pieces (checkpoint.save_plan)
-        self._save_memo: tuple | None = None
+        # the save planner's memo of this Variable's pieces (checkpoint.save_plan.SaveMemo)
+        self._save_memo: Any = None
 
     @property
     def local_start(self) -> tuple[int, ...]:

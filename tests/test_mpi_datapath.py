@@ -710,7 +710,7 @@ def test_repeated_saves_of_one_structure_save_the_current_values(shared_dir, mon
     assert all_ranks(len(built) == (2 if comm.rank == 0 else 0)), len(built)
     # what the io layer keeps per tensor is numbers and text: it pins no array (no
     # snapshot, local-tier copy or mapped file outlives its save)
-    kept = [v._save_memo[-1] for v in vs.values() if v.layout is not None]
+    kept = [v._save_memo.io for v in vs.values() if v.layout is not None]
     assert all_ranks(all(kept)), kept
 
     def arrays_in(x):

@@ -28,11 +28,11 @@ def test_the_save_memo_adds_one_tracked_object_per_variable(tmp_path) -> None:
     for v in vs.values():
         memo = v._save_memo
         assert memo is not None
-        layout, spec = memo[0], memo[8]
+        layout, spec = memo.layout, memo.spec
         others = [x for x in memo if x is not layout and x is not spec]
         tracked = [type(x).__name__ for x in others if gc.is_tracked(x)]
         assert tracked == [], tracked
-        assert memo[-1], "the io layer kept nothing"
+        assert memo.io, "the io layer kept nothing"
     templates = [p.index for p in w._PLANS.values() if p.index is not None]
     assert templates
     for t in templates:

@@ -34,13 +34,10 @@ def candidates() -> dict[str, Callable[[memoryview], int]]:
         out["crc32c"] = crc32c.crc32c
     except ImportError:
         pass
-    try:
-        from hpckpt.io import _crc32c
+    from hpckpt.io.checksum import ACCELERATED  # hpckpt's own, where the CPU has it
 
-        if _crc32c.vectorized():
-            out["crc32c-avx512"] = _crc32c.crc32c
-    except ImportError:
-        pass
+    if ACCELERATED is not None:
+        out["crc32c-avx512"] = ACCELERATED
     try:
         import xxhash
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from mpi4py import MPI
@@ -30,6 +30,7 @@ from ..io import CheckpointIndex, SaveTensor, derived_slicing, tiling_problem, u
 from ..variable import Variable
 
 __all__ = [
+    "SaveMemo",
     "SavePlan",
     "box_pieces",
     "parse_rank_state_header",
@@ -139,14 +140,38 @@ def parse_rank_state_header(raw: np.ndarray, total: int, key: str) -> np.ndarray
     return offsets
 
 
+class SaveMemo(NamedTuple):
+    """A Variable's last planned share (``Variable._save_memo``): what it was planned
+    from (the first six fields, compared at each save) and what the plan made.
+
+    A tuple: one object per Variable for Python's garbage collector to walk (its
+    pieces and slice numbers are tuples of untracked items).
+    """
+
+    layout: Any
+    local: np.ndarray
+    ordinal: int
+    shape: tuple[int, ...]
+    strides: tuple[int, ...]
+    dtype: np.dtype
+    storage_dtype: np.dtype
+    global_shape: tuple[int, ...]
+    spec: Any
+    pieces: tuple
+    ids: tuple
+    logical_dtype: str | None
+    mesh_rank: int
+    rows: bool
+    io: dict  # the io layer's numbers and text for this tensor (``SaveTensor.memo``)
+
+
 def _layout_tensor(key: str, v: Variable, ordinal: int) -> SaveTensor:
     """The :class:`SaveTensor` of a layout-based Variable: its pieces (``write_pieces``)
     and how it is saved.
 
     The result depends only on the Variable's layout, its shard array (the object, its
     dtype, shape and strides) and ``ordinal``; it is remembered in the Variable
-    (``Variable._save_memo``, one flat tuple: few objects for Python's garbage
-    collector to walk) and reused while all of these are the same (the remembered
+    (:class:`SaveMemo`) and reused while all of these are the same (the remembered
     pieces are views of that very array, so they see its current values). A fresh
     ``SaveTensor`` is returned every time (callers may replace its pieces).
     """
@@ -156,17 +181,17 @@ def _layout_tensor(key: str, v: Variable, ordinal: int) -> SaveTensor:
     m = v._save_memo
     if (
         m is None
-        or m[0] is not layout
-        or m[1] is not local
-        or m[2] != ordinal
-        or m[3] != local.shape
-        or m[4] != local.strides
-        or m[5] != local.dtype
+        or m.layout is not layout
+        or m.local is not local
+        or m.ordinal != ordinal
+        or m.shape != local.shape
+        or m.strides != local.strides
+        or m.dtype != local.dtype
     ):
         spec = layout.spec()
         st = storage_dtype(v.dtype)
         pieces, ids = write_pieces(v, ordinal)
-        m = v._save_memo = (
+        m = v._save_memo = SaveMemo(
             layout,
             local,
             ordinal,
@@ -185,16 +210,16 @@ def _layout_tensor(key: str, v: Variable, ordinal: int) -> SaveTensor:
         )
     return SaveTensor(
         key,
-        m[6],
-        m[7],
-        m[8],
-        list(m[9]),
-        list(m[10]),
-        m[11],
-        mesh_rank=m[12],
+        m.storage_dtype,
+        m.global_shape,
+        m.spec,
+        list(m.pieces),
+        list(m.ids),
+        m.logical_dtype,
+        mesh_rank=m.mesh_rank,
         ordinal=ordinal,
-        rows=m[13],
-        memo=m[14],
+        rows=m.rows,
+        memo=m.io,
     )
 
 

@@ -43,7 +43,7 @@ from .read import (
 )
 from .scratch import ScratchPool
 from .slicing import Box, TargetList, Targets, box_intersection, target_grid, volume
-from .verify import SliceCheck
+from .verify import SliceCheck, chunk_listener
 
 __all__ = ["LocalTierStorage", "open_local"]
 
@@ -300,12 +300,8 @@ class LocalTierStorage:
             path, copy = self._file(node)
             checks = {id(p.array): c for p, c in items if c is not None}
 
-            def listener(piece: Piece, checks: dict = checks) -> Callable[[int, int], None] | None:
-                c = checks.get(id(piece.array))
-                return None if c is None else c.update
-
             try:
-                posix_io(path, [p for p, _ in items], write=False, listener=listener)
+                posix_io(path, [p for p, _ in items], write=False, listener=chunk_listener(checks))
                 for c in checks.values():
                     c.finish()
             except CorruptCheckpointError as e:

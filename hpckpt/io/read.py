@@ -62,7 +62,7 @@ from .slicing import (
     volume,
 )
 from .transfer import ProgressCounter, move_pieces
-from .verify import SliceCheck
+from .verify import SliceCheck, chunk_listener
 
 __all__ = [
     "ROUND_BYTES",
@@ -502,10 +502,6 @@ def _read_round(
     except BaseException as ex:
         exc, pieces, h5 = ex, [], [[] for _ in group]
 
-    def listener(piece: Piece) -> Callable[[int, int], None] | None:
-        c = checks.get(id(piece.array))
-        return None if c is None else c.update
-
     entries = [requests[k].entry for k in group]
     for step in ("hdf5", "direct/mpiio"):  # both collective: every rank makes both
         try:
@@ -528,7 +524,7 @@ def _read_round(
                     options,
                     write=False,
                     deadline=deadline,
-                    listener=listener,
+                    listener=chunk_listener(checks),
                     on_moved=counter.hook(),
                 )
         except MPI.Exception as e:

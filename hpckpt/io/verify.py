@@ -10,7 +10,8 @@ compares. :func:`verify_whole` checks every slice of a whole tensor (tools).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,7 +20,10 @@ from .checksum import checksum_function
 from .index import TensorEntry, slice_byte_range
 from .strided import COrderCursor, crc_of
 
-__all__ = ["SliceCheck", "mismatch", "verify_whole"]
+if TYPE_CHECKING:
+    from .mpiio import Piece
+
+__all__ = ["SliceCheck", "chunk_listener", "mismatch", "verify_whole"]
 
 
 def mismatch(entry: TensorEntry, i: int) -> CorruptCheckpointError:
@@ -94,6 +98,20 @@ class SliceCheck:
             crc = 0
         if crc != int(self.entry.checksums[self.index]):
             raise mismatch(self.entry, self.index)
+
+
+def chunk_listener(
+    checks: Mapping[int, SliceCheck],
+) -> Callable[[Piece], Callable[[int, int], None] | None]:
+    """The listener of a read (:func:`.mpiio.posix_io`) into checked buffers: for each
+    piece, the :meth:`SliceCheck.update` of the check whose buffer it fills (``checks``
+    is keyed by ``id`` of that buffer), or ``None`` for an unchecked piece."""
+
+    def listener(piece: Piece) -> Callable[[int, int], None] | None:
+        c = checks.get(id(piece.array))
+        return None if c is None else c.update
+
+    return listener
 
 
 def verify_whole(entry: TensorEntry, array: np.ndarray, algorithm: str) -> None:
